@@ -1,0 +1,395 @@
+//! The PostgreSQL backend: row locks in id order, retried on conflicts, so several Rampart nodes can share it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rampart_core::{AccountId, TransferId};
+use rampart_ledger::{
+    Account, CreateAccountResult, CreateTransferResult, Ledger, NewAccount, NewTransfer, PendingState, Transfer,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::flow::{self, LedgerTx};
+use crate::rows::{self, AccountRow, TransferRow};
+use crate::{CONFLICT_RETRIES_MAX, ConnectOptions, LedgerReport, StoreError, StoredTransfer, ts};
+
+const ACCOUNT_COLUMNS: &str = "id, asset, code, flags, user_data, debits_pending::text, debits_posted::text, \
+                               credits_pending::text, credits_posted::text, timestamp";
+const TRANSFER_COLUMNS: &str = "t.id, t.debit_account_id, t.credit_account_id, t.amount::text, t.pending_id, t.asset, \
+                                t.code, t.flags, t.timeout_s, t.user_data, t.timestamp";
+
+/// A PostgreSQL connection pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn uuid(v: u128) -> Uuid {
+    Uuid::from_u128(v)
+}
+
+fn account_row(row: &PgRow) -> Result<Account, StoreError> {
+    AccountRow {
+        id: row.try_get::<Uuid, _>(0)?.as_u128(),
+        asset: row.try_get(1)?,
+        code: i64::from(row.try_get::<i32, _>(2)?),
+        flags: i64::from(row.try_get::<i32, _>(3)?),
+        user_data: row.try_get::<Uuid, _>(4)?.as_u128(),
+        debits_pending: row.try_get(5)?,
+        debits_posted: row.try_get(6)?,
+        credits_pending: row.try_get(7)?,
+        credits_posted: row.try_get(8)?,
+        timestamp: row.try_get(9)?,
+    }
+    .decode()
+}
+
+fn transfer_row(row: &PgRow) -> Result<Transfer, StoreError> {
+    transfer_row_at(row, 0)
+}
+
+fn pending_row(row: &PgRow) -> Result<(TransferId, PendingState), StoreError> {
+    let id = TransferId(row.try_get::<Uuid, _>(0)?.as_u128());
+    Ok((id, rows::pending_state(row.try_get(1)?, row.try_get(2)?)?))
+}
+
+/// Whether an error means "another transaction got there first": retrying will see its effect.
+fn is_conflict(e: &StoreError) -> bool {
+    let StoreError::Database(e) = e else { return false };
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else { return false };
+    // serialization_failure, deadlock_detected, unique_violation.
+    matches!(code.as_ref(), "40001" | "40P01" | "23505")
+}
+
+struct PgTx(Transaction<'static, Postgres>);
+
+/// Runs a command in a fresh transaction, committing on success and starting over on a conflict.
+///
+/// A macro rather than a function taking an async closure: futures of async closures that borrow their arguments
+/// are not provably `Send`, and the server runs commands on a multi-threaded runtime.
+macro_rules! retrying {
+    ($store:ident, $tx:ident => $command:expr) => {{
+        let mut outcome = Err(StoreError::Contention(CONFLICT_RETRIES_MAX));
+        for attempt in 0..CONFLICT_RETRIES_MAX {
+            let mut tx = PgTx($store.pool.begin().await?);
+            let result = {
+                let $tx = &mut tx;
+                $command.await
+            };
+            let result = match result {
+                Ok(value) => tx.0.commit().await.map(|()| value).map_err(StoreError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if is_conflict(&e) => {
+                    tracing::debug!(attempt, error = %e, "ledger transaction conflicted; retrying");
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+                }
+                other => {
+                    outcome = other;
+                    break;
+                }
+            }
+        }
+        outcome
+    }};
+}
+
+impl LedgerTx for PgTx {
+    async fn lock_pending(&mut self, ids: &[TransferId]) -> Result<Vec<(TransferId, PendingState)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(|id| uuid(id.get())).collect();
+        let rows =
+            sqlx::query("SELECT id, status, expires_at FROM ledger_pending WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(ids)
+                .fetch_all(&mut *self.0)
+                .await?;
+        rows.iter().map(pending_row).collect()
+    }
+
+    async fn lock_due_pending(&mut self, now_ns: u64, limit: u32) -> Result<Vec<TransferId>, StoreError> {
+        // SKIP LOCKED: several nodes may sweep at once; each takes the expired holds nobody else is resolving.
+        let rows = sqlx::query(
+            "SELECT id FROM ledger_pending WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= $1 \
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(ts(now_ns))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.0)
+        .await?;
+        rows.iter().map(|r| Ok(TransferId(r.try_get::<Uuid, _>(0)?.as_u128()))).collect()
+    }
+
+    async fn load_transfers(&mut self, ids: &[TransferId]) -> Result<Vec<Transfer>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| uuid(id.get())).collect();
+        let sql = format!("SELECT {TRANSFER_COLUMNS} FROM ledger_transfers t WHERE t.id = ANY($1)");
+        let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut *self.0).await?;
+        rows.iter().map(transfer_row).collect()
+    }
+
+    async fn lock_accounts(&mut self, ids: &[AccountId]) -> Result<Vec<Account>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| uuid(id.get())).collect();
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+        let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut *self.0).await?;
+        rows.iter().map(account_row).collect()
+    }
+
+    async fn insert_accounts(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
+        let c = AccountColumns::of(accounts);
+        sqlx::query(
+            "INSERT INTO ledger_accounts (id, asset, code, flags, user_data, debits_pending, debits_posted, \
+             credits_pending, credits_posted, timestamp) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::int[], $5::uuid[], $6::text[]::numeric[], \
+             $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[])",
+        )
+        .bind(c.id)
+        .bind(c.asset)
+        .bind(c.code)
+        .bind(c.flags)
+        .bind(c.user_data)
+        .bind(c.debits_pending)
+        .bind(c.debits_posted)
+        .bind(c.credits_pending)
+        .bind(c.credits_posted)
+        .bind(c.timestamp)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_balances(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
+        let c = AccountColumns::of(accounts);
+        sqlx::query(
+            "UPDATE ledger_accounts a SET debits_pending = u.dp, debits_posted = u.dpo, credits_pending = u.cp, \
+             credits_posted = u.cpo \
+             FROM UNNEST($1::uuid[], $2::text[]::numeric[], $3::text[]::numeric[], $4::text[]::numeric[], \
+             $5::text[]::numeric[]) AS u(id, dp, dpo, cp, cpo) WHERE a.id = u.id",
+        )
+        .bind(c.id)
+        .bind(c.debits_pending)
+        .bind(c.debits_posted)
+        .bind(c.credits_pending)
+        .bind(c.credits_posted)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
+        let n = transfers.len();
+        let mut id = Vec::with_capacity(n);
+        let mut debit = Vec::with_capacity(n);
+        let mut credit = Vec::with_capacity(n);
+        let mut amount = Vec::with_capacity(n);
+        let mut pending_id = Vec::with_capacity(n);
+        let mut asset = Vec::with_capacity(n);
+        let mut code = Vec::with_capacity(n);
+        let mut flags = Vec::with_capacity(n);
+        let mut timeout_s = Vec::with_capacity(n);
+        let mut user_data = Vec::with_capacity(n);
+        let mut timestamp = Vec::with_capacity(n);
+        for t in transfers {
+            id.push(uuid(t.id.get()));
+            debit.push(uuid(t.debit_account_id.get()));
+            credit.push(uuid(t.credit_account_id.get()));
+            amount.push(t.amount.units().to_string());
+            pending_id.push(t.pending_id.map(|p| uuid(p.get())));
+            asset.push(t.asset.as_str().to_owned());
+            code.push(i32::from(t.code));
+            flags.push(i32::from(t.flags.to_bits()));
+            timeout_s.push(i64::from(t.timeout_s));
+            user_data.push(uuid(t.user_data));
+            timestamp.push(ts(t.timestamp));
+        }
+        sqlx::query(
+            "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, pending_id, asset, code, \
+             flags, timeout_s, user_data, timestamp) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]::numeric[], $5::uuid[], $6::text[], \
+             $7::int[], $8::int[], $9::bigint[], $10::uuid[], $11::bigint[])",
+        )
+        .bind(id)
+        .bind(debit)
+        .bind(credit)
+        .bind(amount)
+        .bind(pending_id)
+        .bind(asset)
+        .bind(code)
+        .bind(flags)
+        .bind(timeout_s)
+        .bind(user_data)
+        .bind(timestamp)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_pending(&mut self, states: &[(TransferId, PendingState)]) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = states.iter().map(|(id, _)| uuid(id.get())).collect();
+        let status: Vec<&str> = states.iter().map(|(_, s)| s.status.as_str()).collect();
+        let expires: Vec<Option<i64>> = states.iter().map(|(_, s)| s.expires_at_ns.map(ts)).collect();
+        sqlx::query(
+            "INSERT INTO ledger_pending (id, status, expires_at) SELECT * FROM UNNEST($1::uuid[], $2::text[], \
+             $3::bigint[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+        )
+        .bind(ids)
+        .bind(status)
+        .bind(expires)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Accounts as column arrays, for `UNNEST`.
+struct AccountColumns {
+    id: Vec<Uuid>,
+    asset: Vec<String>,
+    code: Vec<i32>,
+    flags: Vec<i32>,
+    user_data: Vec<Uuid>,
+    debits_pending: Vec<String>,
+    debits_posted: Vec<String>,
+    credits_pending: Vec<String>,
+    credits_posted: Vec<String>,
+    timestamp: Vec<i64>,
+}
+
+impl AccountColumns {
+    fn of(accounts: &[Account]) -> AccountColumns {
+        AccountColumns {
+            id: accounts.iter().map(|a| uuid(a.id.get())).collect(),
+            asset: accounts.iter().map(|a| a.asset.as_str().to_owned()).collect(),
+            code: accounts.iter().map(|a| i32::from(a.code)).collect(),
+            flags: accounts.iter().map(|a| i32::from(a.flags.to_bits())).collect(),
+            user_data: accounts.iter().map(|a| uuid(a.user_data)).collect(),
+            debits_pending: accounts.iter().map(|a| a.debits_pending.units().to_string()).collect(),
+            debits_posted: accounts.iter().map(|a| a.debits_posted.units().to_string()).collect(),
+            credits_pending: accounts.iter().map(|a| a.credits_pending.units().to_string()).collect(),
+            credits_posted: accounts.iter().map(|a| a.credits_posted.units().to_string()).collect(),
+            timestamp: accounts.iter().map(|a| ts(a.timestamp)).collect(),
+        }
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn connect(url: &str, options: &ConnectOptions) -> Result<PgStore, StoreError> {
+        // The parse error is reported without the URL, which may carry a password.
+        let parsed =
+            PgConnectOptions::from_str(url).map_err(|_| StoreError::InvalidUrl("malformed postgres url".into()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size_max.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(parsed)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn create_accounts(
+        &self,
+        batch: &[NewAccount],
+        now_ns: u64,
+    ) -> Result<Vec<CreateAccountResult>, StoreError> {
+        retrying!(self, tx => flow::create_accounts(tx, batch, now_ns))
+    }
+
+    pub(crate) async fn create_transfers(
+        &self,
+        batch: &[NewTransfer],
+        now_ns: u64,
+    ) -> Result<Vec<CreateTransferResult>, StoreError> {
+        retrying!(self, tx => flow::create_transfers(tx, batch, now_ns))
+    }
+
+    pub(crate) async fn expire_pending(&self, now_ns: u64, limit: u32) -> Result<Vec<TransferId>, StoreError> {
+        retrying!(self, tx => flow::expire_pending(tx, now_ns, limit))
+    }
+
+    pub(crate) async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = $1");
+        let row = sqlx::query(&sql).bind(uuid(id.get())).fetch_optional(&self.pool).await?;
+        row.as_ref().map(account_row).transpose()
+    }
+
+    pub(crate) async fn transfer(&self, id: TransferId) -> Result<Option<StoredTransfer>, StoreError> {
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS}, p.status, p.expires_at FROM ledger_transfers t \
+             LEFT JOIN ledger_pending p ON p.id = t.id WHERE t.id = $1"
+        );
+        let Some(row) = sqlx::query(&sql).bind(uuid(id.get())).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let transfer = transfer_row(&row)?;
+        let status: Option<&str> = row.try_get(11)?;
+        let pending = status.map(|s| rows::pending_state(s, row.try_get(12)?)).transpose()?;
+        Ok(Some(StoredTransfer { transfer, pending }))
+    }
+
+    pub(crate) async fn account_transfers(&self, id: AccountId, limit: u32) -> Result<Vec<Transfer>, StoreError> {
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM ledger_transfers t WHERE t.seq IN ( \
+               SELECT seq FROM ledger_transfers WHERE debit_account_id = $1 \
+               UNION SELECT seq FROM ledger_transfers WHERE credit_account_id = $1) \
+             ORDER BY t.seq DESC LIMIT $2"
+        );
+        let rows = sqlx::query(&sql).bind(uuid(id.get())).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(transfer_row).collect()
+    }
+
+    pub(crate) async fn verify_ledger(&self) -> Result<LedgerReport, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One snapshot for every statement below, so the sums are of one moment while writers go on.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let accounts =
+            sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts")).fetch_all(&mut *tx).await?;
+        let pending = sqlx::query(&format!(
+            "SELECT p.id, p.status, p.expires_at, {TRANSFER_COLUMNS} FROM ledger_pending p \
+             JOIN ledger_transfers t ON t.id = p.id WHERE p.status = 'pending'"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut ledger = Ledger::new();
+        for row in &accounts {
+            ledger.load_account(account_row(row)?);
+        }
+        for row in &pending {
+            let (id, state) = pending_row(row)?;
+            ledger.load_pending(id, state);
+            ledger.load_transfer(transfer_row_at(row, 3)?);
+        }
+        Ok(crate::report(&ledger, accounts.len(), pending.len()))
+    }
+}
+
+/// Decodes a transfer whose columns start at `offset` in `row`.
+fn transfer_row_at(row: &PgRow, offset: usize) -> Result<Transfer, StoreError> {
+    let o = offset;
+    TransferRow {
+        id: row.try_get::<Uuid, _>(o)?.as_u128(),
+        debit_account_id: row.try_get::<Uuid, _>(o + 1)?.as_u128(),
+        credit_account_id: row.try_get::<Uuid, _>(o + 2)?.as_u128(),
+        amount: row.try_get(o + 3)?,
+        pending_id: row.try_get::<Option<Uuid>, _>(o + 4)?.map(|u| u.as_u128()),
+        asset: row.try_get(o + 5)?,
+        code: i64::from(row.try_get::<i32, _>(o + 6)?),
+        flags: i64::from(row.try_get::<i32, _>(o + 7)?),
+        timeout_s: row.try_get(o + 8)?,
+        user_data: row.try_get::<Uuid, _>(o + 9)?.as_u128(),
+        timestamp: row.try_get(o + 10)?,
+    }
+    .decode()
+}
