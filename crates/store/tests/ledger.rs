@@ -234,8 +234,8 @@ on_both_backends!(concurrent_posts_of_one_hold_resolve_it_once, |store: Store| a
 
 on_both_backends!(holds_expire_and_release_their_amount, |store: Store| async move {
     store.create_accounts(&[account(1, true), account(2, false), account(3, true)], NOW).await.unwrap();
-    let results = store.create_transfers(&[transfer(1, 1, 2, 11), hold(2, 2, 3, 10, 5), hold(3, 2, 3, 1, 0)], NOW);
-    assert_eq!(results.await.unwrap(), vec![TR::Ok; 3]);
+    let batch = [transfer(1, 1, 2, 11), hold(2, 2, 3, 10, 5), hold(3, 2, 3, 1, 0)];
+    assert_eq!(store.create_transfers(&batch, NOW).await.unwrap(), vec![TR::Ok; 3]);
     assert!(store.expire_pending(NOW + 4 * SEC, 100).await.unwrap().is_empty());
     assert_eq!(store.expire_pending(NOW + 5 * SEC, 100).await.unwrap(), vec![TransferId(2)]);
     let stored = store.transfer(TransferId(2)).await.unwrap().unwrap();
