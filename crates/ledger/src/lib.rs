@@ -16,7 +16,7 @@ mod results;
 mod transfer;
 
 pub use account::{Account, AccountFlags, NewAccount};
-pub use ledger::{AssetTotals, InvariantViolation, Journal, Ledger, TransferDependencies};
+pub use ledger::{AssetTotals, InvariantViolation, Journal, Ledger, TransferDependencies, WideSum};
 pub use results::{CreateAccountResult, CreateTransferResult};
 pub use transfer::{NewTransfer, PendingState, PendingStatus, Transfer, TransferFlags};
 

@@ -1,1 +1,93 @@
-fn main() {}
+//! `rampart`: the security core of a digital-asset exchange. This binary parses the command line and dispatches.
+
+mod bench;
+mod config;
+mod demo;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Rampart: identity, ledger, withdrawals, custody, proof of reserves and audit for a digital-asset exchange.
+#[derive(Parser)]
+#[command(name = "rampart", version, about)]
+struct Cli {
+    /// A TOML configuration file; `RAMPART_*` environment variables override it, and flags override both.
+    #[arg(long, global = true, env = "RAMPART_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the HTTP service.
+    Serve(serve::ServeArgs),
+    /// Applies database migrations and exits.
+    Migrate(DatabaseArgs),
+    /// Tells the story of what Rampart does, narrated, on a fresh in-memory database.
+    Demo,
+    /// Measures performance and prints figures, ending with one JSON line.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Where the database is.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DatabaseArgs {
+    /// `sqlite://path` or `postgres://…`; defaults to `rampart.db` in the data directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The data directory, for the embedded database.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// Applies the flags over the loaded configuration.
+    fn apply(&self, config: &mut config::Config) {
+        if let Some(url) = &self.database_url {
+            config.database_url = Some(url.clone());
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = config::Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve(args) => serve::serve(args, config).await,
+        Command::Migrate(args) => {
+            args.apply(&mut config);
+            let url = config.database_url();
+            let store = serve::open_store(&config, &url).await?;
+            store.migrate().await?;
+            println!("migrated {}", config::redact_url(&url));
+            Ok(())
+        }
+        Command::Demo => demo::run().await,
+        Command::Bench(command) => bench::run(command, config).await,
+    }
+}

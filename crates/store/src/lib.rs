@@ -58,6 +58,13 @@ pub enum StoreError {
     Contention(u32),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to answering with an error): worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
+    }
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

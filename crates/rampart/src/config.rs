@@ -1,0 +1,166 @@
+//! Configuration: defaults, then a TOML file, then `RAMPART_*` environment variables, then command-line flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use rampart_core::{AssetConfig, AssetRegistry};
+use serde::{Deserialize, Serialize};
+
+/// Everything `rampart` reads from its configuration.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address the server listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; when absent, `rampart.db` in `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the embedded database and other local state live.
+    pub data_dir: PathBuf,
+    /// The operator API's bearer token (at least 32 characters). `serve --dev` makes one up when absent.
+    pub operator_token: Option<String>,
+    /// The log filter, in `RUST_LOG` syntax.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// How often expired holds are released, in milliseconds.
+    pub expiry_interval_ms: u64,
+    /// The asset registry; the defaults (BTC, ETH, USDT) when absent.
+    pub assets: Option<Vec<AssetConfig>>,
+}
+
+/// The operator token never appears in `Debug` output (and so never in logs).
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("data_dir", &self.data_dir)
+            .field("operator_token", &self.operator_token.as_ref().map(|_| "<redacted>"))
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .field("expiry_interval_ms", &self.expiry_interval_ms)
+            .field("assets", &self.assets)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            operator_token: None,
+            log: "info".to_owned(),
+            log_format: "text".to_owned(),
+            expiry_interval_ms: 1000,
+            assets: None,
+        }
+    }
+}
+
+/// The operator token's minimum length, so that it cannot be guessed.
+pub const OPERATOR_TOKEN_LEN_MIN: usize = 32;
+
+/// The environment variables read, each `RAMPART_` and the upper-cased key.
+const ENV_KEYS: &[&str] =
+    &["listen", "database_url", "data_dir", "operator_token", "log", "log_format", "expiry_interval_ms"];
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config =
+            figment.merge(Env::prefixed("RAMPART_").only(ENV_KEYS)).extract().context("invalid configuration")?;
+        config.asset_registry()?;
+        Ok(config)
+    }
+
+    /// The database URL: the configured one, or the embedded SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| rampart_store::Store::sqlite_url_in(&self.data_dir))
+    }
+
+    /// The asset registry.
+    pub fn asset_registry(&self) -> anyhow::Result<AssetRegistry> {
+        match &self.assets {
+            None => Ok(AssetRegistry::defaults()),
+            Some(configs) => AssetRegistry::from_configs(configs).context("invalid [[assets]] configuration"),
+        }
+    }
+}
+
+/// A database URL with any password replaced, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_and_the_environment_override_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "rampart.toml",
+                r#"
+                    listen = "127.0.0.1:9000"
+                    log = "debug"
+                    [[assets]]
+                    code = "BTC"
+                    decimals = 8
+                    chain = "bitcoin"
+                    confirmations = 2
+                "#,
+            )?;
+            jail.set_env("RAMPART_LOG", "warn");
+            jail.set_env("RAMPART_TEST_POSTGRES_URL", "ignored");
+            let config = Config::load(Some(Path::new("rampart.toml"))).unwrap();
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(config.log, "warn");
+            let assets = config.asset_registry().unwrap();
+            assert_eq!(assets.lookup("BTC").unwrap().confirmations, 2);
+            assert!(assets.lookup("ETH").is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_assets_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "listne = \"127.0.0.1:1\"")?;
+            assert!(Config::load(Some(Path::new("typo.toml"))).is_err());
+            jail.create_file("bad.toml", "[[assets]]\ncode = \"btc\"\ndecimals = 8\nchain = \"x\"\nconfirmations = 1")?;
+            assert!(Config::load(Some(Path::new("bad.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = Config {
+            operator_token: Some("super-secret-operator-token-0123456789".into()),
+            database_url: Some("postgres://rampart:hunter2@db/rampart".into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("super-secret") && !shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,291 @@
+//! Route handlers and the OpenAPI document generated from them.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rampart_core::{AccountId, TransferId};
+use rampart_ledger::{CreateAccountResult, CreateTransferResult};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::dto::{
+    AccountRequest, AccountView, AssetTotalsView, AssetView, BatchResults, ItemResult, LedgerCheck, TransferRequest,
+    TransferView,
+};
+use crate::error::{ApiError, ErrorBody};
+
+/// The OpenAPI 3 document of the API, generated from the handlers and types below.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Rampart", description = "The security core of a digital-asset exchange."),
+    paths(
+        healthz, readyz, list_assets, create_account, create_accounts, get_account, account_transfers,
+        create_transfer, create_transfers, get_transfer, check_ledger
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&OperatorToken)
+)]
+pub struct ApiDoc;
+
+struct OperatorToken;
+
+impl utoipa::Modify for OperatorToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "operator_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// JSON extraction whose rejections use the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await.map_err(|e: JsonRejection| ApiError::from(e))?;
+        Ok(ApiJson(value))
+    }
+}
+
+fn path_id<T>(path: Result<Path<String>, PathRejection>) -> Result<T, ApiError>
+where
+    T: std::str::FromStr<Err = rampart_core::IdParseError>,
+{
+    let Path(raw) = path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
+    raw.parse().map_err(|e| ApiError::bad_request("invalid_id", format!("id \"{}\": {e}", raw.escape_debug())))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "ready"),
+    (status = 503, description = "the database does not answer", body = ErrorBody)
+))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store().ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database does not answer")
+    })?;
+    Ok(Json(serde_json::json!({"status": "ready", "backend": state.store().backend().as_str()})))
+}
+
+pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The configured assets.
+#[utoipa::path(get, path = "/v1/assets", security(("operator_token" = [])),
+    responses((status = 200, body = Vec<AssetView>), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_assets(State(state): State<AppState>) -> Json<Vec<AssetView>> {
+    Json(
+        state
+            .assets()
+            .iter()
+            .map(|a| AssetView {
+                code: a.code.to_string(),
+                decimals: a.decimals,
+                chain: a.chain.clone(),
+                confirmations: a.confirmations,
+            })
+            .collect(),
+    )
+}
+
+/// Creates one account. `201` when created, `200` when an identical account exists (a safe retry), `409` when an
+/// account with this id exists with other fields, `422` for any other refusal.
+#[utoipa::path(post, path = "/v1/accounts", request_body = AccountRequest, security(("operator_token" = [])),
+    responses(
+        (status = 201, body = AccountView), (status = 200, body = AccountView, description = "exists"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ))]
+pub(crate) async fn create_account(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AccountRequest>,
+) -> Result<Response, ApiError> {
+    let account = request.parse(state.assets(), "")?;
+    let result = state.store().create_accounts(&[account], state.now_ns()).await?[0];
+    metrics::counter!("ledger_accounts_total", "result" => result.as_str()).increment(1);
+    let status = match result {
+        CreateAccountResult::Ok => StatusCode::CREATED,
+        CreateAccountResult::Exists => StatusCode::OK,
+        refused => return Err(refusal(refused.as_str(), &format!("account {}", account.id))),
+    };
+    let stored = state.store().account(account.id).await?.ok_or_else(|| ApiError::not_found("account vanished"))?;
+    Ok((status, Json(AccountView::of(&stored, state.assets()))).into_response())
+}
+
+fn refusal(code: &'static str, what: &str) -> ApiError {
+    let status =
+        if code == "exists_with_different_fields" { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+    ApiError::new(status, code, format!("{what} refused: {}", code.replace('_', " ")))
+}
+
+/// Creates a batch of accounts in one transaction; one result per item.
+#[utoipa::path(post, path = "/v1/accounts/batch", request_body = Vec<AccountRequest>,
+    security(("operator_token" = [])),
+    responses((status = 200, body = BatchResults), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub(crate) async fn create_accounts(
+    State(state): State<AppState>,
+    ApiJson(requests): ApiJson<Vec<AccountRequest>>,
+) -> Result<Json<BatchResults>, ApiError> {
+    let batch = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.parse(state.assets(), &format!("accounts[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = state.store().create_accounts(&batch, state.now_ns()).await?;
+    let results = batch
+        .iter()
+        .zip(results)
+        .enumerate()
+        .map(|(index, (a, r))| {
+            metrics::counter!("ledger_accounts_total", "result" => r.as_str()).increment(1);
+            ItemResult { index, id: a.id.to_string(), result: r.as_str().to_owned() }
+        })
+        .collect();
+    Ok(Json(BatchResults { results }))
+}
+
+/// An account and its balances.
+#[utoipa::path(get, path = "/v1/accounts/{id}", params(("id" = String, Path, description = "account id")),
+    security(("operator_token" = [])),
+    responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_account(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<AccountView>, ApiError> {
+    let id: AccountId = path_id(path)?;
+    let account = state.store().account(id).await?.ok_or_else(|| ApiError::not_found(format!("no account {id}")))?;
+    Ok(Json(AccountView::of(&account, state.assets())))
+}
+
+/// Query of `GET /v1/accounts/{id}/transfers`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    /// How many transfers, newest first (1 to 1000, default 100).
+    limit: Option<u32>,
+}
+
+/// The most recent transfers of an account, newest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/transfers",
+    params(("id" = String, Path, description = "account id"), HistoryQuery), security(("operator_token" = [])),
+    responses((status = 200, body = Vec<TransferView>), (status = 400, body = ErrorBody)))]
+pub(crate) async fn account_transfers(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<TransferView>>, ApiError> {
+    /// The most transfers one page returns.
+    const HISTORY_LIMIT_MAX: u32 = 1000;
+    let id: AccountId = path_id(path)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {HISTORY_LIMIT_MAX}")));
+    }
+    let transfers = state.store().account_transfers(id, limit).await?;
+    Ok(Json(transfers.iter().map(|t| TransferView::of(t, None, state.assets())).collect()))
+}
+
+/// Creates one transfer, or posts or voids a pending one. `201` when applied, `200` when an identical transfer
+/// exists (a safe retry), `409` when a transfer with this id exists with other fields, `422` with the ledger's result
+/// code (`exceeds_credits`, `pending_transfer_expired`, …) for any other refusal.
+#[utoipa::path(post, path = "/v1/transfers", request_body = TransferRequest, security(("operator_token" = [])),
+    responses(
+        (status = 201, body = TransferView), (status = 200, body = TransferView, description = "exists"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ))]
+pub(crate) async fn create_transfer(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TransferRequest>,
+) -> Result<Response, ApiError> {
+    let transfer = request.parse(state.assets(), "")?;
+    let result = state.store().create_transfers(&[transfer], state.now_ns()).await?[0];
+    metrics::counter!("ledger_transfers_total", "result" => result.as_str()).increment(1);
+    let status = match result {
+        CreateTransferResult::Ok => StatusCode::CREATED,
+        CreateTransferResult::Exists => StatusCode::OK,
+        refused => return Err(refusal(refused.as_str(), &format!("transfer {}", transfer.id))),
+    };
+    let stored = state.store().transfer(transfer.id).await?.ok_or_else(|| ApiError::not_found("transfer vanished"))?;
+    Ok((status, Json(TransferView::of(&stored.transfer, stored.pending, state.assets()))).into_response())
+}
+
+/// Creates a batch of transfers in one transaction, in order; linked chains succeed or fail together. One result
+/// per item. Any malformed item refuses the whole batch with `400` and writes nothing.
+#[utoipa::path(post, path = "/v1/transfers/batch", request_body = Vec<TransferRequest>,
+    security(("operator_token" = [])),
+    responses((status = 200, body = BatchResults), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub(crate) async fn create_transfers(
+    State(state): State<AppState>,
+    ApiJson(requests): ApiJson<Vec<TransferRequest>>,
+) -> Result<Json<BatchResults>, ApiError> {
+    let batch = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.parse(state.assets(), &format!("transfers[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = state.store().create_transfers(&batch, state.now_ns()).await?;
+    let results = batch
+        .iter()
+        .zip(results)
+        .enumerate()
+        .map(|(index, (t, r))| {
+            metrics::counter!("ledger_transfers_total", "result" => r.as_str()).increment(1);
+            ItemResult { index, id: t.id.to_string(), result: r.as_str().to_owned() }
+        })
+        .collect();
+    Ok(Json(BatchResults { results }))
+}
+
+/// A transfer and, if pending, its state.
+#[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, description = "transfer id")),
+    security(("operator_token" = [])),
+    responses((status = 200, body = TransferView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_transfer(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    let id: TransferId = path_id(path)?;
+    let stored = state.store().transfer(id).await?.ok_or_else(|| ApiError::not_found(format!("no transfer {id}")))?;
+    Ok(Json(TransferView::of(&stored.transfer, stored.pending, state.assets())))
+}
+
+/// Checks the whole ledger from one snapshot: Σ debits = Σ credits per asset, every account within its flags, every
+/// pending balance equal to its live holds.
+#[utoipa::path(get, path = "/v1/ledger/check", security(("operator_token" = [])),
+    responses((status = 200, body = LedgerCheck)))]
+pub(crate) async fn check_ledger(State(state): State<AppState>) -> Result<Json<LedgerCheck>, ApiError> {
+    let report = state.store().verify_ledger().await?;
+    if let Some(v) = &report.violation {
+        tracing::error!(violation = ?v, "LEDGER INVARIANT BROKEN");
+    }
+    Ok(Json(LedgerCheck {
+        balanced: report.violation.is_none(),
+        accounts: report.accounts,
+        pending: report.pending,
+        assets: report.totals.iter().map(|(code, t)| AssetTotalsView::of(*code, t, state.assets())).collect(),
+        violation: report.violation.map(|v| format!("{v:?}")),
+    }))
+}
