@@ -68,7 +68,7 @@ pub enum InvariantViolation {
         /// The asset.
         asset: AssetCode,
         /// The per-asset totals.
-        totals: AssetTotals,
+        totals: Box<AssetTotals>,
     },
     /// An account's balances break its flags.
     FlagsBroken(AccountId),
@@ -249,7 +249,7 @@ impl Ledger {
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         for (asset, totals) in self.totals() {
             if !totals.is_balanced() {
-                return Err(InvariantViolation::Unbalanced { asset, totals });
+                return Err(InvariantViolation::Unbalanced { asset, totals: Box::new(totals) });
             }
         }
         let mut pending_debits: FxHashMap<AccountId, u128> = FxHashMap::default();
@@ -634,9 +634,7 @@ fn same_fields(t: &NewTransfer, existing: &Transfer, pending: Option<&Transfer>)
             && t.credit_account_id == existing.credit_account_id
             && t.code == existing.code
     };
-    let amount_matches = if t.amount == existing.amount {
-        true
-    } else if t.amount.is_zero() && t.flags.void_pending_transfer {
+    let amount_matches = if t.amount == existing.amount || (t.amount.is_zero() && t.flags.void_pending_transfer) {
         true
     } else if t.amount.is_zero() && t.flags.post_pending_transfer {
         // Zero asks for the whole hold: the same request if the earlier post took the whole hold.
