@@ -111,6 +111,8 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+// figment's test jail returns figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -1,8 +1,11 @@
 //! The one error shape of the API: `{"error": {"code": "…", "message": "…"}}`.
 
 use axum::Json;
+use axum::body::HttpBody;
+use axum::extract::Request;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rampart_store::StoreError;
 use serde::Serialize;
@@ -109,4 +112,28 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// Gives the error shape to any error answer that a layer below produced without a body (a timeout's 408, for
+/// instance), so that clients can rely on `{"error": …}` for every 4xx and 5xx.
+pub(crate) async fn ensure_error_shape(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || response.body().size_hint().exact() != Some(0) {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not accept that method"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+        s if s.is_server_error() => ("internal", "internal error"),
+        _ => ("bad_request", "the request was refused"),
+    };
+    let mut shaped = ApiError::new(status, code, message).into_response();
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
 }

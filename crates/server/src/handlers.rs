@@ -68,6 +68,10 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+}
+
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
 pub(crate) async fn healthz() -> Json<serde_json::Value> {

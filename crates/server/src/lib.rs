@@ -98,12 +98,15 @@ pub fn router(state: AppState) -> Router {
         // A route layer runs after routing, so the metrics see the route template rather than the raw path.
         .route_layer(middleware::from_fn(telemetry::record_metrics))
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(REQUEST_TIMEOUT_S),
         ))
+        // Outside the timeout, so that its bare 408 gets the error shape too.
+        .layer(middleware::from_fn(error::ensure_error_shape))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
