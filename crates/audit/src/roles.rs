@@ -1,0 +1,176 @@
+//! Staff roles and the permission matrix: who on the exchange's staff may do what, in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// A staff role. A staff member may hold several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Customer support: reads accounts to answer customers.
+    Support,
+    /// Risk analyst: reads accounts and works the review queue.
+    RiskAnalyst,
+    /// Compliance reviewer, first level.
+    ComplianceL1,
+    /// Compliance reviewer, second level.
+    ComplianceL2,
+    /// Compliance reviewer, third level: the money-laundering reporting officer.
+    ComplianceL3,
+    /// Treasury custodian: moves the exchange's own funds and takes part in signing ceremonies.
+    TreasuryCustodian,
+    /// Administrator: manages staff and keys; role changes need a second administrator.
+    Administrator,
+    /// Auditor: reads everything, changes nothing, verifies the audit log.
+    Auditor,
+}
+
+/// Something a staff member may be allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Read accounts, balances and transfers.
+    LedgerRead,
+    /// Create accounts and transfers by hand (treasury operations, corrections by new transfers).
+    LedgerWrite,
+    /// Read the staff list and their roles.
+    StaffRead,
+    /// Create staff and request role changes.
+    StaffManage,
+    /// Approve another administrator's role change (four eyes).
+    StaffApprove,
+    /// Rotate data keys and rewrap ciphertexts.
+    KeysManage,
+    /// Read and export the audit log.
+    AuditRead,
+    /// Verify the audit log's chain and signatures.
+    AuditVerify,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 8] = [
+        Role::Support,
+        Role::RiskAnalyst,
+        Role::ComplianceL1,
+        Role::ComplianceL2,
+        Role::ComplianceL3,
+        Role::TreasuryCustodian,
+        Role::Administrator,
+        Role::Auditor,
+    ];
+
+    /// A stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Support => "support",
+            Role::RiskAnalyst => "risk_analyst",
+            Role::ComplianceL1 => "compliance_l1",
+            Role::ComplianceL2 => "compliance_l2",
+            Role::ComplianceL3 => "compliance_l3",
+            Role::TreasuryCustodian => "treasury_custodian",
+            Role::Administrator => "administrator",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// The role named `s`.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The permission matrix: the only place that says what a role may do. Least privilege: nobody gets a
+    /// permission their work does not need, and no single role can both change who may do what and approve it.
+    pub fn permits(self, permission: Permission) -> bool {
+        use Permission as P;
+        match self {
+            Role::Support | Role::RiskAnalyst | Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
+                matches!(permission, P::LedgerRead)
+            }
+            Role::TreasuryCustodian => matches!(permission, P::LedgerRead | P::LedgerWrite),
+            Role::Administrator => {
+                matches!(permission, P::StaffRead | P::StaffManage | P::StaffApprove | P::KeysManage)
+            }
+            Role::Auditor => matches!(permission, P::LedgerRead | P::StaffRead | P::AuditRead | P::AuditVerify),
+        }
+    }
+}
+
+impl Permission {
+    /// Every permission.
+    pub const ALL: [Permission; 8] = [
+        Permission::LedgerRead,
+        Permission::LedgerWrite,
+        Permission::StaffRead,
+        Permission::StaffManage,
+        Permission::StaffApprove,
+        Permission::KeysManage,
+        Permission::AuditRead,
+        Permission::AuditVerify,
+    ];
+
+    /// A stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::LedgerRead => "ledger_read",
+            Permission::LedgerWrite => "ledger_write",
+            Permission::StaffRead => "staff_read",
+            Permission::StaffManage => "staff_manage",
+            Permission::StaffApprove => "staff_approve",
+            Permission::KeysManage => "keys_manage",
+            Permission::AuditRead => "audit_read",
+            Permission::AuditVerify => "audit_verify",
+        }
+    }
+
+    /// Whether any of `roles` grants it.
+    pub fn granted_by(self, roles: &[Role]) -> bool {
+        roles.iter().any(|r| r.permits(self))
+    }
+
+    /// The matrix as a Markdown table, for the documentation.
+    pub fn matrix_markdown() -> String {
+        let mut out = String::from("| permission |");
+        for role in Role::ALL {
+            out.push_str(&format!(" {} |", role.as_str()));
+        }
+        out.push_str("\n| --- |");
+        out.push_str(&" :-: |".repeat(Role::ALL.len()));
+        out.push('\n');
+        for permission in Permission::ALL {
+            out.push_str(&format!("| {} |", permission.as_str()));
+            for role in Role::ALL {
+                out.push_str(if role.permits(permission) { " ✓ |" } else { "   |" });
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn least_privilege_holds() {
+        // Nobody who can move money can change who may do what, and auditors change nothing.
+        for role in Role::ALL {
+            assert!(!(role.permits(Permission::LedgerWrite) && role.permits(Permission::StaffManage)), "{role:?}");
+        }
+        for write in
+            [Permission::LedgerWrite, Permission::StaffManage, Permission::StaffApprove, Permission::KeysManage]
+        {
+            assert!(!Role::Auditor.permits(write));
+        }
+        assert!(Permission::AuditVerify.granted_by(&[Role::Support, Role::Auditor]));
+        assert!(!Permission::AuditVerify.granted_by(&[Role::Support]));
+    }
+}
