@@ -318,16 +318,11 @@ impl Verifier {
     /// Ends verification: the log must reach its last checkpoint and its signed head.
     pub fn finish(mut self, head: Option<&SignedHead>) -> VerifyReport {
         let last = self.expected_seq - 1;
-        if self.finding.is_none() {
-            if let Some((&cp_seq, _)) = self.checkpoints.last_key_value()
-                && cp_seq > last
-            {
-                self.flag(
-                    last + 1,
-                    FindingKind::Truncated,
-                    format!("the log ends at {last}, before checkpoint {cp_seq}"),
-                );
-            }
+        if self.finding.is_none()
+            && let Some((&cp_seq, _)) = self.checkpoints.last_key_value()
+            && cp_seq > last
+        {
+            self.flag(last + 1, FindingKind::Truncated, format!("the log ends at {last}, before checkpoint {cp_seq}"));
         }
         if self.finding.is_none() {
             match head {
