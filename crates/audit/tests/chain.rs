@@ -19,7 +19,7 @@ fn record(i: u64) -> AuditRecord {
         actor: format!("staff:{}", i % 3),
         action: "ledger.transfer.create".into(),
         target: format!("transfer:{i}"),
-        outcome: if i % 5 == 0 { Outcome::Denied } else { Outcome::Success },
+        outcome: if i.is_multiple_of(5) { Outcome::Denied } else { Outcome::Success },
         details: BTreeMap::from([("amount".to_owned(), format!("{i}.5"))]),
     }
 }
@@ -33,7 +33,7 @@ fn log(n: u64, every: u64) -> (Vec<AuditEntry>, Vec<Checkpoint>, SignedHead) {
     for i in 1..=n {
         let entry = AuditEntry::next(seq, prev, record(i));
         (seq, prev) = (entry.seq, entry.hash);
-        if i % every == 0 {
+        if i.is_multiple_of(every) {
             let time_ns = entry.record.time_ns;
             let signature = key.sign(&checkpoint_message(seq, &prev, time_ns)).to_bytes();
             checkpoints.push(Checkpoint { seq, hash: prev, time_ns, signature });
