@@ -10,6 +10,7 @@
 //! in a cycle) and retries on serialisation failures, deadlocks and unique violations (a concurrent insert of the same
 //! id, which the retry then answers with `exists`).
 
+mod audit;
 mod flow;
 mod postgres;
 mod rows;
@@ -18,6 +19,8 @@ mod sqlite;
 use std::path::Path;
 use std::time::Duration;
 
+pub use audit::{AuditFilter, AuditSigner, AuditedBy, Auditor};
+use rampart_audit::{AuditEntry, AuditRecord, Checkpoint, SignedHead, VerifyReport};
 use rampart_core::{AccountId, AssetCode, TransferId};
 use rampart_ledger::{
     Account, AssetTotals, CreateAccountResult, CreateTransferResult, InvariantViolation, NewAccount, NewTransfer,
@@ -193,7 +196,93 @@ impl Store {
         now_ns: u64,
     ) -> Result<Vec<CreateTransferResult>, StoreError> {
         check_batch(batch.len())?;
-        dispatch!(self, s => s.create_transfers(batch, now_ns).await)
+        dispatch!(self, s => s.create_transfers(batch, now_ns, None).await)
+    }
+
+    /// Creates a batch of transfers as [`Store::create_transfers`] does, and records it in the audit log in the same
+    /// transaction: if the audit append fails, nothing is applied.
+    pub async fn create_transfers_audited(
+        &self,
+        batch: &[NewTransfer],
+        now_ns: u64,
+        by: &AuditedBy<'_>,
+    ) -> Result<Vec<CreateTransferResult>, StoreError> {
+        check_batch(batch.len())?;
+        dispatch!(self, s => s.create_transfers(batch, now_ns, Some(by)).await)
+    }
+
+    /// Appends records to the audit log on their own (events that change nothing else, such as a refused request).
+    pub async fn append_audit(
+        &self,
+        records: Vec<AuditRecord>,
+        auditor: &Auditor<'_>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        dispatch!(self, s => s.append_audit(records, auditor).await)
+    }
+
+    /// Up to `limit` audit entries matching `filter`, in sequence order.
+    pub async fn audit_entries(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        dispatch!(self, s => s.audit_entries(filter, limit).await)
+    }
+
+    /// Every signed checkpoint.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        dispatch!(self, s => s.audit_checkpoints().await)
+    }
+
+    /// The signed head of the log, if anything was ever appended.
+    pub async fn audit_head(&self) -> Result<Option<SignedHead>, StoreError> {
+        dispatch!(self, s => s.audit_head().await)
+    }
+
+    /// Verifies the whole audit log against `public_key`, streaming it in pages.
+    pub async fn verify_audit(&self, public_key: &[u8; 32]) -> Result<VerifyReport, StoreError> {
+        /// Entries read per query.
+        const PAGE_LEN: u32 = 20_000;
+        let checkpoints = self.audit_checkpoints().await?;
+        let head = self.audit_head().await?;
+        let mut verifier = rampart_audit::Verifier::new(public_key, checkpoints).map_err(StoreError::Corrupt)?;
+        let mut filter = AuditFilter::default();
+        'pages: loop {
+            let page = self.audit_entries(&filter, PAGE_LEN).await?;
+            let Some(last) = page.last() else { break };
+            filter.after_seq = last.seq;
+            for entry in &page {
+                if !verifier.push(entry) {
+                    break 'pages;
+                }
+            }
+            if page.len() < PAGE_LEN as usize {
+                break;
+            }
+        }
+        Ok(verifier.finish(head.as_ref()))
+    }
+
+    /// The stored seal configuration, if `rampart init` has run.
+    pub async fn seal_config(&self) -> Result<Option<rampart_crypto::SealConfig>, StoreError> {
+        dispatch!(self, s => s.seal_config().await)
+    }
+
+    /// Records a new initialisation and its wrapped keys. Returns `false` (and changes nothing) if the database was
+    /// already initialised.
+    pub async fn initialise_seal(
+        &self,
+        config: &rampart_crypto::SealConfig,
+        keys: &[rampart_crypto::WrappedKey],
+        now_ns: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.initialise_seal(config, keys, now_ns).await)
+    }
+
+    /// Every wrapped key.
+    pub async fn crypto_keys(&self) -> Result<Vec<rampart_crypto::WrappedKey>, StoreError> {
+        dispatch!(self, s => s.crypto_keys().await)
+    }
+
+    /// Stores a new wrapped key (a rotated data key).
+    pub async fn add_crypto_key(&self, key: &rampart_crypto::WrappedKey, now_ns: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.add_crypto_key(key, now_ns).await)
     }
 
     /// Expires up to `limit` pending transfers whose timeout has passed at `now_ns`, releasing their holds.

@@ -8,9 +8,10 @@ use rampart_ledger::{
     Account, CreateAccountResult, CreateTransferResult, Ledger, NewAccount, NewTransfer, PendingState, Transfer,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
+use crate::audit::{self, AuditFilter, AuditTx, AuditedBy, Auditor};
 use crate::flow::{self, LedgerTx};
 use crate::rows::{self, AccountRow, TransferRow};
 use crate::{CONFLICT_RETRIES_MAX, ConnectOptions, LedgerReport, StoreError, StoredTransfer, ts};
@@ -254,6 +255,88 @@ impl LedgerTx for PgTx {
     }
 }
 
+async fn add_key(
+    tx: &mut Transaction<'static, Postgres>,
+    key: &rampart_crypto::WrappedKey,
+    now_ns: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO crypto_keys (purpose, version, wrapped, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(key.purpose.as_str())
+        .bind(i32::try_from(key.version).map_err(|_| StoreError::Corrupt("key version".into()))?)
+        .bind(key.wrapped.clone())
+        .bind(ts(now_ns))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl AuditTx for PgTx {
+    async fn lock_audit_head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
+        // The head row orders appends across nodes; the very first appends race on the log's primary key instead,
+        // and the loser is retried.
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            .fetch_optional(&mut *self.0)
+            .await?;
+        match row {
+            None => Ok(audit::genesis()),
+            Some(r) => audit::decode_head_position(r.try_get(0)?, r.try_get(1)?),
+        }
+    }
+
+    async fn insert_audit_entries(&mut self, entries: &[rampart_audit::AuditEntry]) -> Result<(), StoreError> {
+        let seq: Vec<i64> = entries.iter().map(|e| i64::try_from(e.seq).expect("audit sequence fits i64")).collect();
+        let time: Vec<i64> = entries.iter().map(|e| ts(e.record.time_ns)).collect();
+        let actor: Vec<&str> = entries.iter().map(|e| e.record.actor.as_str()).collect();
+        let action: Vec<&str> = entries.iter().map(|e| e.record.action.as_str()).collect();
+        let target: Vec<&str> = entries.iter().map(|e| e.record.target.as_str()).collect();
+        let outcome: Vec<&str> = entries.iter().map(|e| e.record.outcome.as_str()).collect();
+        let details: Vec<String> = entries.iter().map(audit::encode_details).collect();
+        let prev: Vec<Vec<u8>> = entries.iter().map(|e| e.prev_hash.to_vec()).collect();
+        let hash: Vec<Vec<u8>> = entries.iter().map(|e| e.hash.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time_ns, actor, action, target, outcome, details, prev_hash, hash) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::bytea[], $9::bytea[])",
+        )
+        .bind(seq)
+        .bind(time)
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(outcome)
+        .bind(details)
+        .bind(prev)
+        .bind(hash)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_checkpoint(&mut self, cp: &rampart_audit::Checkpoint) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time_ns, signature) VALUES ($1, $2, $3, $4)")
+            .bind(i64::try_from(cp.seq).expect("audit sequence fits i64"))
+            .bind(cp.hash.to_vec())
+            .bind(ts(cp.time_ns))
+            .bind(cp.signature.to_vec())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_audit_head(&mut self, head: &rampart_audit::SignedHead) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
+        )
+        .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
+        .bind(head.hash.to_vec())
+        .bind(head.signature.to_vec())
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+}
+
 /// Accounts as column arrays, for `UNNEST`.
 struct AccountColumns {
     id: Vec<Uuid>,
@@ -320,8 +403,131 @@ impl PgStore {
         &self,
         batch: &[NewTransfer],
         now_ns: u64,
+        by: Option<&AuditedBy<'_>>,
     ) -> Result<Vec<CreateTransferResult>, StoreError> {
-        retrying!(self, tx => flow::create_transfers(tx, batch, now_ns))
+        retrying!(self, tx => async {
+            let results = flow::create_transfers(tx, batch, now_ns).await?;
+            if let Some(by) = by {
+                let record = audit::transfers_record(by.actor, now_ns, batch, &results);
+                audit::append(tx, vec![record], &by.auditor).await?;
+            }
+            Ok(results)
+        })
+    }
+
+    pub(crate) async fn append_audit(
+        &self,
+        records: Vec<rampart_audit::AuditRecord>,
+        auditor: &Auditor<'_>,
+    ) -> Result<Vec<rampart_audit::AuditEntry>, StoreError> {
+        retrying!(self, tx => audit::append(tx, records.clone(), auditor))
+    }
+
+    pub(crate) async fn audit_entries(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<rampart_audit::AuditEntry>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT seq, time_ns, actor, action, target, outcome, details, prev_hash, hash FROM audit_log WHERE seq > ",
+        );
+        q.push_bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
+        if let Some(from) = filter.from_ns {
+            q.push(" AND time_ns >= ").push_bind(ts(from));
+        }
+        if let Some(until) = filter.until_ns {
+            q.push(" AND time_ns < ").push_bind(ts(until));
+        }
+        if let Some(actor) = &filter.actor {
+            q.push(" AND actor = ").push_bind(actor.clone());
+        }
+        if let Some(action) = &filter.action {
+            q.push(" AND action = ").push_bind(action.clone());
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                audit::decode_entry(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    r.try_get(7)?,
+                    r.try_get(8)?,
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) async fn audit_checkpoints(&self) -> Result<Vec<rampart_audit::Checkpoint>, StoreError> {
+        let rows = sqlx::query("SELECT seq, hash, time_ns, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| audit::decode_checkpoint(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+            .collect()
+    }
+
+    pub(crate) async fn audit_head(&self) -> Result<Option<rampart_audit::SignedHead>, StoreError> {
+        let row =
+            sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1").fetch_optional(&self.pool).await?;
+        row.map(|r| audit::decode_head(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)).transpose()
+    }
+
+    pub(crate) async fn seal_config(&self) -> Result<Option<rampart_crypto::SealConfig>, StoreError> {
+        let row =
+            sqlx::query("SELECT init_id, shares::bigint, threshold::bigint, root_check FROM seal_config WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| audit::decode_seal(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)).transpose()
+    }
+
+    pub(crate) async fn initialise_seal(
+        &self,
+        config: &rampart_crypto::SealConfig,
+        keys: &[rampart_crypto::WrappedKey],
+        now_ns: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO seal_config (id, init_id, shares, threshold, root_check, created_at) \
+             VALUES (1, $1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(config.init_id.to_vec())
+        .bind(i32::from(config.shares))
+        .bind(i32::from(config.threshold))
+        .bind(config.root_check.clone())
+        .bind(ts(now_ns))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !done {
+            return Ok(false);
+        }
+        for key in keys {
+            add_key(&mut tx, key, now_ns).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub(crate) async fn crypto_keys(&self) -> Result<Vec<rampart_crypto::WrappedKey>, StoreError> {
+        let rows = sqlx::query("SELECT purpose, version::bigint, wrapped FROM crypto_keys ORDER BY purpose, version")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| audit::decode_key(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)).collect()
+    }
+
+    pub(crate) async fn add_crypto_key(&self, key: &rampart_crypto::WrappedKey, now_ns: u64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        add_key(&mut tx, key, now_ns).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(crate) async fn expire_pending(&self, now_ns: u64, limit: u32) -> Result<Vec<TransferId>, StoreError> {

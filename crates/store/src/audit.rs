@@ -1,0 +1,219 @@
+//! Appending to the audit log inside the transaction of the change it records, and reading it back.
+
+use rampart_audit::{
+    AuditEntry, AuditRecord, Checkpoint, GENESIS_HASH, Outcome, SignedHead, checkpoint_message, head_message,
+};
+
+use crate::StoreError;
+
+/// Something that signs audit checkpoints and heads: the keyring, once the seal is open.
+pub trait AuditSigner: Send + Sync {
+    /// An Ed25519 signature of `message`.
+    fn sign(&self, message: &[u8]) -> [u8; 64];
+}
+
+impl AuditSigner for rampart_crypto::Keyring {
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        rampart_crypto::Keyring::sign(self, message)
+    }
+}
+
+/// How audited commands sign and checkpoint.
+#[derive(Clone, Copy)]
+pub struct Auditor<'a> {
+    /// Signs the head after every append and a checkpoint every `checkpoint_every` entries.
+    pub signer: &'a dyn AuditSigner,
+    /// Entries between signed checkpoints.
+    pub checkpoint_every: u64,
+}
+
+/// Who did an audited command, and when.
+#[derive(Clone, Copy)]
+pub struct AuditedBy<'a> {
+    /// The signer and checkpoint policy.
+    pub auditor: Auditor<'a>,
+    /// The actor (`staff:3`, `operator`, `system`).
+    pub actor: &'a str,
+}
+
+/// Filters for reading the log back.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Entries after this sequence number.
+    pub after_seq: u64,
+    /// Entries at or after this time.
+    pub from_ns: Option<u64>,
+    /// Entries before this time.
+    pub until_ns: Option<u64>,
+    /// Entries of this actor.
+    pub actor: Option<String>,
+    /// Entries of this action.
+    pub action: Option<String>,
+}
+
+/// The operations of an open write transaction that appends to the log.
+pub(crate) trait AuditTx {
+    /// Locks the head (ordering every append after the previous one) and returns the last `(seq, hash)`.
+    async fn lock_audit_head(&mut self) -> Result<(u64, [u8; 32]), StoreError>;
+    /// Inserts entries.
+    async fn insert_audit_entries(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// Inserts a checkpoint.
+    async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    /// Writes the signed head.
+    async fn write_audit_head(&mut self, head: &SignedHead) -> Result<(), StoreError>;
+}
+
+/// Appends `records` in order inside `tx`: chains them, signs a checkpoint at every multiple of the interval, and
+/// signs the new head. If anything fails, the caller's transaction (and so the change being recorded) fails.
+pub(crate) async fn append<T: AuditTx>(
+    tx: &mut T,
+    records: Vec<AuditRecord>,
+    auditor: &Auditor<'_>,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let (mut seq, mut prev) = tx.lock_audit_head().await?;
+    let mut entries = Vec::with_capacity(records.len());
+    let mut checkpoints = Vec::new();
+    for record in records {
+        let entry = AuditEntry::next(seq, prev, record);
+        (seq, prev) = (entry.seq, entry.hash);
+        if auditor.checkpoint_every > 0 && seq.is_multiple_of(auditor.checkpoint_every) {
+            let time_ns = entry.record.time_ns;
+            let signature = auditor.signer.sign(&checkpoint_message(seq, &prev, time_ns));
+            checkpoints.push(Checkpoint { seq, hash: prev, time_ns, signature });
+        }
+        entries.push(entry);
+    }
+    tx.insert_audit_entries(&entries).await?;
+    for checkpoint in &checkpoints {
+        tx.insert_checkpoint(checkpoint).await?;
+    }
+    let signature = auditor.signer.sign(&head_message(seq, &prev));
+    tx.write_audit_head(&SignedHead { seq, hash: prev, signature }).await?;
+    Ok(entries)
+}
+
+/// The head of an empty log.
+pub(crate) fn genesis() -> (u64, [u8; 32]) {
+    (0, GENESIS_HASH)
+}
+
+/// The record of a batch of transfers: one entry per batch, naming every transfer it applied.
+pub(crate) fn transfers_record(
+    actor: &str,
+    now_ns: u64,
+    batch: &[rampart_ledger::NewTransfer],
+    results: &[rampart_ledger::CreateTransferResult],
+) -> AuditRecord {
+    let applied: Vec<String> = batch
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| **r == rampart_ledger::CreateTransferResult::Ok)
+        .map(|(t, _)| t.id.to_string())
+        .collect();
+    let details = [
+        ("applied".to_owned(), applied.len().to_string()),
+        ("refused".to_owned(), (batch.len() - applied.len()).to_string()),
+        ("ids".to_owned(), applied.join(",")),
+    ];
+    AuditRecord {
+        time_ns: now_ns,
+        actor: actor.to_owned(),
+        action: "ledger.transfers.create".to_owned(),
+        target: "ledger".to_owned(),
+        outcome: if applied.is_empty() { Outcome::Failure } else { Outcome::Success },
+        details: details.into_iter().collect(),
+    }
+}
+
+/// Decodes a stored entry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_entry(
+    seq: i64,
+    time_ns: i64,
+    actor: String,
+    action: String,
+    target: String,
+    outcome: &str,
+    details: &str,
+    prev_hash: &[u8],
+    hash: &[u8],
+) -> Result<AuditEntry, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("audit entry {seq}: {what}"));
+    Ok(AuditEntry {
+        seq: u64::try_from(seq).map_err(|_| corrupt("sequence"))?,
+        record: AuditRecord {
+            time_ns: u64::try_from(time_ns).map_err(|_| corrupt("time"))?,
+            actor,
+            action,
+            target,
+            outcome: Outcome::parse(outcome).ok_or_else(|| corrupt("outcome"))?,
+            details: serde_json::from_str(details).map_err(|_| corrupt("details"))?,
+        },
+        prev_hash: prev_hash.try_into().map_err(|_| corrupt("previous hash"))?,
+        hash: hash.try_into().map_err(|_| corrupt("hash"))?,
+    })
+}
+
+/// Encodes details for storage (JSON: the hash covers the map itself, not this text).
+pub(crate) fn encode_details(entry: &AuditEntry) -> String {
+    serde_json::to_string(&entry.record.details).expect("a string map serialises")
+}
+
+fn bytes<const N: usize>(what: &str, b: &[u8]) -> Result<[u8; N], StoreError> {
+    b.try_into().map_err(|_| StoreError::Corrupt(format!("{what}: {} bytes", b.len())))
+}
+
+fn unsigned(what: &str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what}: {v}")))
+}
+
+pub(crate) fn decode_head_position(seq: i64, hash: &[u8]) -> Result<(u64, [u8; 32]), StoreError> {
+    Ok((unsigned("audit head", seq)?, bytes("audit head hash", hash)?))
+}
+
+pub(crate) fn decode_head(seq: i64, hash: &[u8], signature: &[u8]) -> Result<SignedHead, StoreError> {
+    let (seq, hash) = decode_head_position(seq, hash)?;
+    Ok(SignedHead { seq, hash, signature: bytes("audit head signature", signature)? })
+}
+
+pub(crate) fn decode_checkpoint(
+    seq: i64,
+    hash: &[u8],
+    time_ns: i64,
+    signature: &[u8],
+) -> Result<Checkpoint, StoreError> {
+    Ok(Checkpoint {
+        seq: unsigned("checkpoint", seq)?,
+        hash: bytes("checkpoint hash", hash)?,
+        time_ns: unsigned("checkpoint time", time_ns)?,
+        signature: bytes("checkpoint signature", signature)?,
+    })
+}
+
+pub(crate) fn decode_seal(
+    init_id: &[u8],
+    shares: i64,
+    threshold: i64,
+    root_check: Vec<u8>,
+) -> Result<rampart_crypto::SealConfig, StoreError> {
+    let small = |what: &str, v: i64| u8::try_from(v).map_err(|_| StoreError::Corrupt(format!("seal {what}: {v}")));
+    Ok(rampart_crypto::SealConfig {
+        init_id: bytes("seal init id", init_id)?,
+        shares: small("shares", shares)?,
+        threshold: small("threshold", threshold)?,
+        root_check,
+    })
+}
+
+pub(crate) fn decode_key(
+    purpose: &str,
+    version: i64,
+    wrapped: Vec<u8>,
+) -> Result<rampart_crypto::WrappedKey, StoreError> {
+    Ok(rampart_crypto::WrappedKey {
+        purpose: rampart_crypto::KeyPurpose::parse(purpose)
+            .ok_or_else(|| StoreError::Corrupt(format!("key purpose {purpose:?}")))?,
+        version: u32::try_from(version).map_err(|_| StoreError::Corrupt(format!("key version {version}")))?,
+        wrapped,
+    })
+}
