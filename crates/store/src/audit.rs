@@ -217,3 +217,7 @@ pub(crate) fn decode_key(
         wrapped,
     })
 }
+
+pub(crate) fn decode_public_key(b: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes("audit public key", b)
+}

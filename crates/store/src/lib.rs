@@ -270,9 +270,16 @@ impl Store {
         &self,
         config: &rampart_crypto::SealConfig,
         keys: &[rampart_crypto::WrappedKey],
+        audit_public_key: &[u8; 32],
         now_ns: u64,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.initialise_seal(config, keys, now_ns).await)
+        dispatch!(self, s => s.initialise_seal(config, keys, audit_public_key, now_ns).await)
+    }
+
+    /// The audit public key recorded at initialisation. Whoever can write the database can replace it: an
+    /// independent check pins the key printed by `rampart init` instead.
+    pub async fn audit_public_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        dispatch!(self, s => s.audit_public_key().await)
     }
 
     /// Every wrapped key.

@@ -427,17 +427,19 @@ impl SqliteStore {
         &self,
         config: &rampart_crypto::SealConfig,
         keys: &[rampart_crypto::WrappedKey],
+        audit_public_key: &[u8; 32],
         now_ns: u64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
-            "INSERT INTO seal_config (id, init_id, shares, threshold, root_check, created_at) VALUES (1, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO seal_config (id, init_id, shares, threshold, root_check, audit_public_key, created_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         )
         .bind(config.init_id.to_vec())
         .bind(i64::from(config.shares))
         .bind(i64::from(config.threshold))
         .bind(config.root_check.clone())
+        .bind(audit_public_key.to_vec())
         .bind(ts(now_ns))
         .execute(&mut *tx.0)
         .await?
@@ -451,6 +453,12 @@ impl SqliteStore {
         }
         tx.0.commit().await?;
         Ok(true)
+    }
+
+    pub(crate) async fn audit_public_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let row =
+            sqlx::query("SELECT audit_public_key FROM seal_config WHERE id = 1").fetch_optional(&self.reader).await?;
+        row.map(|r| audit::decode_public_key(r.try_get(0)?)).transpose()
     }
 
     pub(crate) async fn crypto_keys(&self) -> Result<Vec<rampart_crypto::WrappedKey>, StoreError> {

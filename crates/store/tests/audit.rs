@@ -216,10 +216,14 @@ on_both_backends!(the_seal_configuration_and_keys_are_stored_once, |store: Store
     let (config, root, _) = initialise(5, 3, &mut rand_core::OsRng).unwrap();
     let (mut keys, wrapped) = Keyring::create(root, config.init_id);
     assert!(store.seal_config().await.unwrap().is_none());
-    assert!(store.initialise_seal(&config, &wrapped, NOW).await.unwrap());
+    assert!(store.initialise_seal(&config, &wrapped, &keys.verifying_key(), NOW).await.unwrap());
+    assert_eq!(store.audit_public_key().await.unwrap(), Some(keys.verifying_key()));
     let (other, other_root, _) = initialise(5, 3, &mut rand_core::OsRng).unwrap();
-    let (_, other_keys) = Keyring::create(other_root, other.init_id);
-    assert!(!store.initialise_seal(&other, &other_keys, NOW).await.unwrap(), "a second init changes nothing");
+    let (other_ring, other_keys) = Keyring::create(other_root, other.init_id);
+    assert!(
+        !store.initialise_seal(&other, &other_keys, &other_ring.verifying_key(), NOW).await.unwrap(),
+        "a second init changes nothing"
+    );
     assert_eq!(store.seal_config().await.unwrap().unwrap(), config);
     store.add_crypto_key(&keys.rotate(), NOW).await.unwrap();
     let stored = store.crypto_keys().await.unwrap();

@@ -7,6 +7,8 @@ CREATE TABLE seal_config (
     shares      INTEGER NOT NULL,
     threshold   INTEGER NOT NULL,
     root_check  BYTEA NOT NULL,
+    -- The public half of the audit signing key, for convenience; auditors should pin their own copy.
+    audit_public_key BYTEA NOT NULL,
     created_at  BIGINT NOT NULL
 );
 
