@@ -36,6 +36,8 @@ pub enum BenchCommand {
     /// Transfers per second of the ledger: the pure state machine in memory, then single and batched commands
     /// through the store, with latency percentiles.
     Ledger(LedgerArgs),
+    /// Audit appends per second and latency (in transactions, as the server does them), and verification speed.
+    Audit(crate::bench_audit::AuditArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -83,6 +85,7 @@ pub struct LedgerArgs {
 pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ledger(args) => ledger(args, config).await,
+        BenchCommand::Audit(args) => crate::bench_audit::run(args, config).await,
     }
 }
 
@@ -587,10 +590,10 @@ async fn bench_store(store: &Store, args: &LedgerArgs, seed: u64) -> anyhow::Res
 }
 
 /// A directory of its own under the system's temporary directory, removed with everything in it when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn create() -> anyhow::Result<TempDir> {
+    pub(crate) fn create() -> anyhow::Result<TempDir> {
         let name = format!("rampart-bench-{}-{:016x}", std::process::id(), rand::random::<u64>());
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
@@ -607,7 +610,7 @@ impl Drop for TempDir {
 }
 
 /// Events per second, in integers (floats are kept away from this workspace's arithmetic).
-fn per_second(count: u64, elapsed: Duration) -> u64 {
+pub(crate) fn per_second(count: u64, elapsed: Duration) -> u64 {
     let rate = u128::from(count) * 1_000_000_000 / elapsed.as_nanos().max(1);
     u64::try_from(rate).unwrap_or(u64::MAX)
 }
@@ -622,7 +625,7 @@ fn wide(sum: WideSum) -> String {
 }
 
 /// `1234567` as `1,234,567`, for people reading the summary.
-fn grouped(n: u64) -> String {
+pub(crate) fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

@@ -1,8 +1,11 @@
 //! `rampart`: the security core of a digital-asset exchange. This binary parses the command line and dispatches.
 
+mod audit_cmd;
 mod bench;
+mod bench_audit;
 mod config;
 mod demo;
+mod init;
 mod serve;
 
 use std::path::PathBuf;
@@ -27,6 +30,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Applies database migrations and exits.
     Migrate(DatabaseArgs),
+    /// Creates the root key and splits it into unseal shares for the custodians (once per database).
+    Init(init::InitArgs),
+    /// Verifies or exports the audit log.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Tells the story of what Rampart does, narrated, on a fresh in-memory database.
     Demo,
     /// Measures performance and prints figures, ending with one JSON line.
@@ -47,7 +55,7 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     /// Applies the flags over the loaded configuration.
-    fn apply(&self, config: &mut config::Config) {
+    pub(crate) fn apply(&self, config: &mut config::Config) {
         if let Some(url) = &self.database_url {
             config.database_url = Some(url.clone());
         }
@@ -87,6 +95,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrated {}", config::redact_url(&url));
             Ok(())
         }
+        Command::Init(args) => init::run(args, config).await,
+        Command::Audit(command) => audit_cmd::run(command, config).await,
         Command::Demo => demo::run().await,
         Command::Bench(command) => bench::run(command, config).await,
     }

@@ -41,6 +41,8 @@ pub struct AuditedBy<'a> {
 pub struct AuditFilter {
     /// Entries after this sequence number.
     pub after_seq: u64,
+    /// Entries up to and including this sequence number.
+    pub through_seq: Option<u64>,
     /// Entries at or after this time.
     pub from_ns: Option<u64>,
     /// Entries before this time.

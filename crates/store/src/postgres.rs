@@ -432,6 +432,9 @@ impl PgStore {
             "SELECT seq, time_ns, actor, action, target, outcome, details, prev_hash, hash FROM audit_log WHERE seq > ",
         );
         q.push_bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
+        if let Some(through) = filter.through_seq {
+            q.push(" AND seq <= ").push_bind(i64::try_from(through).unwrap_or(i64::MAX));
+        }
         if let Some(from) = filter.from_ns {
             q.push(" AND time_ns >= ").push_bind(ts(from));
         }
@@ -461,6 +464,11 @@ impl PgStore {
                 )
             })
             .collect()
+    }
+
+    pub(crate) async fn audit_last_seq(&self) -> Result<u64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&self.pool).await?;
+        Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
     }
 
     pub(crate) async fn audit_checkpoints(&self) -> Result<Vec<rampart_audit::Checkpoint>, StoreError> {
