@@ -127,6 +127,34 @@ pub(crate) fn transfers_record(
     }
 }
 
+/// The record of a batch of account creations.
+pub(crate) fn accounts_record(
+    actor: &str,
+    now_ns: u64,
+    batch: &[rampart_ledger::NewAccount],
+    results: &[rampart_ledger::CreateAccountResult],
+) -> AuditRecord {
+    let created: Vec<String> = batch
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| **r == rampart_ledger::CreateAccountResult::Ok)
+        .map(|(a, _)| a.id.to_string())
+        .collect();
+    let details = [
+        ("created".to_owned(), created.len().to_string()),
+        ("refused".to_owned(), (batch.len() - created.len()).to_string()),
+        ("ids".to_owned(), created.join(",")),
+    ];
+    AuditRecord {
+        time_ns: now_ns,
+        actor: actor.to_owned(),
+        action: "ledger.accounts.create".to_owned(),
+        target: "ledger".to_owned(),
+        outcome: if created.is_empty() { Outcome::Failure } else { Outcome::Success },
+        details: details.into_iter().collect(),
+    }
+}
+
 /// Decodes a stored entry.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_entry(

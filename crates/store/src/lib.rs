@@ -15,6 +15,7 @@ mod flow;
 mod postgres;
 mod rows;
 mod sqlite;
+mod staff;
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use rampart_ledger::{
     Account, AssetTotals, CreateAccountResult, CreateTransferResult, InvariantViolation, NewAccount, NewTransfer,
     PendingState, Transfer,
 };
+pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 
 /// The largest batch of accounts or transfers one command accepts, as in TigerBeetle.
 pub const BATCH_LEN_MAX: usize = 8190;
@@ -185,7 +187,19 @@ impl Store {
         now_ns: u64,
     ) -> Result<Vec<CreateAccountResult>, StoreError> {
         check_batch(batch.len())?;
-        dispatch!(self, s => s.create_accounts(batch, now_ns).await)
+        dispatch!(self, s => s.create_accounts(batch, now_ns, None).await)
+    }
+
+    /// Creates accounts as [`Store::create_accounts`] does, recording the batch in the audit log in the same
+    /// transaction.
+    pub async fn create_accounts_audited(
+        &self,
+        batch: &[NewAccount],
+        now_ns: u64,
+        by: &AuditedBy<'_>,
+    ) -> Result<Vec<CreateAccountResult>, StoreError> {
+        check_batch(batch.len())?;
+        dispatch!(self, s => s.create_accounts(batch, now_ns, Some(by)).await)
     }
 
     /// Creates a batch of transfers atomically, one result per request. Either every applied transfer of the batch

@@ -26,7 +26,7 @@ const TRANSFER_COLUMNS: &str = "t.id, t.debit_account_id, t.credit_account_id, t
 /// A PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 fn uuid(v: u128) -> Uuid {
@@ -66,7 +66,7 @@ fn is_conflict(e: &StoreError) -> bool {
     matches!(code.as_ref(), "40001" | "40P01" | "23505")
 }
 
-struct PgTx(Transaction<'static, Postgres>);
+pub(crate) struct PgTx(pub(crate) Transaction<'static, Postgres>);
 
 /// Runs a command in a fresh transaction, committing on success and starting over on a conflict.
 ///
@@ -395,8 +395,16 @@ impl PgStore {
         &self,
         batch: &[NewAccount],
         now_ns: u64,
+        by: Option<&AuditedBy<'_>>,
     ) -> Result<Vec<CreateAccountResult>, StoreError> {
-        retrying!(self, tx => flow::create_accounts(tx, batch, now_ns))
+        retrying!(self, tx => async {
+            let results = flow::create_accounts(tx, batch, now_ns).await?;
+            if let Some(by) = by {
+                let record = audit::accounts_record(by.actor, now_ns, batch, &results);
+                audit::append(tx, vec![record], &by.auditor).await?;
+            }
+            Ok(results)
+        })
     }
 
     pub(crate) async fn create_transfers(

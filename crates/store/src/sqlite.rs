@@ -29,8 +29,8 @@ const TRANSFER_COLUMNS: &str = "id, debit_account_id, credit_account_id, amount,
 /// makes that explicit and free of `SQLITE_BUSY`) and a pool of readers.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 fn blob(v: u128) -> Vec<u8> {
@@ -104,7 +104,7 @@ async fn select_in<T>(
     Ok(out)
 }
 
-struct SqliteTx(Transaction<'static, Sqlite>);
+pub(crate) struct SqliteTx(pub(crate) Transaction<'static, Sqlite>);
 
 impl LedgerTx for SqliteTx {
     async fn lock_pending(&mut self, ids: &[TransferId]) -> Result<Vec<(TransferId, PendingState)>, StoreError> {
@@ -316,7 +316,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<SqliteTx, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<SqliteTx, StoreError> {
         // IMMEDIATE takes the write lock at once: a deferred transaction that read first could find its snapshot
         // stale when it tries to write, which SQLite reports as an error rather than waiting.
         Ok(SqliteTx(self.writer.begin_with("BEGIN IMMEDIATE").await?))
@@ -326,9 +326,14 @@ impl SqliteStore {
         &self,
         batch: &[NewAccount],
         now_ns: u64,
+        by: Option<&AuditedBy<'_>>,
     ) -> Result<Vec<CreateAccountResult>, StoreError> {
         let mut tx = self.begin().await?;
         let results = flow::create_accounts(&mut tx, batch, now_ns).await?;
+        if let Some(by) = by {
+            let record = audit::accounts_record(by.actor, now_ns, batch, &results);
+            audit::append(&mut tx, vec![record], &by.auditor).await?;
+        }
         tx.0.commit().await?;
         Ok(results)
     }
