@@ -206,6 +206,20 @@ impl Keyring {
         *self.data.keys().next_back().expect("a keyring holds a data key")
     }
 
+    /// A copy of this keyring with a new data-key version (which new writes use), and that key wrapped for storage.
+    /// The running service swaps the copy in, so requests holding the old keyring finish undisturbed.
+    pub fn rotated(&self) -> (Keyring, WrappedKey) {
+        let mut next = Keyring {
+            init_id: self.init_id,
+            root: RootKey(self.root.0.clone()),
+            data: self.data.clone(),
+            blind: self.blind.clone(),
+            signing: self.signing.clone(),
+        };
+        let wrapped = next.rotate();
+        (next, wrapped)
+    }
+
     /// Adds a new data-key version, which new writes use from now on; returns it wrapped, for storage.
     pub fn rotate(&mut self) -> WrappedKey {
         let version = self.current_version() + 1;

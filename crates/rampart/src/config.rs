@@ -20,8 +20,6 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Where the embedded database and other local state live.
     pub data_dir: PathBuf,
-    /// The operator API's bearer token (at least 32 characters). `serve --dev` makes one up when absent.
-    pub operator_token: Option<String>,
     /// The log filter, in `RUST_LOG` syntax.
     pub log: String,
     /// `text` or `json`.
@@ -32,14 +30,13 @@ pub struct Config {
     pub assets: Option<Vec<AssetConfig>>,
 }
 
-/// The operator token never appears in `Debug` output (and so never in logs).
+/// Database passwords never appear in `Debug` output (and so never in logs).
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("database_url", &self.database_url.as_deref().map(redact_url))
             .field("data_dir", &self.data_dir)
-            .field("operator_token", &self.operator_token.as_ref().map(|_| "<redacted>"))
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("expiry_interval_ms", &self.expiry_interval_ms)
@@ -54,7 +51,6 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
             data_dir: PathBuf::from("data"),
-            operator_token: None,
             log: "info".to_owned(),
             log_format: "text".to_owned(),
             expiry_interval_ms: 1000,
@@ -63,12 +59,8 @@ impl Default for Config {
     }
 }
 
-/// The operator token's minimum length, so that it cannot be guessed.
-pub const OPERATOR_TOKEN_LEN_MIN: usize = 32;
-
 /// The environment variables read, each `RAMPART_` and the upper-cased key.
-const ENV_KEYS: &[&str] =
-    &["listen", "database_url", "data_dir", "operator_token", "log", "log_format", "expiry_interval_ms"];
+const ENV_KEYS: &[&str] = &["listen", "database_url", "data_dir", "log", "log_format", "expiry_interval_ms"];
 
 impl Config {
     /// Loads defaults, then `file` if given, then the environment.
@@ -157,12 +149,8 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let config = Config {
-            operator_token: Some("super-secret-operator-token-0123456789".into()),
-            database_url: Some("postgres://rampart:hunter2@db/rampart".into()),
-            ..Config::default()
-        };
+        let config = Config { database_url: Some("postgres://rampart:hunter2@db/rampart".into()), ..Config::default() };
         let shown = format!("{config:?}");
-        assert!(!shown.contains("super-secret") && !shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod init;
 mod serve;
+mod unseal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Creates the root key and splits it into unseal shares for the custodians (once per database).
     Init(init::InitArgs),
+    /// Submits one custodian's unseal share to a running service.
+    Unseal(unseal::UnsealArgs),
     /// Verifies or exports the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -96,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Init(args) => init::run(args, config).await,
+        Command::Unseal(args) => unseal::run(args).await,
         Command::Audit(command) => audit_cmd::run(command, config).await,
         Command::Demo => demo::run().await,
         Command::Bench(command) => bench::run(command, config).await,

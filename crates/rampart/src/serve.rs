@@ -6,19 +6,21 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use rampart_core::SystemClock;
-use rampart_server::AppState;
+use rampart_crypto::{Keyring, UnsealProgress, UnsealShare, Unsealer};
+use rampart_server::{AppState, VaultState};
 use rampart_store::{ConnectOptions, Store};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use crate::DatabaseArgs;
-use crate::config::{Config, OPERATOR_TOKEN_LEN_MIN, redact_url};
+use crate::config::{Config, redact_url};
 
 /// Flags of `rampart serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Development mode: embedded database, a generated operator token printed once, loud warnings.
+    /// Development mode: embedded database, automatic initialisation and unsealing (the unseal shares are kept in
+    /// the data directory, which is exactly what production must never do), a generated root token printed once.
     #[arg(long)]
     dev: bool,
     /// The address to listen on, such as 127.0.0.1:8080 (port 0 picks a free port).
@@ -52,7 +54,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh random token for development mode: 32 bytes from the operating system's generator, hex-encoded.
+/// A fresh random root token for development mode: 32 bytes from the operating system's generator, hex-encoded.
 fn generate_token() -> String {
     use rand::TryRngCore;
     let mut bytes = [0u8; 32];
@@ -80,6 +82,41 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// Where development mode keeps its unseal shares: on the same machine as the database, which is the point of
+/// development mode and the opposite of production.
+fn dev_share_dir(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("dev-unseal-shares")
+}
+
+/// Development mode: initialises the database if needed (keeping the shares in the data directory) and unseals it
+/// with those shares.
+async fn dev_unseal(config: &Config, store: &rampart_store::Store) -> anyhow::Result<VaultState> {
+    let dir = dev_share_dir(config);
+    let seal = match store.seal_config().await? {
+        Some(seal) => seal,
+        None => {
+            let admins = vec!["admin".to_owned(), "admin2".to_owned()];
+            crate::init::initialise(store, 5, 3, &admins, Some(&dir)).await?;
+            println!("  initialised: 5 unseal shares written to {} (development only!)", dir.display());
+            store.seal_config().await?.context("the seal configuration was just written")?
+        }
+    };
+    let mut unsealer = Unsealer::new(seal.clone());
+    for index in 1..=seal.shares {
+        let path = dir.join(format!("unseal-share-{index}.txt"));
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        match unsealer.submit(UnsealShare::parse(&text)?)? {
+            UnsealProgress::Progress { .. } => {}
+            UnsealProgress::Unsealed(root) => {
+                let keyring = Keyring::open(root, seal.init_id, &store.crypto_keys().await?)?;
+                println!("  unsealed automatically with the shares in {} (development only!)", dir.display());
+                return Ok(VaultState::Unsealed(std::sync::Arc::new(keyring)));
+            }
+        }
+    }
+    bail!("development mode cannot unseal: too few shares in {}", dir.display())
+}
+
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     args.database.apply(&mut config);
@@ -88,15 +125,6 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     }
     init_logging(&config)?;
     let assets = config.asset_registry()?;
-    let token = match (&config.operator_token, args.dev) {
-        (Some(token), _) if token.len() >= OPERATOR_TOKEN_LEN_MIN => token.clone(),
-        (Some(_), _) => bail!("operator_token must be at least {OPERATOR_TOKEN_LEN_MIN} characters"),
-        (None, true) => generate_token(),
-        (None, false) => bail!(
-            "no operator token: set RAMPART_OPERATOR_TOKEN (at least {OPERATOR_TOKEN_LEN_MIN} characters) or run \
-             `rampart serve --dev`"
-        ),
-    };
     let url = config.database_url();
     let store = open_store(&config, &url).await?;
     store.migrate().await.context("database migration failed")?;
@@ -104,21 +132,34 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
 
-    if args.dev {
+    let (vault, dev_root) = if args.dev {
         println!("==================== RAMPART DEVELOPMENT MODE ====================");
-        println!("  NOT FOR PRODUCTION. The token below was generated and is shown only once.");
+        println!("  NOT FOR PRODUCTION. The root token below has every permission and is shown once.");
         println!("  database:        {}", redact_url(&url));
-        if config.operator_token.is_none() {
-            println!("  operator token:  {token}");
-        }
+        let vault = dev_unseal(&config, &store).await?;
+        let token = generate_token();
+        println!("  root token:      {token}");
         println!("  try:  curl -H 'Authorization: Bearer <token>' http://{address}/v1/assets");
         println!("===================================================================");
-    }
+        (vault, Some(SecretString::from(token)))
+    } else {
+        let vault = VaultState::for_config(store.seal_config().await?);
+        match &vault {
+            VaultState::Uninitialised => println!("not initialised: run `rampart init` against this database"),
+            VaultState::Sealed(u) => println!(
+                "sealed: {} of {} custodians must run `rampart unseal --share-file …`",
+                u.config().threshold,
+                u.config().shares
+            ),
+            VaultState::Unsealed(_) => {}
+        }
+        (vault, None)
+    };
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("listening on http://{address}");
     tracing::info!(%address, backend = store.backend().as_str(), database = %redact_url(&url), "rampart serving");
 
-    let state = AppState::new(store, assets, Arc::new(SystemClock), SecretString::from(token));
+    let state = AppState::new(store, assets, Arc::new(SystemClock), vault, dev_root);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(rampart_server::run_expiry_worker(
         state.clone(),

@@ -5,8 +5,10 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use rampart_audit::Permission;
 use rampart_core::{AccountId, TransferId};
 use rampart_ledger::{CreateAccountResult, CreateTransferResult};
+use rampart_store::AuditedBy;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
@@ -17,6 +19,7 @@ use crate::dto::{
     TransferView,
 };
 use crate::error::{ApiError, ErrorBody};
+use crate::principal::Principal;
 
 /// The OpenAPI 3 document of the API, generated from the handlers and types below.
 #[derive(OpenApi)]
@@ -24,7 +27,13 @@ use crate::error::{ApiError, ErrorBody};
     info(title = "Rampart", description = "The security core of a digital-asset exchange."),
     paths(
         healthz, readyz, list_assets, create_account, create_accounts, get_account, account_transfers,
-        create_transfer, create_transfers, get_transfer, check_ledger
+        create_transfer, create_transfers, get_transfer, check_ledger,
+        crate::vault::seal_status, crate::vault::unseal,
+        crate::staff_api::sign_in, crate::staff_api::sign_out, crate::staff_api::enrol,
+        crate::staff_api::confirm_enrolment, crate::staff_api::list_staff, crate::staff_api::create_staff,
+        crate::staff_api::request_role_change, crate::staff_api::pending_role_requests,
+        crate::staff_api::approve_role_request, crate::staff_api::reject_role_request,
+        crate::audit_api::entries, crate::audit_api::verify, crate::audit_api::rotate_keys
     ),
     components(schemas(ErrorBody)),
     modifiers(&OperatorToken)
@@ -38,7 +47,7 @@ impl utoipa::Modify for OperatorToken {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "operator_token",
+            "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
@@ -96,10 +105,14 @@ pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// The configured assets.
-#[utoipa::path(get, path = "/v1/assets", security(("operator_token" = [])),
+#[utoipa::path(get, path = "/v1/assets", security(("bearer" = [])),
     responses((status = 200, body = Vec<AssetView>), (status = 401, body = ErrorBody)))]
-pub(crate) async fn list_assets(State(state): State<AppState>) -> Json<Vec<AssetView>> {
-    Json(
+pub(crate) async fn list_assets(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<AssetView>>, ApiError> {
+    state.authorize(&principal, Permission::LedgerRead, "ledger.assets.read", "ledger").await?;
+    Ok(Json(
         state
             .assets()
             .iter()
@@ -110,12 +123,12 @@ pub(crate) async fn list_assets(State(state): State<AppState>) -> Json<Vec<Asset
                 confirmations: a.confirmations,
             })
             .collect(),
-    )
+    ))
 }
 
 /// Creates one account. `201` when created, `200` when an identical account exists (a safe retry), `409` when an
 /// account with this id exists with other fields, `422` for any other refusal.
-#[utoipa::path(post, path = "/v1/accounts", request_body = AccountRequest, security(("operator_token" = [])),
+#[utoipa::path(post, path = "/v1/accounts", request_body = AccountRequest, security(("bearer" = [])),
     responses(
         (status = 201, body = AccountView), (status = 200, body = AccountView, description = "exists"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -123,10 +136,15 @@ pub(crate) async fn list_assets(State(state): State<AppState>) -> Json<Vec<Asset
     ))]
 pub(crate) async fn create_account(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(request): ApiJson<AccountRequest>,
 ) -> Result<Response, ApiError> {
+    state.authorize(&principal, Permission::LedgerWrite, "ledger.accounts.create", "ledger").await?;
     let account = request.parse(state.assets(), "")?;
-    let result = state.store().create_accounts(&[account], state.now_ns()).await?[0];
+    let keyring = state.keyring()?;
+    let actor = principal.actor();
+    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let result = state.store().create_accounts_audited(&[account], state.now_ns(), &by).await?[0];
     metrics::counter!("ledger_accounts_total", "result" => result.as_str()).increment(1);
     let status = match result {
         CreateAccountResult::Ok => StatusCode::CREATED,
@@ -145,18 +163,23 @@ fn refusal(code: &'static str, what: &str) -> ApiError {
 
 /// Creates a batch of accounts in one transaction; one result per item.
 #[utoipa::path(post, path = "/v1/accounts/batch", request_body = Vec<AccountRequest>,
-    security(("operator_token" = [])),
+    security(("bearer" = [])),
     responses((status = 200, body = BatchResults), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(crate) async fn create_accounts(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(requests): ApiJson<Vec<AccountRequest>>,
 ) -> Result<Json<BatchResults>, ApiError> {
+    state.authorize(&principal, Permission::LedgerWrite, "ledger.accounts.create", "ledger").await?;
     let batch = requests
         .iter()
         .enumerate()
         .map(|(i, r)| r.parse(state.assets(), &format!("accounts[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = state.store().create_accounts(&batch, state.now_ns()).await?;
+    let keyring = state.keyring()?;
+    let actor = principal.actor();
+    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let results = state.store().create_accounts_audited(&batch, state.now_ns(), &by).await?;
     let results = batch
         .iter()
         .zip(results)
@@ -171,12 +194,14 @@ pub(crate) async fn create_accounts(
 
 /// An account and its balances.
 #[utoipa::path(get, path = "/v1/accounts/{id}", params(("id" = String, Path, description = "account id")),
-    security(("operator_token" = [])),
+    security(("bearer" = [])),
     responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_account(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AccountView>, ApiError> {
+    state.authorize(&principal, Permission::LedgerRead, "ledger.accounts.read", "ledger").await?;
     let id: AccountId = path_id(path)?;
     let account = state.store().account(id).await?.ok_or_else(|| ApiError::not_found(format!("no account {id}")))?;
     Ok(Json(AccountView::of(&account, state.assets())))
@@ -192,15 +217,17 @@ pub(crate) struct HistoryQuery {
 
 /// The most recent transfers of an account, newest first.
 #[utoipa::path(get, path = "/v1/accounts/{id}/transfers",
-    params(("id" = String, Path, description = "account id"), HistoryQuery), security(("operator_token" = [])),
+    params(("id" = String, Path, description = "account id"), HistoryQuery), security(("bearer" = [])),
     responses((status = 200, body = Vec<TransferView>), (status = 400, body = ErrorBody)))]
 pub(crate) async fn account_transfers(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TransferView>>, ApiError> {
     /// The most transfers one page returns.
     const HISTORY_LIMIT_MAX: u32 = 1000;
+    state.authorize(&principal, Permission::LedgerRead, "ledger.transfers.read", "ledger").await?;
     let id: AccountId = path_id(path)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
@@ -214,7 +241,7 @@ pub(crate) async fn account_transfers(
 /// Creates one transfer, or posts or voids a pending one. `201` when applied, `200` when an identical transfer
 /// exists (a safe retry), `409` when a transfer with this id exists with other fields, `422` with the ledger's result
 /// code (`exceeds_credits`, `pending_transfer_expired`, …) for any other refusal.
-#[utoipa::path(post, path = "/v1/transfers", request_body = TransferRequest, security(("operator_token" = [])),
+#[utoipa::path(post, path = "/v1/transfers", request_body = TransferRequest, security(("bearer" = [])),
     responses(
         (status = 201, body = TransferView), (status = 200, body = TransferView, description = "exists"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -222,10 +249,15 @@ pub(crate) async fn account_transfers(
     ))]
 pub(crate) async fn create_transfer(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(request): ApiJson<TransferRequest>,
 ) -> Result<Response, ApiError> {
+    state.authorize(&principal, Permission::LedgerWrite, "ledger.transfers.create", "ledger").await?;
     let transfer = request.parse(state.assets(), "")?;
-    let result = state.store().create_transfers(&[transfer], state.now_ns()).await?[0];
+    let keyring = state.keyring()?;
+    let actor = principal.actor();
+    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let result = state.store().create_transfers_audited(&[transfer], state.now_ns(), &by).await?[0];
     metrics::counter!("ledger_transfers_total", "result" => result.as_str()).increment(1);
     let status = match result {
         CreateTransferResult::Ok => StatusCode::CREATED,
@@ -239,18 +271,23 @@ pub(crate) async fn create_transfer(
 /// Creates a batch of transfers in one transaction, in order; linked chains succeed or fail together. One result
 /// per item. Any malformed item refuses the whole batch with `400` and writes nothing.
 #[utoipa::path(post, path = "/v1/transfers/batch", request_body = Vec<TransferRequest>,
-    security(("operator_token" = [])),
+    security(("bearer" = [])),
     responses((status = 200, body = BatchResults), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(crate) async fn create_transfers(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(requests): ApiJson<Vec<TransferRequest>>,
 ) -> Result<Json<BatchResults>, ApiError> {
+    state.authorize(&principal, Permission::LedgerWrite, "ledger.transfers.create", "ledger").await?;
     let batch = requests
         .iter()
         .enumerate()
         .map(|(i, r)| r.parse(state.assets(), &format!("transfers[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = state.store().create_transfers(&batch, state.now_ns()).await?;
+    let keyring = state.keyring()?;
+    let actor = principal.actor();
+    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let results = state.store().create_transfers_audited(&batch, state.now_ns(), &by).await?;
     let results = batch
         .iter()
         .zip(results)
@@ -265,12 +302,14 @@ pub(crate) async fn create_transfers(
 
 /// A transfer and, if pending, its state.
 #[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, description = "transfer id")),
-    security(("operator_token" = [])),
+    security(("bearer" = [])),
     responses((status = 200, body = TransferView), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_transfer(
     State(state): State<AppState>,
+    principal: Principal,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
+    state.authorize(&principal, Permission::LedgerRead, "ledger.transfers.read", "ledger").await?;
     let id: TransferId = path_id(path)?;
     let stored = state.store().transfer(id).await?.ok_or_else(|| ApiError::not_found(format!("no transfer {id}")))?;
     Ok(Json(TransferView::of(&stored.transfer, stored.pending, state.assets())))
@@ -278,9 +317,13 @@ pub(crate) async fn get_transfer(
 
 /// Checks the whole ledger from one snapshot: Σ debits = Σ credits per asset, every account within its flags, every
 /// pending balance equal to its live holds.
-#[utoipa::path(get, path = "/v1/ledger/check", security(("operator_token" = [])),
+#[utoipa::path(get, path = "/v1/ledger/check", security(("bearer" = [])),
     responses((status = 200, body = LedgerCheck)))]
-pub(crate) async fn check_ledger(State(state): State<AppState>) -> Result<Json<LedgerCheck>, ApiError> {
+pub(crate) async fn check_ledger(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<LedgerCheck>, ApiError> {
+    state.authorize(&principal, Permission::LedgerRead, "ledger.check", "ledger").await?;
     let report = state.store().verify_ledger().await?;
     if let Some(v) = &report.violation {
         tracing::error!(violation = ?v, "LEDGER INVARIANT BROKEN");

@@ -1,28 +1,31 @@
 //! Rampart's HTTP service: axum routes, JSON types, OpenAPI, metrics and background workers. The only crate that
 //! knows HTTP.
 //!
-//! For now the API is the operator's ledger API under `/v1`, protected by an operator bearer token until staff
-//! accounts exist; plus `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
+//! The API under `/v1`: the seal (`/v1/sys`), staff sign-in, enrolment and four-eyes role changes (`/v1/staff`), the
+//! ledger (`/v1/accounts`, `/v1/transfers`) and the audit log (`/v1/audit`). Every route but the seal, sign-in and
+//! enrolment needs a staff session (or, in development mode only, the root token) and a permission of the caller's
+//! roles; every refusal is audited. Plus `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 
+mod audit_api;
 mod dto;
 mod error;
 mod handlers;
+mod principal;
+mod staff_api;
 mod telemetry;
+mod vault;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use rampart_core::{AssetRegistry, Clock};
 use rampart_store::Store;
-use secrecy::{ExposeSecret, SecretString};
-use subtle::ConstantTimeEq;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -34,6 +37,8 @@ pub use dto::{
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use handlers::ApiDoc;
+pub use principal::{CHECKPOINT_EVERY, Principal};
+pub use vault::{SealStatus, VaultState};
 
 /// The largest request body accepted: a full batch of transfers with room to spare.
 pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -51,13 +56,21 @@ struct Inner {
     store: Store,
     assets: AssetRegistry,
     clock: Arc<dyn Clock>,
-    operator_token: SecretString,
+    vault: RwLock<VaultState>,
+    /// Development mode only: a token with every permission, like Vault's dev root token.
+    dev_root_token: Option<SecretString>,
 }
 
 impl AppState {
-    /// State over a migrated store.
-    pub fn new(store: Store, assets: AssetRegistry, clock: Arc<dyn Clock>, operator_token: SecretString) -> AppState {
-        AppState { inner: Arc::new(Inner { store, assets, clock, operator_token }) }
+    /// State over a migrated store, with the seal as it stands.
+    pub fn new(
+        store: Store,
+        assets: AssetRegistry,
+        clock: Arc<dyn Clock>,
+        vault: VaultState,
+        dev_root_token: Option<SecretString>,
+    ) -> AppState {
+        AppState { inner: Arc::new(Inner { store, assets, clock, vault: RwLock::new(vault), dev_root_token }) }
     }
 
     /// The store.
@@ -76,9 +89,9 @@ impl AppState {
     }
 }
 
-/// The application's routes with every layer: request ids, tracing, metrics, timeouts, body limit, operator auth.
+/// The application's routes with every layer: request ids, tracing, metrics, timeouts, body limit, authentication.
 pub fn router(state: AppState) -> Router {
-    let operator_api = Router::new()
+    let signed_in = Router::new()
         .route("/v1/assets", get(handlers::list_assets))
         .route("/v1/accounts", post(handlers::create_account))
         .route("/v1/accounts/batch", post(handlers::create_accounts))
@@ -88,13 +101,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transfers/batch", post(handlers::create_transfers))
         .route("/v1/transfers/{id}", get(handlers::get_transfer))
         .route("/v1/ledger/check", get(handlers::check_ledger))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_operator));
+        .route("/v1/staff", get(staff_api::list_staff).post(staff_api::create_staff))
+        .route("/v1/staff/sign-out", post(staff_api::sign_out))
+        .route("/v1/staff/{id}/role-requests", post(staff_api::request_role_change))
+        .route("/v1/staff/role-requests", get(staff_api::pending_role_requests))
+        .route("/v1/staff/role-requests/{id}/approve", post(staff_api::approve_role_request))
+        .route("/v1/staff/role-requests/{id}/reject", post(staff_api::reject_role_request))
+        .route("/v1/audit/entries", get(audit_api::entries))
+        .route("/v1/audit/verify", get(audit_api::verify))
+        .route("/v1/sys/keys/rotate", post(audit_api::rotate_keys))
+        .route_layer(middleware::from_fn_with_state(state.clone(), principal::authenticate));
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(telemetry::render_metrics))
         .route("/openapi.json", get(handlers::openapi))
-        .merge(operator_api)
+        .route("/v1/sys/seal-status", get(vault::seal_status))
+        .route("/v1/sys/unseal", post(vault::unseal))
+        .route("/v1/staff/sign-in", post(staff_api::sign_in))
+        .route("/v1/staff/enrol", post(staff_api::enrol))
+        .route("/v1/staff/enrol/confirm", post(staff_api::confirm_enrolment))
+        .merge(signed_in)
         // A route layer runs after routing, so the metrics see the route template rather than the raw path.
         .route_layer(middleware::from_fn(telemetry::record_metrics))
         .fallback(handlers::not_found)
@@ -110,20 +137,6 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-}
-
-/// Admits a request only with `Authorization: Bearer <operator token>`, compared in constant time.
-async fn require_operator(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized("missing operator token: send Authorization: Bearer <token>"));
-    };
-    let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-    let expected = state.inner.operator_token.expose_secret().as_bytes();
-    if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
-        tracing::warn!("operator request refused: invalid token");
-        return Err(ApiError::unauthorized("invalid operator token"));
-    }
-    Ok(next.run(request).await)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish.

@@ -128,7 +128,7 @@ impl std::ops::Deref for Server {
 pub struct Api {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// The operator token the server printed.
+    /// The development root token the server printed.
     pub token: String,
     /// A client with a connection pool, shared by every clone.
     pub client: reqwest::Client,
@@ -213,7 +213,7 @@ impl Server {
         let started = tokio::time::timeout(START_TIMEOUT, async {
             let mut token = None;
             while let Some(line) = lines.recv().await {
-                if let Some(t) = line.trim().strip_prefix("operator token:") {
+                if let Some(t) = line.trim().strip_prefix("root token:") {
                     token = Some(t.trim().to_owned());
                 }
                 if let Some(address) = line.strip_prefix("listening on ") {
@@ -225,7 +225,7 @@ impl Server {
         .await;
         let (base, token) = match started {
             Ok(Some((base, Some(token)))) => (base, token),
-            Ok(Some((_, None))) => panic!("the server printed no operator token:\n{}", log.tail()),
+            Ok(Some((_, None))) => panic!("the server printed no root token:\n{}", log.tail()),
             Ok(None) => {
                 let status = child.wait().await;
                 panic!("the server exited before listening ({status:?}):\n{}", log.tail())
@@ -234,7 +234,7 @@ impl Server {
         };
         assert!(
             token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
-            "the operator token is 64 hex digits, not {token:?}"
+            "the root token is 64 hex digits, not {token:?}"
         );
         assert!(base.starts_with("http://127.0.0.1:"), "unexpected address {base:?}");
         // No connection reuse: the server closes a connection after refusing a request whose body it did not read
@@ -275,7 +275,7 @@ impl Server {
 }
 
 impl Api {
-    /// A request to `path` with the operator token.
+    /// A request to `path` with the root token.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
