@@ -26,6 +26,8 @@ pub struct Config {
     pub log_format: String,
     /// How often expired holds are released, in milliseconds.
     pub expiry_interval_ms: u64,
+    /// How often the audit log's head is covered by a signed checkpoint if entries were appended, in seconds.
+    pub checkpoint_interval_s: u64,
     /// The asset registry; the defaults (BTC, ETH, USDT) when absent.
     pub assets: Option<Vec<AssetConfig>>,
 }
@@ -40,6 +42,7 @@ impl fmt::Debug for Config {
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("expiry_interval_ms", &self.expiry_interval_ms)
+            .field("checkpoint_interval_s", &self.checkpoint_interval_s)
             .field("assets", &self.assets)
             .finish()
     }
@@ -54,6 +57,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: "text".to_owned(),
             expiry_interval_ms: 1000,
+            checkpoint_interval_s: 10,
             assets: None,
         }
     }

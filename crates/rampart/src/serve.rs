@@ -160,17 +160,24 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     tracing::info!(%address, backend = store.backend().as_str(), database = %redact_url(&url), "rampart serving");
 
     let state = AppState::new(store, assets, Arc::new(SystemClock), vault, dev_root);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(rampart_server::run_expiry_worker(
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let expiry = tokio::spawn(rampart_server::run_expiry_worker(
         state.clone(),
         Duration::from_millis(config.expiry_interval_ms.max(10)),
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        },
+        stopped(stop_rx.clone()),
+    ));
+    let checkpoints = tokio::spawn(rampart_server::run_checkpoint_worker(
+        state.clone(),
+        Duration::from_secs(config.checkpoint_interval_s.max(1)),
+        stopped(stop_rx),
     ));
     rampart_server::serve(listener, state, shutdown_signal()).await.context("server failed")?;
     let _ = stop_tx.send(true);
-    let _ = worker.await;
+    let _ = expiry.await;
+    let _ = checkpoints.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -181,3 +181,23 @@ pub async fn run_expiry_worker(state: AppState, interval: Duration, shutdown: im
         }
     }
 }
+
+/// Signs an audit checkpoint at the head every `interval` if entries were appended since the last one (the
+/// "every T seconds" half of the checkpoint policy), until `shutdown` resolves. Does nothing while sealed.
+pub async fn run_checkpoint_worker(state: AppState, interval: Duration, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(keyring) = state.keyring() else { continue };
+        match state.store().checkpoint_audit_head(&state.auditor(&keyring), state.now_ns()).await {
+            Ok(Some(seq)) => tracing::debug!(seq, "signed an audit checkpoint"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "signing an audit checkpoint failed"),
+        }
+    }
+}

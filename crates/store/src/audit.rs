@@ -63,6 +63,24 @@ pub(crate) trait AuditTx {
     async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
     /// Writes the signed head.
     async fn write_audit_head(&mut self, head: &SignedHead) -> Result<(), StoreError>;
+    /// The sequence number of the latest checkpoint (0 if none).
+    async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError>;
+}
+
+/// Signs a checkpoint at the current head if entries were appended since the last one: the time-based half of the
+/// checkpoint policy ("every N entries or T seconds"), so that a quiet log is still covered by a signature.
+pub(crate) async fn checkpoint_head<T: AuditTx>(
+    tx: &mut T,
+    auditor: &Auditor<'_>,
+    now_ns: u64,
+) -> Result<Option<u64>, StoreError> {
+    let (seq, hash) = tx.lock_audit_head().await?;
+    if seq == 0 || tx.last_checkpoint_seq().await? >= seq {
+        return Ok(None);
+    }
+    let signature = auditor.signer.sign(&checkpoint_message(seq, &hash, now_ns));
+    tx.insert_checkpoint(&Checkpoint { seq, hash, time_ns: now_ns, signature }).await?;
+    Ok(Some(seq))
 }
 
 /// Appends `records` in order inside `tx`: chains them, signs a checkpoint at every multiple of the interval, and

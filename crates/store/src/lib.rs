@@ -239,6 +239,12 @@ impl Store {
         dispatch!(self, s => s.audit_entries(filter, limit).await)
     }
 
+    /// Signs a checkpoint at the head of the audit log if entries were appended since the last one; returns its
+    /// sequence number. The service calls it every few seconds so that no entry stays long without a signature.
+    pub async fn checkpoint_audit_head(&self, auditor: &Auditor<'_>, now_ns: u64) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.checkpoint_audit_head(auditor, now_ns).await)
+    }
+
     /// Every signed checkpoint.
     pub async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         dispatch!(self, s => s.audit_checkpoints().await)

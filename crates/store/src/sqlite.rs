@@ -226,6 +226,12 @@ impl AuditTx for SqliteTx {
         Ok(())
     }
 
+    async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints").fetch_one(&mut *self.0).await?;
+        Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    }
+
     async fn insert_checkpoint(&mut self, cp: &rampart_audit::Checkpoint) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time_ns, signature) VALUES (?, ?, ?, ?)")
             .bind(i64::try_from(cp.seq).expect("audit sequence fits i64"))
@@ -406,6 +412,17 @@ impl SqliteStore {
                 )
             })
             .collect()
+    }
+
+    pub(crate) async fn checkpoint_audit_head(
+        &self,
+        auditor: &Auditor<'_>,
+        now_ns: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = audit::checkpoint_head(&mut tx, auditor, now_ns).await?;
+        tx.0.commit().await?;
+        Ok(done)
     }
 
     pub(crate) async fn audit_last_seq(&self) -> Result<u64, StoreError> {

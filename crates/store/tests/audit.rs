@@ -230,3 +230,14 @@ on_both_backends!(the_seal_configuration_and_keys_are_stored_once, |store: Store
     assert_eq!(stored.len(), 4);
     assert!(stored.iter().any(|k| k.version == 2));
 });
+
+on_both_backends!(a_quiet_log_gets_a_time_based_checkpoint, |store: Store, _url: String| async move {
+    let keys = keyring();
+    let auditor = Auditor { signer: &keys, checkpoint_every: 10 };
+    assert_eq!(store.checkpoint_audit_head(&auditor, NOW).await.unwrap(), None, "nothing to cover yet");
+    fill(&store, &keys, 13).await;
+    assert_eq!(store.checkpoint_audit_head(&auditor, NOW).await.unwrap(), Some(13));
+    assert_eq!(store.checkpoint_audit_head(&auditor, NOW).await.unwrap(), None, "already covered");
+    let report = store.verify_audit(&keys.verifying_key()).await.unwrap();
+    assert_eq!((report.checkpoints, report.finding), (2, None));
+});
