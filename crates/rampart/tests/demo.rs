@@ -7,8 +7,16 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
     let output = Command::new(env!("CARGO_BIN_EXE_rampart")).arg("demo").output().expect("rampart runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for line in ["exceeds_credits", "pending_transfer_expired", "exists_with_different_fields", "Every invariant holds"]
-    {
+    for line in [
+        "exceeds_credits",
+        "pending_transfer_expired",
+        "exists_with_different_fields",
+        "Every invariant holds",
+        "unsealed",
+        "was already submitted",
+        "refused, and the refusal is in the audit log",
+        "signed head: intact",
+    ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }
 }
