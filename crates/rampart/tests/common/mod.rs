@@ -437,3 +437,483 @@ pub fn resolve(id: u128, pending_id: u128, units: Option<u128>, post: bool) -> V
     }
     body
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Production mode: `rampart init`, a server that starts sealed, unseal shares, and staff who enrol and sign in with a
+// second factor computed as their authenticator app would. Not every test binary uses every helper.
+
+#[allow(dead_code)]
+pub mod production {
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde_json::json;
+    use tokio::sync::watch;
+    use totp_rs::{Algorithm, Secret, TOTP};
+
+    use super::*;
+
+    /// Seconds per TOTP time step.
+    pub const TOTP_STEP_S: u64 = 30;
+
+    /// The shares `rampart init` makes by default, and how many of them unseal.
+    pub const SHARES: usize = 5;
+    pub const THRESHOLD: usize = 3;
+
+    /// Removes from `command` everything of the test run's environment that would configure `rampart`.
+    fn clean_env(command: &mut Command) {
+        for key in ["RUST_LOG", "RAMPART_CONFIG"] {
+            command.env_remove(key);
+        }
+        for (key, _) in std::env::vars() {
+            if key.starts_with("RAMPART_") {
+                command.env_remove(key);
+            }
+        }
+    }
+
+    /// The output of a finished `rampart` command.
+    pub struct Run {
+        pub success: bool,
+        pub stdout: String,
+        pub stderr: String,
+    }
+
+    /// Runs the `rampart` binary with `args` and `env` (and nothing of the test run's configuration) to its end.
+    pub async fn rampart(args: &[OsString], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        command.args(args);
+        clean_env(&mut command);
+        command.envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
+        let output = tokio::time::timeout(START_TIMEOUT, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("rampart {args:?} did not finish within {START_TIMEOUT:?}"))
+            .expect("cannot run the rampart binary");
+        Run {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// What `rampart init` printed and wrote.
+    pub struct Init {
+        /// Each first administrator's one-time enrolment code, by username.
+        pub admin_codes: BTreeMap<String, String>,
+        /// The share files, share N at index N - 1.
+        pub share_files: Vec<PathBuf>,
+        /// Everything it printed.
+        pub stdout: String,
+    }
+
+    impl Init {
+        /// The text of share `n` (1-based) as its file holds it, without the final newline.
+        pub fn share(&self, n: usize) -> String {
+            let path = &self.share_files[n - 1];
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            text.trim_end().to_owned()
+        }
+
+        /// The one-time enrolment code `rampart init` printed for administrator `name`.
+        #[track_caller]
+        pub fn code(&self, name: &str) -> &str {
+            self.admin_codes.get(name).unwrap_or_else(|| panic!("init printed no code for {name}:\n{}", self.stdout))
+        }
+    }
+
+    impl Db {
+        /// The flags naming this database: `--data-dir D [--database-url U]`.
+        pub fn flags(&self) -> Vec<OsString> {
+            let mut flags = vec![OsString::from("--data-dir"), self.data_dir().as_os_str().to_owned()];
+            if let Some(url) = &self.database_url {
+                flags.extend([OsString::from("--database-url"), OsString::from(url)]);
+            }
+            flags
+        }
+
+        /// Runs `rampart init` on this database with the default shares (5, threshold 3) and administrators
+        /// (`admin`, `admin2`), writing the shares into a new directory of the data directory.
+        pub async fn init(&self) -> Init {
+            let share_dir = self.data_dir().join("custodian-shares");
+            let mut args = vec![OsString::from("init"), OsString::from("--share-dir"), share_dir.clone().into()];
+            args.extend(self.flags());
+            let run = rampart(&args, &[]).await;
+            assert!(run.success, "rampart init failed:\n{}\n{}", run.stdout, run.stderr);
+            let admin_codes: BTreeMap<String, String> = run
+                .stdout
+                .lines()
+                .filter_map(|line| line.trim().split_once(": "))
+                .filter(|(_, code)| code.starts_with("enr_"))
+                .map(|(name, code)| (name.to_owned(), code.to_owned()))
+                .collect();
+            assert_eq!(
+                admin_codes.keys().map(String::as_str).collect::<Vec<_>>(),
+                ["admin", "admin2"],
+                "rampart init prints one enrolment code per first administrator:\n{}",
+                run.stdout
+            );
+            let share_files: Vec<PathBuf> =
+                (1..=SHARES).map(|n| share_dir.join(format!("unseal-share-{n}.txt"))).collect();
+            for path in &share_files {
+                assert!(path.is_file(), "rampart init wrote no {}:\n{}", path.display(), run.stdout);
+                assert!(run.stdout.contains(&path.display().to_string()), "init names {}", path.display());
+            }
+            Init { admin_codes, share_files, stdout: run.stdout }
+        }
+    }
+
+    /// Everything a server wrote on stdout and stderr, kept whole (the [`Log`] keeps only the tail).
+    #[derive(Clone)]
+    pub struct Transcript {
+        text: Arc<Mutex<String>>,
+        /// How many of the two pipes have closed.
+        closed: watch::Receiver<usize>,
+    }
+
+    impl Transcript {
+        /// The whole output, once the process has exited and both pipes are read to their end.
+        pub async fn whole(mut self) -> String {
+            tokio::time::timeout(START_TIMEOUT, self.closed.wait_for(|closed| *closed == 2))
+                .await
+                .expect("the server's output did not end")
+                .expect("the readers are alive");
+            self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    /// Like [`drain`], also keeping every line in `text` and counting the pipe in `closed` when it ends.
+    fn drain_whole(
+        pipe: impl AsyncRead + Unpin + Send + 'static,
+        log: Log,
+        text: Arc<Mutex<String>>,
+        closed: Arc<watch::Sender<usize>>,
+        lines: Option<mpsc::UnboundedSender<String>>,
+    ) {
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                {
+                    let mut text = text.lock().unwrap_or_else(|e| e.into_inner());
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                log.push(line.clone());
+                if let Some(tx) = &lines {
+                    let _ = tx.send(line);
+                }
+            }
+            closed.send_modify(|n| *n += 1);
+        });
+    }
+
+    impl Server {
+        /// Starts `rampart serve` in production mode (no `--dev`) on port 0 over an initialised `db`, with `env`
+        /// added to a clean environment, and waits for it to listen. It must announce that it is sealed, and has
+        /// no root token: its client's token is empty (use [`Api::with_token`]).
+        pub async fn start_sealed(db: &Db, env: &[(&str, &str)]) -> (Server, Transcript) {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+            command.args(["serve", "--listen", "127.0.0.1:0"]).args(db.flags());
+            clean_env(&mut command);
+            command.env("RAMPART_LOG", "info").envs(env.iter().copied());
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+            let mut child = command.spawn().expect("cannot start the rampart binary");
+
+            let log = Log::default();
+            let text = Arc::new(Mutex::new(String::new()));
+            let (closed_tx, closed) = watch::channel(0);
+            let closed_tx = Arc::new(closed_tx);
+            let (tx, mut lines) = mpsc::unbounded_channel();
+            let stdout = child.stdout.take().expect("piped stdout");
+            drain_whole(stdout, log.clone(), text.clone(), closed_tx.clone(), Some(tx));
+            drain_whole(child.stderr.take().expect("piped stderr"), log.clone(), text.clone(), closed_tx, None);
+
+            let started = tokio::time::timeout(START_TIMEOUT, async {
+                let mut sealed = false;
+                while let Some(line) = lines.recv().await {
+                    assert!(!line.contains("root token"), "a production server has no root token: {line}");
+                    sealed |= line.starts_with("sealed: 3 of 5 custodians must run");
+                    if let Some(address) = line.strip_prefix("listening on ") {
+                        return Some((address.trim().to_owned(), sealed));
+                    }
+                }
+                None
+            })
+            .await;
+            let base = match started {
+                Ok(Some((base, true))) => base,
+                Ok(Some((_, false))) => panic!("the server did not say it is sealed:\n{}", log.tail()),
+                Ok(None) => {
+                    let status = child.wait().await;
+                    panic!("the server exited before listening ({status:?}):\n{}", log.tail())
+                }
+                Err(_) => panic!("the server did not listen within {START_TIMEOUT:?}:\n{}", log.tail()),
+            };
+            assert!(base.starts_with("http://127.0.0.1:"), "unexpected address {base:?}");
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client");
+            let server = Server { child, api: Api { base, token: String::new(), client, log } };
+            (server, Transcript { text, closed })
+        }
+    }
+
+    impl Api {
+        /// The same client acting with `token` (a staff session).
+        pub fn with_token(&self, token: &str) -> Api {
+            Api { token: token.to_owned(), ..self.clone() }
+        }
+
+        /// A request to `path` without any token.
+        pub fn public(&self, method: Method, path: &str) -> RequestBuilder {
+            self.client.request(method, format!("{}{path}", self.base))
+        }
+
+        /// Sends a request and reads the answer, checking only that it carries an `x-request-id` (a sealed
+        /// server answers 503 by design).
+        pub async fn send_raw(&self, request: RequestBuilder) -> Answer {
+            let response = request.send().await.unwrap_or_else(|e| panic!("request failed: {e}\n{}", self.log.tail()));
+            let answer = read(response).await.unwrap_or_else(|e| panic!("reading an answer failed: {e}"));
+            assert!(
+                answer.headers.get("x-request-id").is_some_and(|v| !v.is_empty()),
+                "every answer carries an x-request-id: {answer:?}"
+            );
+            answer
+        }
+
+        /// `GET path` without a token.
+        pub async fn get_public(&self, path: &str) -> Answer {
+            self.send(self.public(Method::GET, path)).await
+        }
+
+        /// `POST path` without a token, with a JSON body.
+        pub async fn post_public(&self, path: &str, body: &Value) -> Answer {
+            self.send(self.public(Method::POST, path).json(body)).await
+        }
+
+        /// `GET /v1/sys/seal-status`.
+        pub async fn seal_status(&self) -> Value {
+            self.get_public("/v1/sys/seal-status").await.expect(200).clone()
+        }
+
+        /// Submits an unseal share.
+        pub async fn submit_share(&self, share: &str) -> Answer {
+            self.post_public("/v1/sys/unseal", &json!({ "share": share })).await
+        }
+
+        /// Asserts that the server is sealed with `progress` shares of 3 received.
+        pub async fn assert_sealed(&self, progress: u8) {
+            assert_eq!(
+                self.seal_status().await,
+                json!({"initialised": true, "sealed": true, "threshold": 3, "shares": 5, "progress": progress})
+            );
+        }
+
+        /// Unseals with the first three shares of `init`, asserting the progress after each.
+        pub async fn unseal(&self, init: &Init) {
+            for n in 1..=THRESHOLD {
+                let answer = self.submit_share(&init.share(n)).await;
+                assert_eq!(answer.expect(200)["sealed"], json!(n != THRESHOLD), "share {n}: {}", answer.text);
+            }
+            assert_eq!(self.seal_status().await["sealed"], json!(false));
+        }
+
+        /// Audit entries (`GET /v1/audit/entries?query`), which the caller must be allowed to read.
+        pub async fn audit_entries(&self, query: &str) -> Vec<Value> {
+            let answer = self.get(&format!("/v1/audit/entries?limit=10000&{query}")).await;
+            answer.expect(200).as_array().unwrap_or_else(|| panic!("not a list: {}", answer.text)).clone()
+        }
+
+        /// Asserts that `GET /v1/audit/verify` finds the log intact, and returns the report.
+        pub async fn assert_audit_intact(&self) -> Value {
+            let report = self.get("/v1/audit/verify").await.expect(200).clone();
+            assert_eq!(report["intact"], json!(true), "the audit log is not intact: {report}");
+            assert!(report["entries"].as_u64().is_some_and(|n| n > 0), "{report}");
+            report
+        }
+
+        /// Creates a staff account (the caller needs `staff_manage`); returns its id and enrolment code.
+        pub async fn create_staff(&self, username: &str) -> (i64, String) {
+            let answer = self.post("/v1/staff", &json!({ "username": username })).await;
+            let created = answer.expect(201);
+            assert_eq!(created["username"], json!(username), "{}", answer.text);
+            let id = created["id"].as_i64().unwrap_or_else(|| panic!("no id: {}", answer.text));
+            let code = answer.str("enrolment_code");
+            assert!(
+                code.strip_prefix("enr_")
+                    .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+                "an enrolment code is enr_ and 64 hex digits, not {code:?}"
+            );
+            (id, code.to_owned())
+        }
+
+        /// Asks for `role` to be granted to staff `id` (the caller needs `staff_manage`); returns the request id.
+        pub async fn request_role(&self, id: i64, role: &str) -> i64 {
+            let answer =
+                self.post(&format!("/v1/staff/{id}/role-requests"), &json!({"role": role, "grant": true})).await;
+            let request = answer.expect(201);
+            assert_eq!(
+                (&request["staff_id"], &request["role"], &request["status"]),
+                (&json!(id), &json!(role), &json!("pending")),
+                "{}",
+                answer.text
+            );
+            request["id"].as_i64().unwrap_or_else(|| panic!("no id: {}", answer.text))
+        }
+
+        /// Approves a role request (the caller needs `staff_approve` and must not have asked for it).
+        pub async fn approve(&self, request: i64) -> Value {
+            let answer = self.post(&format!("/v1/staff/role-requests/{request}/approve"), &json!({})).await;
+            let decided = answer.expect(200).clone();
+            assert_eq!(decided["status"], json!("approved"), "{}", answer.text);
+            decided
+        }
+    }
+
+    /// The current TOTP time step of the system clock, which the server under test shares.
+    pub fn current_step() -> u64 {
+        unix_s() / TOTP_STEP_S
+    }
+
+    fn unix_s() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+    }
+
+    /// A staff member's authenticator app: computes their codes from the secret shown at enrolment, and remembers
+    /// the last time step it used, since the server accepts each step once per account (and a step of ±1).
+    pub struct Authenticator {
+        totp: TOTP,
+        last_step: Option<u64>,
+    }
+
+    impl Authenticator {
+        /// The app loaded with a base32 secret.
+        #[track_caller]
+        pub fn new(base32: &str) -> Authenticator {
+            let bytes = Secret::Encoded(base32.to_owned()).to_bytes().expect("the TOTP secret is base32");
+            let totp = TOTP::new(Algorithm::SHA1, 6, 0, TOTP_STEP_S, bytes, Some("Rampart".into()), "x".into())
+                .expect("a valid TOTP secret");
+            Authenticator { totp, last_step: None }
+        }
+
+        /// The code of time step `step`.
+        pub fn code_at_step(&self, step: u64) -> String {
+            self.totp.generate(step * TOTP_STEP_S)
+        }
+
+        /// The last step [`Authenticator::next_code`] used.
+        pub fn last_step(&self) -> Option<u64> {
+            self.last_step
+        }
+
+        /// A code the server accepts now and that was never used: the current step's, or the next step's when the
+        /// current one was used (both within the server's drift), waiting for the next step to begin only when
+        /// both were used.
+        pub async fn next_code(&mut self) -> String {
+            loop {
+                let now = current_step();
+                let step = self.last_step.map_or(now, |last| (last + 1).max(now));
+                // A code of step `now` or `now + 1` stays valid even if the clock enters the next step meanwhile.
+                if step <= now + 1 {
+                    self.last_step = Some(step);
+                    return self.code_at_step(step);
+                }
+                // Wait, exactly, for step `step - 1` to begin.
+                let start_ms = u128::from((step - 1) * TOTP_STEP_S) * 1000;
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis();
+                let wait_ms = start_ms.saturating_sub(now_ms) + 10;
+                tokio::time::sleep(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(u64::MAX))).await;
+            }
+        }
+
+        /// A well-formed code that matches no step anywhere near now.
+        pub fn wrong_code(&self) -> String {
+            let now = current_step();
+            let near: Vec<String> = (now.saturating_sub(3)..=now + 3).map(|s| self.code_at_step(s)).collect();
+            (0..)
+                .map(|n: u32| format!("{:06}", (n * 7919 + 123_456) % 1_000_000))
+                .find(|code| !near.contains(code))
+                .expect("some code is wrong")
+        }
+    }
+
+    /// A staff member who enrolled: their credentials and, once signed in, their session.
+    pub struct Staff {
+        pub id: i64,
+        pub username: String,
+        pub password: String,
+        /// The TOTP secret, base32, as enrolment showed it.
+        pub totp_secret: String,
+        pub authenticator: Authenticator,
+        /// The session token of the last sign-in.
+        pub token: Option<String>,
+    }
+
+    impl Staff {
+        /// Enrols `username` with its one-time `code` and `password` (`POST /v1/staff/enrol`), then confirms with a
+        /// fresh code (`POST /v1/staff/enrol/confirm`); the account must then be active with `roles`.
+        pub async fn enrol(api: &Api, username: &str, code: &str, password: &str, roles: &[&str]) -> Staff {
+            let enrol = json!({"username": username, "enrolment_code": code, "password": password});
+            let answer = api.post_public("/v1/staff/enrol", &enrol).await;
+            let totp_secret = answer.str("totp_secret").to_owned();
+            assert!(answer.str("otpauth_uri").starts_with("otpauth://totp/"), "{}", answer.text);
+            let mut authenticator = Authenticator::new(&totp_secret);
+            let confirm =
+                json!({"username": username, "enrolment_code": code, "totp_code": authenticator.next_code().await});
+            let answer = api.post_public("/v1/staff/enrol/confirm", &confirm).await;
+            let view = answer.expect(200);
+            assert_eq!(
+                (&view["username"], &view["roles"], &view["status"]),
+                (&json!(username), &json!(roles), &json!("active")),
+                "{}",
+                answer.text
+            );
+            let id = view["id"].as_i64().unwrap_or_else(|| panic!("no id: {}", answer.text));
+            Staff {
+                id,
+                username: username.to_owned(),
+                password: password.to_owned(),
+                totp_secret,
+                authenticator,
+                token: None,
+            }
+        }
+
+        /// `staff:<id>`, as audit entries name the staff member.
+        pub fn actor(&self) -> String {
+            format!("staff:{}", self.id)
+        }
+
+        /// A sign-in request with this password and this code.
+        pub fn sign_in_body(&self, password: &str, code: &str) -> Value {
+            json!({"username": self.username, "password": password, "totp_code": code})
+        }
+
+        /// Signs in with the password and a fresh code; keeps and returns the session token.
+        pub async fn sign_in(&mut self, api: &Api, roles: &[&str]) -> String {
+            let code = self.authenticator.next_code().await;
+            let body = self.sign_in_body(&self.password, &code);
+            let answer = api.post_public("/v1/staff/sign-in", &body).await;
+            let session = answer.expect(200);
+            assert_eq!(session["roles"], json!(roles), "{}", answer.text);
+            let token = answer.str("token").to_owned();
+            assert!(
+                token
+                    .strip_prefix("rst_")
+                    .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+                "a session token is rst_ and 64 hex digits, not {token:?}"
+            );
+            self.token = Some(token.clone());
+            token
+        }
+
+        /// A client acting with this staff member's session.
+        #[track_caller]
+        pub fn api(&self, api: &Api) -> Api {
+            api.with_token(self.token.as_deref().expect("signed in"))
+        }
+    }
+}
