@@ -134,3 +134,38 @@ pub(crate) async fn rotate_keys(
     state.audit(vec![record]).await?;
     Ok(Json(RotatedView { version }))
 }
+
+/// How many ciphertexts a rewrap moved to the current key version.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RewrappedView {
+    /// The version they now use.
+    pub version: u32,
+    /// Ciphertexts re-encrypted.
+    pub rewrapped: u64,
+}
+
+/// Re-encrypts every stored secret under the current data key, inside this process, in one transaction.
+#[utoipa::path(post, path = "/v1/sys/keys/rewrap", security(("bearer" = [])), responses(
+    (status = 200, body = RewrappedView), (status = 403, body = ErrorBody)
+))]
+pub(crate) async fn rewrap_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<RewrappedView>, ApiError> {
+    state.authorize(&principal, Permission::KeysManage, "system.keys.rewrap", "keys").await?;
+    let keyring = state.keyring()?;
+    let version = keyring.current_version();
+    let rewrap = |id: i64, ciphertext: &[u8]| -> Result<Option<Vec<u8>>, rampart_store::StoreError> {
+        if rampart_crypto::Keyring::ciphertext_version(ciphertext).ok() == Some(version) {
+            return Ok(None);
+        }
+        let aad = format!("staff:{id}:totp_secret");
+        keyring
+            .rewrap(ciphertext, aad.as_bytes())
+            .map(Some)
+            .map_err(|e| rampart_store::StoreError::Corrupt(format!("staff {id} TOTP secret: {e}")))
+    };
+    let record = state.record(&principal.actor(), "system.keys.rewrap", "keys", Outcome::Success);
+    let rewrapped = state.store().rewrap_staff_secrets(&rewrap, &state.auditor(&keyring), record).await?;
+    Ok(Json(RewrappedView { version, rewrapped }))
+}

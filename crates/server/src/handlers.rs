@@ -33,7 +33,8 @@ use crate::principal::Principal;
         crate::staff_api::confirm_enrolment, crate::staff_api::list_staff, crate::staff_api::create_staff,
         crate::staff_api::request_role_change, crate::staff_api::pending_role_requests,
         crate::staff_api::approve_role_request, crate::staff_api::reject_role_request,
-        crate::audit_api::entries, crate::audit_api::verify, crate::audit_api::rotate_keys
+        crate::audit_api::entries, crate::audit_api::verify, crate::audit_api::rotate_keys,
+        crate::audit_api::rewrap_keys
     ),
     components(schemas(ErrorBody)),
     modifiers(&OperatorToken)

@@ -110,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/entries", get(audit_api::entries))
         .route("/v1/audit/verify", get(audit_api::verify))
         .route("/v1/sys/keys/rotate", post(audit_api::rotate_keys))
+        .route("/v1/sys/keys/rewrap", post(audit_api::rewrap_keys))
         .route_layer(middleware::from_fn_with_state(state.clone(), principal::authenticate));
     Router::new()
         .route("/healthz", get(handlers::healthz))

@@ -180,10 +180,16 @@ fn invalid_credentials() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the username, password or code is wrong")
 }
 
-/// A target naming a username from a request without letting it bloat or forge log fields.
-fn username_target(username: &str) -> String {
-    let clean: String = username.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-    format!("staff:{clean}")
+/// The audit target of a sign-in or enrolment attempt. A known account is named; an unknown name is recorded only
+/// as a keyed hash, because people type passwords into the username field and the log must not keep them.
+fn attempt_target(keyring: &rampart_crypto::Keyring, username: &str, known: Option<&StaffRecord>) -> String {
+    match known {
+        Some(s) => format!("staff:{}", s.username),
+        None => format!(
+            "unknown_staff:{}",
+            hex::encode(&keyring.blind_index("audit.staff_username", username.as_bytes())[..12])
+        ),
+    }
 }
 
 fn unix_s(now_ns: u64) -> u64 {
@@ -217,7 +223,7 @@ pub(crate) async fn sign_in(
         (Some(step), Some(s)) => state.store().accept_totp_step(s.id, step).await?,
         _ => false,
     };
-    let target = username_target(&request.username);
+    let target = attempt_target(&keyring, &request.username, staff.as_ref());
     let (Some(staff), true) = (active, accepted) else {
         let mut record = state.record("anonymous", "auth.staff.sign_in", &target, Outcome::Failure);
         let reason = if !password_ok {
@@ -258,6 +264,7 @@ pub(crate) async fn sign_out(
 }
 
 async fn enrolling(state: &AppState, username: &str, code: &SecretString) -> Result<StaffRecord, ApiError> {
+    let keyring = state.keyring()?;
     let staff = state.store().staff_by_username(username).await?;
     let valid = staff.as_ref().is_some_and(|s| {
         s.status == StaffStatus::Enrolling
@@ -267,7 +274,8 @@ async fn enrolling(state: &AppState, username: &str, code: &SecretString) -> Res
     match staff {
         Some(s) if valid => Ok(s),
         _ => {
-            let record = state.record("anonymous", "auth.staff.enrol", &username_target(username), Outcome::Failure);
+            let target = attempt_target(&keyring, username, state.store().staff_by_username(username).await?.as_ref());
+            let record = state.record("anonymous", "auth.staff.enrol", &target, Outcome::Failure);
             state.audit(vec![record]).await?;
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

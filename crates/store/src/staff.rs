@@ -405,6 +405,38 @@ impl Store {
         Ok(())
     }
 
+    /// Re-encrypts every staff TOTP secret under the current data key with `rewrap` (which must keep the plaintext
+    /// in the process), in one transaction with its audit record; returns how many changed.
+    pub async fn rewrap_staff_secrets(
+        &self,
+        rewrap: &(dyn Fn(i64, &[u8]) -> Result<Option<Vec<u8>>, StoreError> + Sync),
+        auditor: &Auditor<'_>,
+        mut record: AuditRecord,
+    ) -> Result<u64, StoreError> {
+        let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+        on_backend!(self, |tx, sql| {
+            let q = sql(&format!("SELECT id, totp_secret FROM staff WHERE totp_secret IS NOT NULL ORDER BY id{lock}"));
+            let rows = sqlx::query(&q).fetch_all(&mut *tx.0).await?;
+            let mut changed = 0u64;
+            for row in &rows {
+                let id: i64 = row.try_get(0)?;
+                let ciphertext: Vec<u8> = row.try_get(1)?;
+                if let Some(new) = rewrap(id, &ciphertext)? {
+                    sqlx::query(&sql("UPDATE staff SET totp_secret = $1 WHERE id = $2"))
+                        .bind(new)
+                        .bind(id)
+                        .execute(&mut *tx.0)
+                        .await?;
+                    changed += 1;
+                }
+            }
+            record.details.insert("rewrapped".into(), changed.to_string());
+            audit::append(&mut tx, vec![record], auditor).await?;
+            changed
+        })
+        .pipe(Ok)
+    }
+
     /// Files a request to grant or revoke `role` for staff `staff_id`; it takes effect when another administrator
     /// approves it.
     #[allow(clippy::too_many_arguments)]
