@@ -95,6 +95,9 @@ pub struct RoleRequest {
     pub decided_by: Option<String>,
 }
 
+/// Re-encrypts one staff member's secret: `Ok(None)` if it is already under the current key.
+pub type Rewrap<'a> = dyn Fn(i64, &[u8]) -> Result<Option<Vec<u8>>, StoreError> + Sync + 'a;
+
 /// The outcome of deciding a role request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoleDecision {
@@ -409,7 +412,7 @@ impl Store {
     /// in the process), in one transaction with its audit record; returns how many changed.
     pub async fn rewrap_staff_secrets(
         &self,
-        rewrap: &(dyn Fn(i64, &[u8]) -> Result<Option<Vec<u8>>, StoreError> + Sync),
+        rewrap: &Rewrap<'_>,
         auditor: &Auditor<'_>,
         mut record: AuditRecord,
     ) -> Result<u64, StoreError> {
