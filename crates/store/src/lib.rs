@@ -275,7 +275,14 @@ impl Store {
                 let filter =
                     AuditFilter { after_seq: next_lo, through_seq: Some(next_lo + PAGE_LEN), ..AuditFilter::default() };
                 let store = self.clone();
-                pending.push_back(tokio::spawn(async move { store.audit_entries(&filter, PAGE_LEN as u32).await }));
+                pending.push_back(tokio::spawn(async move {
+                    match &store {
+                        Store::Sqlite(s) => {
+                            s.audit_range(filter.after_seq, filter.through_seq.unwrap_or(u64::MAX)).await
+                        }
+                        Store::Postgres(_) => store.audit_entries(&filter, PAGE_LEN as u32).await,
+                    }
+                }));
                 next_lo += PAGE_LEN;
             }
             let Some(page) = pending.pop_front() else { break };
