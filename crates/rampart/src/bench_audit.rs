@@ -99,15 +99,19 @@ pub async fn run(args: AuditArgs, mut config: Config) -> anyhow::Result<()> {
         timeout_s: 0,
         user_data: 0,
     };
-    let by = AuditedBy { auditor, actor: "bench" };
-    let (mut plain, mut audited, mut appends) = (histogram(), histogram(), histogram());
+    let spent = std::sync::atomic::AtomicU64::new(0);
+    let by = AuditedBy { auditor, actor: "bench", spent_ns: Some(&spent) };
+    let (mut plain, mut audited, mut appends, mut added) = (histogram(), histogram(), histogram(), histogram());
     for i in 0..u128::from(args.transactions) {
         let started = Instant::now();
         let r = store.create_transfers(&[transfer(base + 1000 + 2 * i)], clock.now_ns()).await?;
         plain.record(micros(started.elapsed()))?;
         let started = Instant::now();
+        let before = spent.load(std::sync::atomic::Ordering::Relaxed);
         let a = store.create_transfers_audited(&[transfer(base + 1001 + 2 * i)], clock.now_ns(), &by).await?;
         audited.record(micros(started.elapsed()))?;
+        let ns = spent.load(std::sync::atomic::Ordering::Relaxed) - before;
+        added.record((ns / 1000).max(1))?;
         ensure!(r == [CreateTransferResult::Ok] && a == [CreateTransferResult::Ok], "benchmark transfers applied");
     }
     let single_started = Instant::now();
@@ -117,8 +121,10 @@ pub async fn run(args: AuditArgs, mut config: Config) -> anyhow::Result<()> {
         appends.record(micros(started.elapsed()))?;
     }
     let appends_per_s = per_second(args.transactions, single_started.elapsed());
-    let added_p50 = audited.value_at_quantile(0.5).saturating_sub(plain.value_at_quantile(0.5));
-    let added_p99 = audited.value_at_quantile(0.99).saturating_sub(plain.value_at_quantile(0.99));
+    // What the audit entry adds: the time spent appending it inside the transaction (locking the head, chaining,
+    // signing the head, inserting), measured by the store; the commit it shares with the transfer is not counted.
+    let added_p50 = added.value_at_quantile(0.5);
+    let added_p99 = added.value_at_quantile(0.99);
     println!(
         "transfer, one per transaction: p50 {} µs / p99 {} µs plain; p50 {} µs / p99 {} µs audited; the audit entry adds p50 {added_p50} µs, p99 {added_p99} µs",
         plain.value_at_quantile(0.5),
@@ -195,6 +201,7 @@ pub async fn run(args: AuditArgs, mut config: Config) -> anyhow::Result<()> {
         "audited_transfer_p99_us": audited.value_at_quantile(0.99),
         "append_p50_us": added_p50,
         "append_p99_us": added_p99,
+        "append_max_us": added.max(),
         "single_append_p99_us": appends.value_at_quantile(0.99),
         "appends_per_s": appends_per_s,
         "batched_appends_per_s": batched_appends_per_s,

@@ -293,7 +293,7 @@ async fn platform(store: &Store) -> anyhow::Result<()> {
     );
 
     chapter("13. The audit log: every privileged act, chained and signed");
-    let by = AuditedBy { auditor, actor: "system" };
+    let by = AuditedBy::new(auditor, "system");
     let btc: AssetCode = "BTC".parse()?;
     let payment = NewTransfer {
         id: TransferId(900),

@@ -14,11 +14,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// mimalloc rather than the system allocator: the database drivers allocate per value and hand rows between threads,
-/// and glibc's malloc spent a fifth of audit verification in `malloc_consolidate` and friends (measured with perf).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Rampart: identity, ledger, withdrawals, custody, proof of reserves and audit for a digital-asset exchange.
 #[derive(Parser)]
 #[command(name = "rampart", version, about)]

@@ -144,7 +144,7 @@ pub(crate) async fn create_account(
     let account = request.parse(state.assets(), "")?;
     let keyring = state.keyring()?;
     let actor = principal.actor();
-    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let by = AuditedBy::new(state.auditor(&keyring), &actor);
     let result = state.store().create_accounts_audited(&[account], state.now_ns(), &by).await?[0];
     metrics::counter!("ledger_accounts_total", "result" => result.as_str()).increment(1);
     let status = match result {
@@ -179,7 +179,7 @@ pub(crate) async fn create_accounts(
         .collect::<Result<Vec<_>, _>>()?;
     let keyring = state.keyring()?;
     let actor = principal.actor();
-    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let by = AuditedBy::new(state.auditor(&keyring), &actor);
     let results = state.store().create_accounts_audited(&batch, state.now_ns(), &by).await?;
     let results = batch
         .iter()
@@ -257,7 +257,7 @@ pub(crate) async fn create_transfer(
     let transfer = request.parse(state.assets(), "")?;
     let keyring = state.keyring()?;
     let actor = principal.actor();
-    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let by = AuditedBy::new(state.auditor(&keyring), &actor);
     let result = state.store().create_transfers_audited(&[transfer], state.now_ns(), &by).await?[0];
     metrics::counter!("ledger_transfers_total", "result" => result.as_str()).increment(1);
     let status = match result {
@@ -287,7 +287,7 @@ pub(crate) async fn create_transfers(
         .collect::<Result<Vec<_>, _>>()?;
     let keyring = state.keyring()?;
     let actor = principal.actor();
-    let by = AuditedBy { auditor: state.auditor(&keyring), actor: &actor };
+    let by = AuditedBy::new(state.auditor(&keyring), &actor);
     let results = state.store().create_transfers_audited(&batch, state.now_ns(), &by).await?;
     let results = batch
         .iter()

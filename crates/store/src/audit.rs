@@ -34,6 +34,23 @@ pub struct AuditedBy<'a> {
     pub auditor: Auditor<'a>,
     /// The actor (`staff:3`, `operator`, `system`).
     pub actor: &'a str,
+    /// If set, the nanoseconds spent appending the audit entry inside the command's transaction are added here
+    /// (for `rampart bench audit`: what the audit adds to a transaction, without the commit they share).
+    pub spent_ns: Option<&'a std::sync::atomic::AtomicU64>,
+}
+
+impl<'a> AuditedBy<'a> {
+    /// A command by `actor`, signed by `auditor`.
+    pub fn new(auditor: Auditor<'a>, actor: &'a str) -> AuditedBy<'a> {
+        AuditedBy { auditor, actor, spent_ns: None }
+    }
+
+    pub(crate) fn add_spent(&self, started: std::time::Instant) {
+        if let Some(total) = self.spent_ns {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            total.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Filters for reading the log back.

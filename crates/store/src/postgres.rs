@@ -407,7 +407,9 @@ impl PgStore {
             let results = flow::create_accounts(tx, batch, now_ns).await?;
             if let Some(by) = by {
                 let record = audit::accounts_record(by.actor, now_ns, batch, &results);
+                let started = std::time::Instant::now();
                 audit::append(tx, vec![record], &by.auditor).await?;
+                by.add_spent(started);
             }
             Ok(results)
         })
@@ -423,7 +425,9 @@ impl PgStore {
             let results = flow::create_transfers(tx, batch, now_ns).await?;
             if let Some(by) = by {
                 let record = audit::transfers_record(by.actor, now_ns, batch, &results);
+                let started = std::time::Instant::now();
                 audit::append(tx, vec![record], &by.auditor).await?;
+                by.add_spent(started);
             }
             Ok(results)
         })

@@ -338,7 +338,9 @@ impl SqliteStore {
         let results = flow::create_accounts(&mut tx, batch, now_ns).await?;
         if let Some(by) = by {
             let record = audit::accounts_record(by.actor, now_ns, batch, &results);
+            let started = std::time::Instant::now();
             audit::append(&mut tx, vec![record], &by.auditor).await?;
+            by.add_spent(started);
         }
         tx.0.commit().await?;
         Ok(results)
@@ -354,7 +356,9 @@ impl SqliteStore {
         let results = flow::create_transfers(&mut tx, batch, now_ns).await?;
         if let Some(by) = by {
             let record = audit::transfers_record(by.actor, now_ns, batch, &results);
+            let started = std::time::Instant::now();
             audit::append(&mut tx, vec![record], &by.auditor).await?;
+            by.add_spent(started);
         }
         tx.0.commit().await?;
         Ok(results)

@@ -194,7 +194,7 @@ on_both_backends!(audited_transfers_are_logged_in_the_same_transaction, |store: 
         timeout_s: 0,
         user_data: 0,
     };
-    let by = AuditedBy { auditor: Auditor { signer: &keys, checkpoint_every: 10 }, actor: "staff:9" };
+    let by = AuditedBy::new(Auditor { signer: &keys, checkpoint_every: 10 }, "staff:9");
     assert_eq!(store.create_transfers_audited(&[transfer(10), transfer(11)], NOW, &by).await.unwrap(), [TR::Ok; 2]);
     let entries = store.audit_entries(&AuditFilter::default(), 10).await.unwrap();
     assert_eq!(entries.len(), 1);
