@@ -70,7 +70,12 @@ impl AppState {
     pub fn keyring(&self) -> Result<Arc<Keyring>, ApiError> {
         match &*self.inner.vault.read().expect("the vault lock is never poisoned") {
             VaultState::Unsealed(keyring) => Ok(Arc::clone(keyring)),
-            _ => Err(sealed_error()),
+            VaultState::Sealed(_) => Err(sealed_error()),
+            VaultState::Uninitialised => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_initialised",
+                "the service has no keys yet: run `rampart init` against its database",
+            )),
         }
     }
 
