@@ -286,3 +286,29 @@ pub(crate) fn decode_key(
 pub(crate) fn decode_public_key(b: &[u8]) -> Result<[u8; 32], StoreError> {
     bytes("audit public key", b)
 }
+
+/// Entries read per query when verifying.
+pub(crate) const VERIFY_PAGE_LEN: u64 = 25_000;
+
+/// A filter value as a `BIGINT`, saturating: a filter beyond the representable range simply matches nothing more.
+pub(crate) fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Ends verification. An initialised database always has a signed head (initialisation itself is audited), so a
+/// missing head, even with an empty log, means the log was wiped.
+pub(crate) fn finish(
+    verifier: rampart_audit::Verifier,
+    head: Option<SignedHead>,
+    initialised: bool,
+) -> rampart_audit::VerifyReport {
+    let mut report = verifier.finish(head.as_ref());
+    if head.is_none() && initialised && report.finding.is_none() {
+        report.finding = Some(rampart_audit::Finding {
+            seq: 1,
+            kind: rampart_audit::FindingKind::Truncated,
+            message: "the database is initialised but its audit log has no signed head (wiped)".into(),
+        });
+    }
+    report
+}

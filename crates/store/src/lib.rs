@@ -255,52 +255,9 @@ impl Store {
         dispatch!(self, s => s.audit_head().await)
     }
 
-    /// Verifies the whole audit log against `public_key`, reading it in pages by sequence range, several pages in
-    /// flight at once (reading, not hashing, is the cost), and feeding them to the verifier in order.
+    /// Verifies the whole audit log against `public_key` from one consistent snapshot, in pages.
     pub async fn verify_audit(&self, public_key: &[u8; 32]) -> Result<VerifyReport, StoreError> {
-        /// Entries read per query.
-        const PAGE_LEN: u64 = 25_000;
-        /// Pages read concurrently.
-        const PAGES_IN_FLIGHT: usize = 3;
-        let checkpoints = self.audit_checkpoints().await?;
-        let head = self.audit_head().await?;
-        let mut verifier = rampart_audit::Verifier::new(public_key, checkpoints).map_err(StoreError::Corrupt)?;
-        // The last page ends at the highest sequence number present, so entries appended past a tampered head are
-        // read too (and reported).
-        let last = self.audit_entries_last_seq().await?;
-        let mut pending = std::collections::VecDeque::new();
-        let mut next_lo = 0u64;
-        'pages: loop {
-            while pending.len() < PAGES_IN_FLIGHT && next_lo < last {
-                let filter =
-                    AuditFilter { after_seq: next_lo, through_seq: Some(next_lo + PAGE_LEN), ..AuditFilter::default() };
-                let store = self.clone();
-                pending.push_back(tokio::spawn(async move {
-                    match &store {
-                        Store::Sqlite(s) => {
-                            s.audit_range(filter.after_seq, filter.through_seq.unwrap_or(u64::MAX)).await
-                        }
-                        Store::Postgres(_) => store.audit_entries(&filter, PAGE_LEN as u32).await,
-                    }
-                }));
-                next_lo += PAGE_LEN;
-            }
-            let Some(page) = pending.pop_front() else { break };
-            let page = page.await.map_err(|e| StoreError::Corrupt(format!("audit page reader failed: {e}")))??;
-            for entry in &page {
-                if !verifier.push(entry) {
-                    break 'pages;
-                }
-            }
-        }
-        for page in pending {
-            page.abort();
-        }
-        Ok(verifier.finish(head.as_ref()))
-    }
-
-    async fn audit_entries_last_seq(&self) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.audit_last_seq().await)
+        dispatch!(self, s => s.verify_audit(public_key).await)
     }
 
     /// The stored seal configuration, if `rampart init` has run.

@@ -454,10 +454,10 @@ impl PgStore {
             q.push(" AND seq <= ").push_bind(i64::try_from(through).unwrap_or(i64::MAX));
         }
         if let Some(from) = filter.from_ns {
-            q.push(" AND time_ns >= ").push_bind(ts(from));
+            q.push(" AND time_ns >= ").push_bind(audit::clamp_i64(from));
         }
         if let Some(until) = filter.until_ns {
-            q.push(" AND time_ns < ").push_bind(ts(until));
+            q.push(" AND time_ns < ").push_bind(audit::clamp_i64(until));
         }
         if let Some(actor) = &filter.actor {
             q.push(" AND actor = ").push_bind(actor.clone());
@@ -492,9 +492,55 @@ impl PgStore {
         retrying!(self, tx => audit::checkpoint_head(tx, auditor, now_ns))
     }
 
-    pub(crate) async fn audit_last_seq(&self) -> Result<u64, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&self.pool).await?;
-        Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    /// Verifies the audit log from one REPEATABLE READ snapshot: the head, the checkpoints and every entry as of one
+    /// moment, so that appends running meanwhile are not mistaken for tampering.
+    pub(crate) async fn verify_audit(&self, public_key: &[u8; 32]) -> Result<rampart_audit::VerifyReport, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let head =
+            sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1").fetch_optional(&mut *tx).await?;
+        let head = head.map(|r| audit::decode_head(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)).transpose()?;
+        let rows = sqlx::query("SELECT seq, hash, time_ns, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?;
+        let checkpoints = rows
+            .iter()
+            .map(|r| audit::decode_checkpoint(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let initialised: i64 = sqlx::query_scalar("SELECT count(*) FROM seal_config").fetch_one(&mut *tx).await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&mut *tx).await?;
+        let mut verifier = rampart_audit::Verifier::new(public_key, checkpoints).map_err(StoreError::Corrupt)?;
+        let last = last.map_or(0, |v| u64::try_from(v).unwrap_or(0));
+        let mut lo = 0;
+        'pages: while lo < last {
+            let rows = sqlx::query(
+                "SELECT seq, time_ns, actor, action, target, outcome, details, prev_hash, hash FROM audit_log \
+                 WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+            )
+            .bind(i64::try_from(lo).unwrap_or(i64::MAX))
+            .bind(i64::try_from(lo + audit::VERIFY_PAGE_LEN).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                let entry = audit::decode_entry(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    r.try_get(7)?,
+                    r.try_get(8)?,
+                )?;
+                if !verifier.push(&entry) {
+                    break 'pages;
+                }
+            }
+            lo += audit::VERIFY_PAGE_LEN;
+        }
+        tx.commit().await?;
+        Ok(audit::finish(verifier, head, initialised > 0))
     }
 
     pub(crate) async fn audit_checkpoints(&self) -> Result<Vec<rampart_audit::Checkpoint>, StoreError> {

@@ -184,6 +184,36 @@ impl LedgerTx for SqliteTx {
     }
 }
 
+/// Entries `lo < seq <= hi`, read as one JSON document built inside SQLite: the driver hands each row to the async
+/// side through a channel, and at a million rows that per-row hand-off, not SQLite, was most of `audit verify`'s
+/// time (perf: thread switches and allocator churn).
+async fn audit_range(
+    conn: &mut sqlx::SqliteConnection,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<rampart_audit::AuditEntry>, StoreError> {
+    let json: Option<String> = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(seq, time_ns, actor, action, target, outcome, details, \
+         hex(prev_hash), hex(hash))) FROM (SELECT * FROM audit_log WHERE seq > ?1 AND seq <= ?2 ORDER BY seq)",
+    )
+    .bind(i64::try_from(lo).unwrap_or(i64::MAX))
+    .bind(i64::try_from(hi).unwrap_or(i64::MAX))
+    .fetch_one(&mut *conn)
+    .await?;
+    type Row = (i64, i64, String, String, String, String, String, String, String);
+    let rows: Vec<Row> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
+        .map_err(|e| StoreError::Corrupt(format!("audit page: {e}")))?;
+    let unhex = |h: &str| hex::decode(h).map_err(|_| StoreError::Corrupt("audit hash is not hex".into()));
+    let mut entries = rows
+        .into_iter()
+        .map(|(seq, time, actor, action, target, outcome, details, prev, hash)| {
+            audit::decode_entry(seq, time, actor, action, target, &outcome, &details, &unhex(&prev)?, &unhex(&hash)?)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.seq);
+    Ok(entries)
+}
+
 async fn add_key(tx: &mut SqliteTx, key: &rampart_crypto::WrappedKey, now_ns: u64) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO crypto_keys (purpose, version, wrapped, created_at) VALUES (?, ?, ?, ?)")
         .bind(key.purpose.as_str())
@@ -388,10 +418,10 @@ impl SqliteStore {
             q.push(" AND seq <= ").push_bind(i64::try_from(through).unwrap_or(i64::MAX));
         }
         if let Some(from) = filter.from_ns {
-            q.push(" AND time_ns >= ").push_bind(ts(from));
+            q.push(" AND time_ns >= ").push_bind(audit::clamp_i64(from));
         }
         if let Some(until) = filter.until_ns {
-            q.push(" AND time_ns < ").push_bind(ts(until));
+            q.push(" AND time_ns < ").push_bind(audit::clamp_i64(until));
         }
         if let Some(actor) = &filter.actor {
             q.push(" AND actor = ").push_bind(actor.clone());
@@ -429,45 +459,35 @@ impl SqliteStore {
         Ok(done)
     }
 
-    /// Entries `lo < seq <= hi`, read as one JSON document built inside SQLite: the driver hands each row to the
-    /// async side through a channel, and at a million rows that per-row hand-off, not SQLite, was most of
-    /// `audit verify`'s time (perf: thread switches and allocator churn).
-    pub(crate) async fn audit_range(&self, lo: u64, hi: u64) -> Result<Vec<rampart_audit::AuditEntry>, StoreError> {
-        let json: Option<String> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(seq, time_ns, actor, action, target, outcome, details, \
-             hex(prev_hash), hex(hash))) FROM (SELECT * FROM audit_log WHERE seq > ?1 AND seq <= ?2 ORDER BY seq)",
-        )
-        .bind(i64::try_from(lo).unwrap_or(i64::MAX))
-        .bind(i64::try_from(hi).unwrap_or(i64::MAX))
-        .fetch_one(&self.reader)
-        .await?;
-        type Row = (i64, i64, String, String, String, String, String, String, String);
-        let rows: Vec<Row> = serde_json::from_str(json.as_deref().unwrap_or("[]"))
-            .map_err(|e| StoreError::Corrupt(format!("audit page: {e}")))?;
-        let unhex = |h: &str| hex::decode(h).map_err(|_| StoreError::Corrupt("audit hash is not hex".into()));
-        let mut entries = rows
-            .into_iter()
-            .map(|(seq, time, actor, action, target, outcome, details, prev, hash)| {
-                audit::decode_entry(
-                    seq,
-                    time,
-                    actor,
-                    action,
-                    target,
-                    &outcome,
-                    &details,
-                    &unhex(&prev)?,
-                    &unhex(&hash)?,
-                )
-            })
+    /// Verifies the audit log from one snapshot: the head, the checkpoints and every entry as of one moment, so
+    /// that appends running meanwhile are not mistaken for tampering.
+    pub(crate) async fn verify_audit(&self, public_key: &[u8; 32]) -> Result<rampart_audit::VerifyReport, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let head =
+            sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1").fetch_optional(&mut *tx).await?;
+        let head = head.map(|r| audit::decode_head(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)).transpose()?;
+        let rows = sqlx::query("SELECT seq, hash, time_ns, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?;
+        let checkpoints = rows
+            .iter()
+            .map(|r| audit::decode_checkpoint(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
             .collect::<Result<Vec<_>, _>>()?;
-        entries.sort_by_key(|e| e.seq);
-        Ok(entries)
-    }
-
-    pub(crate) async fn audit_last_seq(&self) -> Result<u64, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&self.reader).await?;
-        Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        let initialised: i64 = sqlx::query_scalar("SELECT count(*) FROM seal_config").fetch_one(&mut *tx).await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&mut *tx).await?;
+        let mut verifier = rampart_audit::Verifier::new(public_key, checkpoints).map_err(StoreError::Corrupt)?;
+        let last = last.map_or(0, |v| u64::try_from(v).unwrap_or(0));
+        let mut lo = 0;
+        'pages: while lo < last {
+            for entry in audit_range(&mut tx, lo, lo + audit::VERIFY_PAGE_LEN).await? {
+                if !verifier.push(&entry) {
+                    break 'pages;
+                }
+            }
+            lo += audit::VERIFY_PAGE_LEN;
+        }
+        tx.commit().await?;
+        Ok(audit::finish(verifier, head, initialised > 0))
     }
 
     pub(crate) async fn audit_checkpoints(&self) -> Result<Vec<rampart_audit::Checkpoint>, StoreError> {

@@ -74,7 +74,9 @@ async fn finding(store: &Store, keys: &Keyring) -> Option<(u64, FindingKind)> {
 async fn tamper(url: &str, statements: &[&str]) {
     if url.starts_with("sqlite:") {
         let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-        for trigger in ["audit_log_no_update", "audit_log_no_delete"] {
+        for trigger in
+            ["audit_log_no_update", "audit_log_no_delete", "audit_head_no_delete", "audit_checkpoints_no_delete"]
+        {
             sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}")).execute(&mut conn).await.unwrap();
         }
         for sql in statements {
@@ -240,4 +242,13 @@ on_both_backends!(a_quiet_log_gets_a_time_based_checkpoint, |store: Store, _url:
     assert_eq!(store.checkpoint_audit_head(&auditor, NOW).await.unwrap(), None, "already covered");
     let report = store.verify_audit(&keys.verifying_key()).await.unwrap();
     assert_eq!((report.checkpoints, report.finding), (2, None));
+});
+
+on_both_backends!(a_wiped_log_of_an_initialised_database_is_caught, |store: Store, url: String| async move {
+    let (config, root, _) = initialise(5, 3, &mut rand_core::OsRng).unwrap();
+    let (keys, wrapped) = Keyring::create(root, config.init_id);
+    store.initialise_seal(&config, &wrapped, &keys.verifying_key(), NOW).await.unwrap();
+    fill(&store, &keys, 12).await;
+    tamper(&url, &["DELETE FROM audit_log", "DELETE FROM audit_checkpoints", "DELETE FROM audit_head"]).await;
+    assert_eq!(finding(&store, &keys).await, Some((1, FindingKind::Truncated)));
 });

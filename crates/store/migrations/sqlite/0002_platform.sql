@@ -68,3 +68,8 @@ CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN
     SELECT RAISE(ABORT, 'the audit log is append-only');
 END;
+-- The head is rewritten by every append but never removed.
+CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
