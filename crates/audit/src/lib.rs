@@ -11,4 +11,4 @@ pub use chain::{
     AuditEntry, AuditRecord, Checkpoint, Finding, FindingKind, GENESIS_HASH, Outcome, SignedHead, Verifier,
     VerifyReport, checkpoint_message, entry_hash, head_message,
 };
-pub use roles::{Permission, Role};
+pub use roles::{Permission, Role, separation_violation};

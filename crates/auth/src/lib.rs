@@ -63,16 +63,30 @@ pub fn hash_password(password: &SecretString) -> Result<String, AuthError> {
         .to_string())
 }
 
+/// Whether `name` is an acceptable staff username: 3 to 64 ASCII letters, digits, `.`, `_` or `-`.
+pub fn valid_username(name: &str) -> bool {
+    (3..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Computes the dummy hash used for unknown accounts now, so that the first refusal of an unknown account does not
+/// take twice as long as the others (which would tell that the account does not exist).
+pub fn warm_up() {
+    dummy_hash();
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_password(&SecretString::from("dummy password for timing")).expect("the dummy password is valid")
+    })
+}
+
 /// Whether `password` matches `stored`. With `stored = None` (an unknown account) it still spends the time of a
 /// real check against a dummy hash, so that a refusal does not reveal whether the account exists.
 pub fn verify_password(password: &SecretString, stored: Option<&str>) -> bool {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| {
-        hash_password(&SecretString::from("dummy password for timing")).expect("the dummy password is valid")
-    });
     let (hash, real) = match stored {
         Some(h) => (h, true),
-        None => (dummy.as_str(), false),
+        None => (dummy_hash(), false),
     };
     let Ok(parsed) = PasswordHash::new(hash) else { return false };
     let bytes = password.expose_secret().as_bytes();

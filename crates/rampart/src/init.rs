@@ -80,6 +80,16 @@ pub async fn initialise(
     if threshold > shares {
         bail!("--threshold ({threshold}) cannot exceed --shares ({shares})");
     }
+    // Everything that can be refused is checked before anything is stored: a half-done initialisation would leave a
+    // database whose shares were never handed out.
+    for (i, name) in admins.iter().enumerate() {
+        if !rampart_auth::valid_username(name) {
+            bail!("administrator name {name:?}: 3 to 64 letters, digits, '.', '_' or '-'");
+        }
+        if admins[..i].contains(name) {
+            bail!("administrator name {name:?} is given twice");
+        }
+    }
     if store.seal_config().await?.is_some() {
         bail!("this database is already initialised; its unseal shares were handed out then");
     }
@@ -94,7 +104,32 @@ pub async fn initialise(
     if !store.initialise_seal(&seal, &wrapped, &keyring.verifying_key(), now).await? {
         bail!("another `rampart init` initialised this database at the same time; discard these shares");
     }
-    let auditor = Auditor { signer: &keyring, checkpoint_every: CHECKPOINT_EVERY };
+    match after_seal(store, &keyring, now, shares, threshold, admins).await {
+        Ok(created) => {
+            Ok(Initialised { shares: unseal_shares, files, admins: created, public_key: keyring.verifying_key() })
+        }
+        Err(e) => {
+            // The seal is stored: the shares must not be lost with the error.
+            if files.is_none() {
+                eprintln!("the database is initialised; these unseal shares are valid and shown only now:");
+                for share in &unseal_shares {
+                    eprintln!("  {}", share.to_text().as_str());
+                }
+            }
+            Err(e.context("the seal is stored, but creating the first administrators failed"))
+        }
+    }
+}
+
+async fn after_seal(
+    store: &rampart_store::Store,
+    keyring: &Keyring,
+    now: u64,
+    shares: u8,
+    threshold: u8,
+    admins: &[String],
+) -> anyhow::Result<Vec<(String, secrecy::SecretString)>> {
+    let auditor = Auditor { signer: keyring, checkpoint_every: CHECKPOINT_EVERY };
     let record = AuditRecord {
         time_ns: now,
         actor: "cli".into(),
@@ -125,7 +160,7 @@ pub async fn initialise(
             .with_context(|| format!("the administrator name {name:?} is given twice"))?;
         created.push((name.clone(), code.secret));
     }
-    Ok(Initialised { shares: unseal_shares, files, admins: created, public_key: keyring.verifying_key() })
+    Ok(created)
 }
 
 /// How long the first administrators' enrolment codes work: a week, since a ceremony may take a while.

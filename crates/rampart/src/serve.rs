@@ -124,6 +124,11 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         config.listen = listen;
     }
     init_logging(&config)?;
+    if args.dev && !config.listen.ip().is_loopback() {
+        bail!("development mode prints a root token with every permission: it listens on loopback only");
+    }
+    // The dummy hash that unknown accounts are checked against is made now, not on the first refusal.
+    tokio::task::spawn_blocking(rampart_auth::warm_up).await.context("warming up")?;
     let assets = config.asset_registry()?;
     let url = config.database_url();
     let store = open_store(&config, &url).await?;

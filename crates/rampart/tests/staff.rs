@@ -527,3 +527,58 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
     let verified = auditor.assert_audit_intact().await;
     assert!(verified["entries"].as_u64().unwrap() > expected.len() as u64, "{verified}");
 }
+
+on_both_backends!(separation_of_duties_and_single_use_enrolment);
+
+/// Nobody ends up both moving money and managing staff, nobody decides a change of their own roles, and an
+/// enrolment code sets credentials once (an eavesdropper cannot replace what the owner set).
+async fn separation_of_duties_and_single_use_enrolment(db: Db) {
+    let init = db.init().await;
+    let (server, _) = Server::start_sealed(&db, &[]).await;
+    server.unseal(&init).await;
+    let mut a = Staff::enrol(&server, "admin", init.code("admin"), "first administrator!", &["administrator"]).await;
+    let mut b = Staff::enrol(&server, "admin2", init.code("admin2"), "second administrator", &["administrator"]).await;
+    a.sign_in(&server, &["administrator"]).await;
+    b.sign_in(&server, &["administrator"]).await;
+    let (a_api, b_api) = (a.api(&server), b.api(&server));
+    let path = |request: i64| format!("/v1/staff/role-requests/{request}/approve");
+
+    // Single-use enrolment: a second enrol call with the same code is refused.
+    let (dave_id, dave_code) = a_api.create_staff("dave").await;
+    let enrol = json!({"username": "dave", "enrolment_code": dave_code, "password": "daves own password"});
+    let first = server.post_public("/v1/staff/enrol", &enrol).await;
+    first.expect(200);
+    assert_eq!(first.headers.get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    let hijack = json!({"username": "dave", "enrolment_code": dave_code, "password": "an attackers password"});
+    server.post_public("/v1/staff/enrol", &hijack).await.assert_error(409, "already_enrolled");
+
+    // Dave becomes an administrator (four eyes); then treasury on top would combine money and staff: refused.
+    let admin = a_api.request_role(dave_id, "administrator").await;
+    b_api.approve(admin).await;
+    let treasury = a_api.request_role(dave_id, "treasury_custodian").await;
+    b_api.post(&path(treasury), &json!({})).await.assert_error(403, "separation_of_duties");
+    let staff = a_api.get("/v1/staff").await.expect(200).clone();
+    let dave = staff.as_array().unwrap().iter().find(|s| s["id"] == json!(dave_id)).cloned().unwrap();
+    assert_eq!(dave["roles"], json!(["administrator"]), "the refused grant changed nothing");
+
+    // An administrator may not decide a request about their own roles, even one someone else filed.
+    let for_b = a_api.request_role(b.id, "support").await;
+    b_api.post(&path(for_b), &json!({})).await.assert_error(403, "four_eyes");
+
+    // Both refusals are in the audit log.
+    let mut auditor_code = a_api.create_staff("eve").await;
+    let eve_role = a_api.request_role(auditor_code.0, "auditor").await;
+    b_api.approve(eve_role).await;
+    let mut eve =
+        Staff::enrol(&server, "eve", &std::mem::take(&mut auditor_code.1), "eve the auditor!", &["auditor"]).await;
+    eve.sign_in(&server, &["auditor"]).await;
+    let denied: Vec<Value> = eve
+        .api(&server)
+        .audit_entries("action=staff.role.approve")
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == json!("denied"))
+        .map(|e| e["details"]["reason"].clone())
+        .collect();
+    assert_eq!(denied, [json!("separation_of_duties"), json!("own_request")]);
+}

@@ -28,6 +28,7 @@ use rampart_store::Store;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -132,6 +133,11 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(REQUEST_TIMEOUT_S),
+        ))
+        // Answers carry session tokens, enrolment codes and TOTP secrets: no cache may keep any answer.
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
         ))
         // Outside the timeout, so that its bare 408 gets the error shape too.
         .layer(middleware::from_fn(error::ensure_error_shape))

@@ -311,7 +311,11 @@ pub(crate) async fn enrol(
         .set_staff_credentials(staff.id, &password_hash, &ciphertext, &state.auditor(&keyring), vec![record])
         .await?
     {
-        return Err(ApiError::new(StatusCode::CONFLICT, "not_enrolling", "this account is no longer enrolling"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_enrolled",
+            "credentials were already set for this account: confirm them, or ask an administrator for a new account",
+        ));
     }
     Ok(Json(EnrolView {
         totp_secret: secret.base32().to_string(),
@@ -364,10 +368,6 @@ pub(crate) async fn list_staff(
     Ok(Json(state.store().list_staff().await?.iter().map(StaffView::from).collect()))
 }
 
-fn valid_username(u: &str) -> bool {
-    (3..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// Creates a staff account with no roles and answers its one-time enrolment code.
 #[utoipa::path(post, path = "/v1/staff", request_body = CreateStaffRequest, security(("bearer" = [])), responses(
     (status = 201, body = CreatedStaffView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -379,7 +379,7 @@ pub(crate) async fn create_staff(
     ApiJson(request): ApiJson<CreateStaffRequest>,
 ) -> Result<(StatusCode, Json<CreatedStaffView>), ApiError> {
     state.authorize(&principal, Permission::StaffManage, "staff.create", "staff").await?;
-    if !valid_username(&request.username) {
+    if !rampart_auth::valid_username(&request.username) {
         return Err(ApiError::bad_request("invalid_username", "3 to 64 letters, digits, '.', '_' or '-'"));
     }
     let keyring = state.keyring()?;
@@ -498,6 +498,12 @@ async fn decide(
         RoleDecision::NotFound => Err(ApiError::not_found(format!("no role request {id}"))),
         RoleDecision::NotPending => {
             Err(ApiError::new(StatusCode::CONFLICT, "already_decided", "this request was already decided"))
+        }
+        RoleDecision::SeparationOfDuties(reason) => {
+            let mut denied = state.record(&actor, action, &target, Outcome::Denied);
+            denied.details.insert("reason".into(), "separation_of_duties".into());
+            state.audit(vec![denied]).await?;
+            Err(ApiError::new(StatusCode::FORBIDDEN, "separation_of_duties", format!("refused: {reason}")))
         }
         RoleDecision::OwnRequest => {
             let mut denied = state.record(&actor, action, &target, Outcome::Denied);

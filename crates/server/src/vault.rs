@@ -49,11 +49,12 @@ pub struct SealStatus {
 }
 
 /// `POST /v1/sys/unseal`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     /// One custodian's share, as `rampart init` wrote it.
-    pub share: String,
+    #[schema(value_type = String)]
+    pub share: secrecy::SecretString,
 }
 
 /// The error of anything that needs a secret while sealed.
@@ -118,8 +119,8 @@ pub(crate) async fn unseal(
     State(state): State<AppState>,
     crate::handlers::ApiJson(request): crate::handlers::ApiJson<UnsealRequest>,
 ) -> Result<Json<SealStatus>, ApiError> {
-    let share =
-        UnsealShare::parse(&request.share).map_err(|e| ApiError::bad_request("invalid_share", e.to_string()))?;
+    let share = UnsealShare::parse(secrecy::ExposeSecret::expose_secret(&request.share))
+        .map_err(|e| ApiError::bad_request("invalid_share", e.to_string()))?;
     let unsealed = {
         let mut vault = state.inner.vault.write().expect("the vault lock is never poisoned");
         let unsealer = match &mut *vault {

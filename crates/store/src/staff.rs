@@ -107,8 +107,10 @@ pub enum RoleDecision {
     NotFound,
     /// Already decided.
     NotPending,
-    /// The decider asked for it: four eyes means someone else decides.
+    /// The decider asked for it, or it changes the decider's own roles: four eyes means someone else decides.
     OwnRequest,
+    /// Approving it would give one person roles that together break separation of duties.
+    SeparationOfDuties(&'static str),
 }
 
 fn roles_text(roles: &[Role]) -> String {
@@ -171,6 +173,20 @@ where
 
 const REQUEST_COLUMNS: &str = "id, staff_id, role, grant_role, requested_by, status, decided_by";
 
+/// PostgreSQL's `$1` placeholders as SQLite's `?1`; only a `$` followed by a digit is a placeholder.
+fn sqlite_placeholders(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let mut chars = q.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Runs `$body` in a write transaction of either backend, with `$tx` the backend's transaction wrapper and `$sql`
 /// a function turning `$n` placeholders into the backend's.
 macro_rules! on_backend {
@@ -178,7 +194,7 @@ macro_rules! on_backend {
         match $store {
             Store::Sqlite(s) => {
                 let mut $tx = s.begin().await?;
-                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(q.replace('$', "?")) };
+                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(sqlite_placeholders(q)) };
                 let out = $body;
                 $tx.0.commit().await?;
                 out
@@ -200,7 +216,7 @@ macro_rules! on_reader {
         match $store {
             Store::Sqlite(s) => {
                 let $pool = &s.reader;
-                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(q.replace('$', "?")) };
+                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(sqlite_placeholders(q)) };
                 $body
             }
             Store::Postgres(s) => {
@@ -278,8 +294,9 @@ impl Store {
         })
     }
 
-    /// Sets an enrolling account's password hash and encrypted TOTP secret. Returns `false` if the account is not
-    /// enrolling any more.
+    /// Sets an enrolling account's password hash and encrypted TOTP secret, once: someone who intercepted the
+    /// enrolment code cannot replace credentials the owner already set. Returns `false` if they were set already or
+    /// the account is not enrolling.
     pub async fn set_staff_credentials(
         &self,
         id: i64,
@@ -289,9 +306,8 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<bool, StoreError> {
         on_backend!(self, |tx, sql| {
-            let changed = sqlx::query(&sql(
-                "UPDATE staff SET password_hash = $1, totp_secret = $2 WHERE id = $3 AND status = 'enrolling'",
-            ))
+            let changed = sqlx::query(&sql("UPDATE staff SET password_hash = $1, totp_secret = $2 \
+                 WHERE id = $3 AND status = 'enrolling' AND password_hash IS NULL"))
             .bind(password_hash)
             .bind(totp_secret.to_vec())
             .bind(id)
@@ -498,7 +514,10 @@ impl Store {
             match row.as_ref().map(request_row).transpose()? {
                 None => RoleDecision::NotFound,
                 Some(r) if r.status != "pending" => RoleDecision::NotPending,
-                Some(r) if r.requested_by == decided_by => RoleDecision::OwnRequest,
+                // Four eyes: neither the requester nor the person whose roles change may decide.
+                Some(r) if r.requested_by == decided_by || decided_by == format!("staff:{}", r.staff_id) => {
+                    RoleDecision::OwnRequest
+                }
                 Some(mut r) => {
                     let status = if approve { "approved" } else { "rejected" };
                     sqlx::query(&sql(
@@ -511,7 +530,8 @@ impl Store {
                     .execute(&mut *tx.0)
                     .await?;
                     if approve {
-                        let q = sql("SELECT roles FROM staff WHERE id = $1");
+                        // Locked, so that two approvals for the same person cannot both build on the old roles.
+                        let q = sql(&format!("SELECT roles FROM staff WHERE id = $1{lock}"));
                         let current: String = sqlx::query_scalar(&q).bind(r.staff_id).fetch_one(&mut *tx.0).await?;
                         let mut roles = parse_roles(&current)?;
                         roles.retain(|x| *x != r.role);
@@ -519,6 +539,9 @@ impl Store {
                             roles.push(r.role);
                         }
                         roles.sort();
+                        if let Some(reason) = rampart_audit::separation_violation(&roles) {
+                            return Ok(RoleDecision::SeparationOfDuties(reason));
+                        }
                         sqlx::query(&sql("UPDATE staff SET roles = $1 WHERE id = $2"))
                             .bind(roles_text(&roles))
                             .bind(r.staff_id)
