@@ -220,6 +220,22 @@ impl Keyring {
         (next, wrapped)
     }
 
+    /// A copy of this keyring that also holds any data-key versions among `stored` that it lacks (rotated by another
+    /// node), unwrapped with the root key it already holds.
+    pub fn refreshed(&self, stored: &[WrappedKey]) -> Result<Keyring, CryptoError> {
+        let mut data = self.data.clone();
+        for key in stored.iter().filter(|k| k.purpose == KeyPurpose::Data && !self.data.contains_key(&k.version)) {
+            data.insert(key.version, unwrap(&self.root, &self.init_id, key)?);
+        }
+        Ok(Keyring {
+            init_id: self.init_id,
+            root: RootKey(self.root.0.clone()),
+            data,
+            blind: self.blind.clone(),
+            signing: self.signing.clone(),
+        })
+    }
+
     /// Adds a new data-key version, which new writes use from now on; returns it wrapped, for storage.
     pub fn rotate(&mut self) -> WrappedKey {
         let version = self.current_version() + 1;

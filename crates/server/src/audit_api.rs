@@ -124,14 +124,14 @@ pub(crate) async fn rotate_keys(
     principal: Principal,
 ) -> Result<Json<RotatedView>, ApiError> {
     state.authorize(&principal, Permission::KeysManage, "system.keys.rotate", "keys").await?;
-    let keyring = state.keyring()?;
+    // Rotate from the stored keys, so that a version another node added is neither missed nor reused.
+    let keyring = state.refresh_keyring().await?;
     let (next, wrapped) = keyring.rotated();
-    state.store().add_crypto_key(&wrapped, state.now_ns()).await?;
     let version = next.current_version();
-    state.install_keyring(Arc::new(next));
     let mut record = state.record(&principal.actor(), "system.keys.rotate", "keys", Outcome::Success);
     record.details.insert("version".into(), version.to_string());
-    state.audit(vec![record]).await?;
+    state.store().add_crypto_key_audited(&wrapped, state.now_ns(), &state.auditor(&keyring), vec![record]).await?;
+    state.install_keyring(Arc::new(next));
     Ok(Json(RotatedView { version }))
 }
 

@@ -176,6 +176,26 @@ fn totp_aad(id: i64) -> String {
     format!("staff:{id}:totp_secret")
 }
 
+/// A staff member's TOTP secret, decrypted. A ciphertext under a key version this node has not seen (another node
+/// rotated) makes it reload the stored keys once and try again.
+async fn totp_secret(state: &AppState, staff: &StaffRecord) -> Result<Option<TotpSecret>, ApiError> {
+    let Some(ciphertext) = staff.totp_secret.as_deref() else { return Ok(None) };
+    let aad = totp_aad(staff.id);
+    let mut keyring = state.keyring()?;
+    if let Ok(version) = rampart_crypto::Keyring::ciphertext_version(ciphertext)
+        && version > keyring.current_version()
+    {
+        keyring = state.refresh_keyring().await?;
+    }
+    match keyring.decrypt(ciphertext, aad.as_bytes()) {
+        Ok(plain) => Ok(TotpSecret::from_bytes(&plain).ok()),
+        Err(e) => {
+            tracing::error!(staff = staff.id, error = %e, "a stored TOTP secret does not decrypt");
+            Ok(None)
+        }
+    }
+}
+
 fn invalid_credentials() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the username, password or code is wrong")
 }
@@ -211,12 +231,9 @@ pub(crate) async fn sign_in(
     // Unknown and inactive accounts take as long to refuse as a wrong password.
     let password_ok = verify_password(&request.password, active.and_then(|s| s.password_hash.as_deref()));
     let step = match (password_ok, active) {
-        (true, Some(s)) => s
-            .totp_secret
-            .as_deref()
-            .and_then(|ct| keyring.decrypt(ct, totp_aad(s.id).as_bytes()).ok())
-            .and_then(|plain| TotpSecret::from_bytes(&plain).ok())
-            .and_then(|secret| secret.verify(&request.totp_code, unix_s(now))),
+        (true, Some(s)) => {
+            totp_secret(&state, s).await?.and_then(|secret| secret.verify(&request.totp_code, unix_s(now)))
+        }
         _ => None,
     };
     let accepted = match (step, active) {
@@ -333,12 +350,8 @@ pub(crate) async fn confirm_enrolment(
 ) -> Result<Json<StaffView>, ApiError> {
     let keyring = state.keyring()?;
     let staff = enrolling(&state, &request.username, &request.enrolment_code).await?;
-    let step = staff
-        .totp_secret
-        .as_deref()
-        .and_then(|ct| keyring.decrypt(ct, totp_aad(staff.id).as_bytes()).ok())
-        .and_then(|plain| TotpSecret::from_bytes(&plain).ok())
-        .and_then(|secret| secret.verify(&request.totp_code, unix_s(state.now_ns())));
+    let step =
+        totp_secret(&state, &staff).await?.and_then(|secret| secret.verify(&request.totp_code, unix_s(state.now_ns())));
     let actor = format!("staff:{}", staff.id);
     let Some(step) = step else {
         state.audit(vec![state.record(&actor, "auth.staff.enrol_confirm", &actor, Outcome::Failure)]).await?;

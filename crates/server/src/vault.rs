@@ -80,6 +80,18 @@ impl AppState {
         }
     }
 
+    /// Reloads the stored keys (a data key rotated by another node) into the keyring, and returns it.
+    pub async fn refresh_keyring(&self) -> Result<Arc<Keyring>, ApiError> {
+        let current = self.keyring()?;
+        let stored = self.store().crypto_keys().await?;
+        let refreshed = Arc::new(current.refreshed(&stored).map_err(|e| {
+            tracing::error!(error = %e, "stored keys do not open with the root key");
+            ApiError::new(StatusCode::CONFLICT, "keys_unreadable", "the stored keys do not open with this root key")
+        })?);
+        self.install_keyring(Arc::clone(&refreshed));
+        Ok(refreshed)
+    }
+
     /// Opens the seal with this keyring.
     pub fn install_keyring(&self, keyring: Arc<Keyring>) {
         *self.inner.vault.write().expect("the vault lock is never poisoned") = VaultState::Unsealed(keyring);

@@ -260,7 +260,12 @@ impl Store {
             .bind(ts(enrolment_expires_at_ns))
             .bind(ts(now_ns))
             .fetch_one(&mut *tx.0)
-            .await?;
+            .await;
+            // Two requests for the same new name at once: the loser's insert breaks the unique index.
+            let id: i64 = match id {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
+                other => other?,
+            };
             audit::append(&mut tx, records, auditor).await?;
             Some(id)
         })
@@ -454,6 +459,31 @@ impl Store {
             changed
         })
         .pipe(Ok)
+    }
+
+    /// Stores a rotated data key and its audit record in one transaction.
+    pub async fn add_crypto_key_audited(
+        &self,
+        key: &rampart_crypto::WrappedKey,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, |tx, sql| {
+            sqlx::query(&sql(
+                "INSERT INTO crypto_keys (purpose, version, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+            ))
+            .bind(key.purpose.as_str())
+            // INTEGER in both schemas: bound as 32 bits, because a statement PostgreSQL prepared for an int4
+            // parameter refuses an int8 (the error depends on whether the connection cached it: flaky, not wrong).
+            .bind(i32::try_from(key.version).map_err(|_| StoreError::Corrupt("key version".into()))?)
+            .bind(key.wrapped.clone())
+            .bind(ts(now_ns))
+            .execute(&mut *tx.0)
+            .await?;
+            audit::append(&mut tx, records, auditor).await?;
+        });
+        Ok(())
     }
 
     /// Files a request to grant or revoke `role` for staff `staff_id`; it takes effect when another administrator
