@@ -250,7 +250,7 @@ impl Store {
             if taken.is_some() {
                 return Ok(None);
             }
-            let id: i64 = sqlx::query_scalar(&sql(
+            let id: Result<i64, sqlx::Error> = sqlx::query_scalar(&sql(
                 "INSERT INTO staff (username, roles, status, enrolment_hash, enrolment_expires_at, created_at) \
                  VALUES ($1, $2, 'enrolling', $3, $4, $5) RETURNING id",
             ))
