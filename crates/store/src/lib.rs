@@ -10,8 +10,11 @@
 //! in a cycle) and retries on serialisation failures, deadlocks and unique violations (a concurrent insert of the same
 //! id, which the retry then answers with `exists`).
 
+#[macro_use]
+mod backend;
 mod audit;
 mod flow;
+mod platform;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -21,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use audit::{AuditFilter, AuditSigner, AuditedBy, Auditor};
-use rampart_audit::{AuditEntry, AuditRecord, Checkpoint, SignedHead, VerifyReport};
+use rampart_audit::{AuditEntry, AuditRecord, VerifyReport};
 use rampart_core::{AccountId, AssetCode, TransferId};
 use rampart_ledger::{
     Account, AssetTotals, CreateAccountResult, CreateTransferResult, InvariantViolation, NewAccount, NewTransfer,
@@ -245,52 +248,9 @@ impl Store {
         dispatch!(self, s => s.checkpoint_audit_head(auditor, now_ns).await)
     }
 
-    /// Every signed checkpoint.
-    pub async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        dispatch!(self, s => s.audit_checkpoints().await)
-    }
-
-    /// The signed head of the log, if anything was ever appended.
-    pub async fn audit_head(&self) -> Result<Option<SignedHead>, StoreError> {
-        dispatch!(self, s => s.audit_head().await)
-    }
-
     /// Verifies the whole audit log against `public_key` from one consistent snapshot, in pages.
     pub async fn verify_audit(&self, public_key: &[u8; 32]) -> Result<VerifyReport, StoreError> {
         dispatch!(self, s => s.verify_audit(public_key).await)
-    }
-
-    /// The stored seal configuration, if `rampart init` has run.
-    pub async fn seal_config(&self) -> Result<Option<rampart_crypto::SealConfig>, StoreError> {
-        dispatch!(self, s => s.seal_config().await)
-    }
-
-    /// Records a new initialisation and its wrapped keys. Returns `false` (and changes nothing) if the database was
-    /// already initialised.
-    pub async fn initialise_seal(
-        &self,
-        config: &rampart_crypto::SealConfig,
-        keys: &[rampart_crypto::WrappedKey],
-        audit_public_key: &[u8; 32],
-        now_ns: u64,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.initialise_seal(config, keys, audit_public_key, now_ns).await)
-    }
-
-    /// The audit public key recorded at initialisation. Whoever can write the database can replace it: an
-    /// independent check pins the key printed by `rampart init` instead.
-    pub async fn audit_public_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        dispatch!(self, s => s.audit_public_key().await)
-    }
-
-    /// Every wrapped key.
-    pub async fn crypto_keys(&self) -> Result<Vec<rampart_crypto::WrappedKey>, StoreError> {
-        dispatch!(self, s => s.crypto_keys().await)
-    }
-
-    /// Stores a new wrapped key (a rotated data key).
-    pub async fn add_crypto_key(&self, key: &rampart_crypto::WrappedKey, now_ns: u64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.add_crypto_key(key, now_ns).await)
     }
 
     /// Expires up to `limit` pending transfers whose timeout has passed at `now_ns`, releasing their holds.

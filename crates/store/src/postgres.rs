@@ -255,21 +255,6 @@ impl LedgerTx for PgTx {
     }
 }
 
-async fn add_key(
-    tx: &mut Transaction<'static, Postgres>,
-    key: &rampart_crypto::WrappedKey,
-    now_ns: u64,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO crypto_keys (purpose, version, wrapped, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(key.purpose.as_str())
-        .bind(i32::try_from(key.version).map_err(|_| StoreError::Corrupt("key version".into()))?)
-        .bind(key.wrapped.clone())
-        .bind(ts(now_ns))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 impl AuditTx for PgTx {
     async fn lock_audit_head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         // The head row orders appends across nodes; the very first appends race on the log's primary key instead,
@@ -541,81 +526,6 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(audit::finish(verifier, head, initialised > 0))
-    }
-
-    pub(crate) async fn audit_checkpoints(&self) -> Result<Vec<rampart_audit::Checkpoint>, StoreError> {
-        let rows = sqlx::query("SELECT seq, hash, time_ns, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| audit::decode_checkpoint(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
-            .collect()
-    }
-
-    pub(crate) async fn audit_head(&self) -> Result<Option<rampart_audit::SignedHead>, StoreError> {
-        let row =
-            sqlx::query("SELECT seq, hash, signature FROM audit_head WHERE id = 1").fetch_optional(&self.pool).await?;
-        row.map(|r| audit::decode_head(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)).transpose()
-    }
-
-    pub(crate) async fn seal_config(&self) -> Result<Option<rampart_crypto::SealConfig>, StoreError> {
-        let row =
-            sqlx::query("SELECT init_id, shares::bigint, threshold::bigint, root_check FROM seal_config WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| audit::decode_seal(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)).transpose()
-    }
-
-    pub(crate) async fn initialise_seal(
-        &self,
-        config: &rampart_crypto::SealConfig,
-        keys: &[rampart_crypto::WrappedKey],
-        audit_public_key: &[u8; 32],
-        now_ns: u64,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "INSERT INTO seal_config (id, init_id, shares, threshold, root_check, audit_public_key, created_at) \
-             VALUES (1, $1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(config.init_id.to_vec())
-        .bind(i32::from(config.shares))
-        .bind(i32::from(config.threshold))
-        .bind(config.root_check.clone())
-        .bind(audit_public_key.to_vec())
-        .bind(ts(now_ns))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !done {
-            return Ok(false);
-        }
-        for key in keys {
-            add_key(&mut tx, key, now_ns).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    pub(crate) async fn audit_public_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        let row =
-            sqlx::query("SELECT audit_public_key FROM seal_config WHERE id = 1").fetch_optional(&self.pool).await?;
-        row.map(|r| audit::decode_public_key(r.try_get(0)?)).transpose()
-    }
-
-    pub(crate) async fn crypto_keys(&self) -> Result<Vec<rampart_crypto::WrappedKey>, StoreError> {
-        let rows = sqlx::query("SELECT purpose, version::bigint, wrapped FROM crypto_keys ORDER BY purpose, version")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| audit::decode_key(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)).collect()
-    }
-
-    pub(crate) async fn add_crypto_key(&self, key: &rampart_crypto::WrappedKey, now_ns: u64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        add_key(&mut tx, key, now_ns).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     pub(crate) async fn expire_pending(&self, now_ns: u64, limit: u32) -> Result<Vec<TransferId>, StoreError> {

@@ -3,12 +3,11 @@
 //! The SQL is written once, with `$n` placeholders (SQLite reads them as `?n`), and the [`on_backend!`] macro expands
 //! each method for both databases: the statements are the same, only the driver types differ.
 
-use std::borrow::Cow;
-
 use rampart_audit::{AuditRecord, Role};
 use sqlx::Row;
 
 use crate::audit::{self, Auditor};
+use crate::backend::Pipe;
 use crate::{Store, StoreError, ts};
 
 /// Where a staff account stands.
@@ -172,61 +171,6 @@ where
 }
 
 const REQUEST_COLUMNS: &str = "id, staff_id, role, grant_role, requested_by, status, decided_by";
-
-/// PostgreSQL's `$1` placeholders as SQLite's `?1`; only a `$` followed by a digit is a placeholder.
-fn sqlite_placeholders(q: &str) -> String {
-    let mut out = String::with_capacity(q.len());
-    let mut chars = q.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Runs `$body` in a write transaction of either backend, with `$tx` the backend's transaction wrapper and `$sql`
-/// a function turning `$n` placeholders into the backend's.
-macro_rules! on_backend {
-    ($store:expr, |$tx:ident, $sql:ident| $body:block) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let mut $tx = s.begin().await?;
-                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(sqlite_placeholders(q)) };
-                let out = $body;
-                $tx.0.commit().await?;
-                out
-            }
-            Store::Postgres(s) => {
-                let mut $tx = crate::postgres::PgTx(s.pool.begin().await?);
-                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(q.to_owned()) };
-                let out = $body;
-                $tx.0.commit().await?;
-                out
-            }
-        }
-    };
-}
-
-/// Runs a read-only `$body` on either backend's read pool, as `$pool`.
-macro_rules! on_reader {
-    ($store:expr, |$pool:ident, $sql:ident| $body:block) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $pool = &s.reader;
-                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(sqlite_placeholders(q)) };
-                $body
-            }
-            Store::Postgres(s) => {
-                let $pool = &s.pool;
-                let $sql = |q: &str| -> Cow<'static, str> { Cow::Owned(q.to_owned()) };
-                $body
-            }
-        }
-    };
-}
 
 impl Store {
     /// Creates a staff account in the `enrolling` state with a one-time enrolment code (stored as its hash).
@@ -461,31 +405,6 @@ impl Store {
         .pipe(Ok)
     }
 
-    /// Stores a rotated data key and its audit record in one transaction.
-    pub async fn add_crypto_key_audited(
-        &self,
-        key: &rampart_crypto::WrappedKey,
-        now_ns: u64,
-        auditor: &Auditor<'_>,
-        records: Vec<AuditRecord>,
-    ) -> Result<(), StoreError> {
-        on_backend!(self, |tx, sql| {
-            sqlx::query(&sql(
-                "INSERT INTO crypto_keys (purpose, version, wrapped, created_at) VALUES ($1, $2, $3, $4)",
-            ))
-            .bind(key.purpose.as_str())
-            // INTEGER in both schemas: bound as 32 bits, because a statement PostgreSQL prepared for an int4
-            // parameter refuses an int8 (the error depends on whether the connection cached it: flaky, not wrong).
-            .bind(i32::try_from(key.version).map_err(|_| StoreError::Corrupt("key version".into()))?)
-            .bind(key.wrapped.clone())
-            .bind(ts(now_ns))
-            .execute(&mut *tx.0)
-            .await?;
-            audit::append(&mut tx, records, auditor).await?;
-        });
-        Ok(())
-    }
-
     /// Files a request to grant or revoke `role` for staff `staff_id`; it takes effect when another administrator
     /// approves it.
     #[allow(clippy::too_many_arguments)]
@@ -588,12 +507,3 @@ impl Store {
         .pipe(Ok)
     }
 }
-
-/// `value.pipe(f)` is `f(value)`: lets a macro's block value flow into `Ok` without a temporary.
-trait Pipe: Sized {
-    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-}
-
-impl<T> Pipe for T {}

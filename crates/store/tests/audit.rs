@@ -227,7 +227,10 @@ on_both_backends!(the_seal_configuration_and_keys_are_stored_once, |store: Store
         "a second init changes nothing"
     );
     assert_eq!(store.seal_config().await.unwrap().unwrap(), config);
-    store.add_crypto_key(&keys.rotate(), NOW).await.unwrap();
+    let v2 = keys.rotate();
+    let auditor = Auditor { signer: &keys, checkpoint_every: 10 };
+    store.add_crypto_key_audited(&v2, NOW, &auditor, vec![record(1)]).await.unwrap();
+    assert_eq!(store.audit_entries(&AuditFilter::default(), 10).await.unwrap().len(), 1, "audited with the key");
     let stored = store.crypto_keys().await.unwrap();
     assert_eq!(stored.len(), 4);
     assert!(stored.iter().any(|k| k.version == 2));
