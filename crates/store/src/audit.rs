@@ -129,6 +129,18 @@ pub(crate) async fn append<T: AuditTx>(
     Ok(entries)
 }
 
+/// Appends the record of an audited command inside its transaction, adding the time it took to `by.spent_ns`.
+pub(crate) async fn append_for<T: AuditTx>(
+    tx: &mut T,
+    record: AuditRecord,
+    by: &AuditedBy<'_>,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    append(tx, vec![record], &by.auditor).await?;
+    by.add_spent(started);
+    Ok(())
+}
+
 /// The head of an empty log.
 pub(crate) fn genesis() -> (u64, [u8; 32]) {
     (0, GENESIS_HASH)

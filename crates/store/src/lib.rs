@@ -237,11 +237,6 @@ impl Store {
         dispatch!(self, s => s.append_audit(records, auditor).await)
     }
 
-    /// Up to `limit` audit entries matching `filter`, in sequence order.
-    pub async fn audit_entries(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        dispatch!(self, s => s.audit_entries(filter, limit).await)
-    }
-
     /// Signs a checkpoint at the head of the audit log if entries were appended since the last one; returns its
     /// sequence number. The service calls it every few seconds so that no entry stays long without a signature.
     pub async fn checkpoint_audit_head(&self, auditor: &Auditor<'_>, now_ns: u64) -> Result<Option<u64>, StoreError> {

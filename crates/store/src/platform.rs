@@ -1,10 +1,10 @@
 //! The seal configuration and the wrapped keys, in SQL written once for both databases.
 
-use rampart_audit::{AuditRecord, Checkpoint, SignedHead};
+use rampart_audit::{AuditEntry, AuditRecord, Checkpoint, SignedHead};
 use rampart_crypto::{SealConfig, WrappedKey};
 use sqlx::Row;
 
-use crate::audit::{self, Auditor};
+use crate::audit::{self, AuditFilter, Auditor};
 use crate::{Store, StoreError, ts};
 
 /// Inserts a wrapped key inside an `on_backend!` body.
@@ -23,6 +23,60 @@ macro_rules! insert_key {
 }
 
 impl Store {
+    /// Up to `limit` audit entries matching `filter`, in sequence order.
+    pub async fn audit_entries(&self, filter: &AuditFilter, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        // The filters present become numbered parameters, bound below in the same order.
+        let mut text = String::from(
+            "SELECT seq, time_ns, actor, action, target, outcome, details, prev_hash, hash FROM audit_log WHERE seq > $1",
+        );
+        let mut n = 1;
+        let mut clause = |text: &mut String, condition: &str| {
+            n += 1;
+            text.push_str(&format!(" AND {condition} ${n}"));
+        };
+        let through = filter.through_seq.map(audit::clamp_i64);
+        let from = filter.from_ns.map(audit::clamp_i64);
+        let until = filter.until_ns.map(audit::clamp_i64);
+        for (present, condition) in [
+            (through.is_some(), "seq <="),
+            (from.is_some(), "time_ns >="),
+            (until.is_some(), "time_ns <"),
+            (filter.actor.is_some(), "actor ="),
+            (filter.action.is_some(), "action ="),
+        ] {
+            if present {
+                clause(&mut text, condition);
+            }
+        }
+        text.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+        on_reader!(self, |pool, sql| {
+            let q = sql(&text);
+            let mut query = sqlx::query(&q).bind(audit::clamp_i64(filter.after_seq));
+            for value in [through, from, until].into_iter().flatten() {
+                query = query.bind(value);
+            }
+            for value in [&filter.actor, &filter.action].into_iter().flatten() {
+                query = query.bind(value.as_str());
+            }
+            let rows = query.bind(i64::from(limit)).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    audit::decode_entry(
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get::<String, _>(5)?.as_str(),
+                        r.try_get::<String, _>(6)?.as_str(),
+                        r.try_get::<Vec<u8>, _>(7)?.as_slice(),
+                        r.try_get::<Vec<u8>, _>(8)?.as_slice(),
+                    )
+                })
+                .collect()
+        })
+    }
+
     /// Every signed checkpoint, by sequence number.
     pub async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         on_reader!(self, |pool, sql| {

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use crate::audit::{self, AuditFilter, AuditTx, AuditedBy, Auditor};
+use crate::audit::{self, AuditTx, AuditedBy, Auditor};
 use crate::flow::{self, LedgerTx};
 use crate::rows::{self, AccountRow, TransferRow};
 use crate::{ConnectOptions, LedgerReport, StoreError, StoredTransfer, ts};
@@ -357,9 +357,7 @@ impl SqliteStore {
         let results = flow::create_accounts(&mut tx, batch, now_ns).await?;
         if let Some(by) = by {
             let record = audit::accounts_record(by.actor, now_ns, batch, &results);
-            let started = std::time::Instant::now();
-            audit::append(&mut tx, vec![record], &by.auditor).await?;
-            by.add_spent(started);
+            audit::append_for(&mut tx, record, by).await?;
         }
         tx.0.commit().await?;
         Ok(results)
@@ -375,9 +373,7 @@ impl SqliteStore {
         let results = flow::create_transfers(&mut tx, batch, now_ns).await?;
         if let Some(by) = by {
             let record = audit::transfers_record(by.actor, now_ns, batch, &results);
-            let started = std::time::Instant::now();
-            audit::append(&mut tx, vec![record], &by.auditor).await?;
-            by.add_spent(started);
+            audit::append_for(&mut tx, record, by).await?;
         }
         tx.0.commit().await?;
         Ok(results)
@@ -392,49 +388,6 @@ impl SqliteStore {
         let entries = audit::append(&mut tx, records, auditor).await?;
         tx.0.commit().await?;
         Ok(entries)
-    }
-
-    pub(crate) async fn audit_entries(
-        &self,
-        filter: &AuditFilter,
-        limit: u32,
-    ) -> Result<Vec<rampart_audit::AuditEntry>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT seq, time_ns, actor, action, target, outcome, details, prev_hash, hash FROM audit_log WHERE seq > ",
-        );
-        q.push_bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
-        if let Some(through) = filter.through_seq {
-            q.push(" AND seq <= ").push_bind(i64::try_from(through).unwrap_or(i64::MAX));
-        }
-        if let Some(from) = filter.from_ns {
-            q.push(" AND time_ns >= ").push_bind(audit::clamp_i64(from));
-        }
-        if let Some(until) = filter.until_ns {
-            q.push(" AND time_ns < ").push_bind(audit::clamp_i64(until));
-        }
-        if let Some(actor) = &filter.actor {
-            q.push(" AND actor = ").push_bind(actor.clone());
-        }
-        if let Some(action) = &filter.action {
-            q.push(" AND action = ").push_bind(action.clone());
-        }
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-        let rows = q.build().fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|r| {
-                audit::decode_entry(
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                    r.try_get(4)?,
-                    r.try_get(5)?,
-                    r.try_get(6)?,
-                    r.try_get(7)?,
-                    r.try_get(8)?,
-                )
-            })
-            .collect()
     }
 
     pub(crate) async fn checkpoint_audit_head(
