@@ -582,3 +582,29 @@ async fn separation_of_duties_and_single_use_enrolment(db: Db) {
         .collect();
     assert_eq!(denied, [json!("separation_of_duties"), json!("own_request")]);
 }
+
+on_both_backends!(a_disabled_account_loses_its_sessions_at_once);
+
+/// A leaver: one administrator disables the account, its open session stops working on the next request, it can
+/// no longer sign in, and the act is in the audit log.
+async fn a_disabled_account_loses_its_sessions_at_once(db: Db) {
+    let server = Server::start(&db).await;
+    let root: &Api = &server;
+    let (id, code) = root.create_staff("leaver").await;
+    let mut leaver = Staff::enrol(&server, "leaver", &code, "a long enough password", &[]).await;
+    leaver.sign_in(&server, &[]).await;
+    let session = leaver.api(&server);
+    // Signed in without roles: refused for lack of permission, not for lack of a session.
+    session.get("/v1/staff").await.assert_error(403, "forbidden");
+
+    let disabled = root.post(&format!("/v1/staff/{id}/disable"), &json!({})).await;
+    assert_eq!(disabled.expect(200)["status"], json!("disabled"));
+    session.get("/v1/staff").await.assert_error(401, "unauthorized");
+    let code = leaver.authenticator.next_code().await;
+    let body = leaver.sign_in_body("a long enough password", &code);
+    root.post_public("/v1/staff/sign-in", &body).await.assert_error(401, "invalid_credentials");
+    root.post("/v1/staff/999999/disable", &json!({})).await.assert_error(404, "not_found");
+    let entries = root.get("/v1/audit/entries?action=staff.disable").await;
+    let targets: Vec<Value> = entries.expect(200).as_array().unwrap().iter().map(|e| e["target"].clone()).collect();
+    assert_eq!(targets, [json!(format!("staff:{id}"))]);
+}

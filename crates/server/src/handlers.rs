@@ -31,7 +31,7 @@ use crate::principal::Principal;
         crate::vault::seal_status, crate::vault::unseal,
         crate::staff_api::sign_in, crate::staff_api::sign_out, crate::staff_api::enrol,
         crate::staff_api::confirm_enrolment, crate::staff_api::list_staff, crate::staff_api::create_staff,
-        crate::staff_api::request_role_change, crate::staff_api::pending_role_requests,
+        crate::staff_api::request_role_change, crate::staff_api::pending_role_requests, crate::staff_api::disable_staff,
         crate::staff_api::approve_role_request, crate::staff_api::reject_role_request,
         crate::audit_api::entries, crate::audit_api::verify, crate::audit_api::rotate_keys,
         crate::audit_api::rewrap_keys

@@ -105,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/staff", get(staff_api::list_staff).post(staff_api::create_staff))
         .route("/v1/staff/sign-out", post(staff_api::sign_out))
         .route("/v1/staff/{id}/role-requests", post(staff_api::request_role_change))
+        .route("/v1/staff/{id}/disable", post(staff_api::disable_staff))
         .route("/v1/staff/role-requests", get(staff_api::pending_role_requests))
         .route("/v1/staff/role-requests/{id}/approve", post(staff_api::approve_role_request))
         .route("/v1/staff/role-requests/{id}/reject", post(staff_api::reject_role_request))

@@ -552,3 +552,26 @@ pub(crate) async fn reject_role_request(
 ) -> Result<Json<RoleRequestView>, ApiError> {
     decide(state, principal, path, false).await
 }
+
+/// Disables a staff account at once and ends every session it has (a leaver, a lost laptop). Protective, so one
+/// administrator may do it; re-enabling is not offered: create a new account instead.
+#[utoipa::path(post, path = "/v1/staff/{id}/disable", params(("id" = i64, Path, description = "staff id")),
+    security(("bearer" = [])), responses(
+    (status = 200, body = StaffView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+))]
+pub(crate) async fn disable_staff(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StaffView>, ApiError> {
+    let id = path_i64(path)?;
+    let target = format!("staff:{id}");
+    state.authorize(&principal, Permission::StaffManage, "staff.disable", &target).await?;
+    let keyring = state.keyring()?;
+    let record = state.record(&principal.actor(), "staff.disable", &target, Outcome::Success);
+    if !state.store().disable_staff(id, &state.auditor(&keyring), vec![record]).await? {
+        return Err(ApiError::not_found(format!("no staff {id}")));
+    }
+    let staff = state.store().staff_by_id(id).await?.ok_or_else(|| ApiError::not_found(format!("no staff {id}")))?;
+    Ok(Json(StaffView::from(&staff)))
+}

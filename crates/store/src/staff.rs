@@ -405,6 +405,33 @@ impl Store {
         .pipe(Ok)
     }
 
+    /// Disables a staff account and ends all its sessions, in one transaction with its audit record. Returns
+    /// `false` if there is no such account.
+    pub async fn disable_staff(
+        &self,
+        id: i64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let found = sqlx::query(&sql("UPDATE staff SET status = 'disabled' WHERE id = $1"))
+                .bind(id)
+                .execute(&mut *tx.0)
+                .await?
+                .rows_affected()
+                == 1;
+            if found {
+                sqlx::query(&sql("DELETE FROM staff_sessions WHERE staff_id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx.0)
+                    .await?;
+                audit::append(&mut tx, records, auditor).await?;
+            }
+            found
+        })
+        .pipe(Ok)
+    }
+
     /// Files a request to grant or revoke `role` for staff `staff_id`; it takes effect when another administrator
     /// approves it.
     #[allow(clippy::too_many_arguments)]
