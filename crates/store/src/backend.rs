@@ -31,7 +31,9 @@ macro_rules! on_backend {
             }
             $crate::Store::Postgres(s) => {
                 let mut $tx = crate::postgres::PgTx(s.pool.begin().await?);
-                let $sql = |q: &str| -> std::borrow::Cow<'static, str> { std::borrow::Cow::Owned(q.to_owned()) };
+                let $sql = |q: &str| -> std::borrow::Cow<'static, str> {
+                    std::borrow::Cow::Owned($crate::backend::postgres_placeholders(q))
+                };
                 let out = $body;
                 $tx.0.commit().await?;
                 out
@@ -53,7 +55,9 @@ macro_rules! on_reader {
             }
             $crate::Store::Postgres(s) => {
                 let $pool = &s.pool;
-                let $sql = |q: &str| -> std::borrow::Cow<'static, str> { std::borrow::Cow::Owned(q.to_owned()) };
+                let $sql = |q: &str| -> std::borrow::Cow<'static, str> {
+                    std::borrow::Cow::Owned($crate::backend::postgres_placeholders(q))
+                };
                 $body
             }
         }
@@ -68,3 +72,44 @@ pub(crate) trait Pipe: Sized {
 }
 
 impl<T> Pipe for T {}
+
+/// PostgreSQL's placeholders, unchanged (the counterpart of [`sqlite_placeholders`]).
+pub(crate) fn postgres_placeholders(q: &str) -> String {
+    q.to_owned()
+}
+
+/// The `AuditTx` methods whose SQL is the same on both databases, expanded inside each backend's impl with `$sql`
+/// turning the `$n` placeholders into that backend's.
+macro_rules! shared_audit_tx_methods {
+    ($sql:path) => {
+        async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError> {
+            let last: Option<i64> =
+                sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints").fetch_one(&mut *self.0).await?;
+            Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        }
+
+        async fn insert_checkpoint(&mut self, cp: &rampart_audit::Checkpoint) -> Result<(), StoreError> {
+            sqlx::query(&$sql("INSERT INTO audit_checkpoints (seq, hash, time_ns, signature) VALUES ($1, $2, $3, $4)"))
+                .bind(i64::try_from(cp.seq).expect("audit sequence fits i64"))
+                .bind(cp.hash.to_vec())
+                .bind(ts(cp.time_ns))
+                .bind(cp.signature.to_vec())
+                .execute(&mut *self.0)
+                .await?;
+            Ok(())
+        }
+
+        async fn write_audit_head(&mut self, head: &rampart_audit::SignedHead) -> Result<(), StoreError> {
+            sqlx::query(&$sql(
+                "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
+            ))
+            .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
+            .bind(head.hash.to_vec())
+            .bind(head.signature.to_vec())
+            .execute(&mut *self.0)
+            .await?;
+            Ok(())
+        }
+    };
+}

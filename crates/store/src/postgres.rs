@@ -256,6 +256,8 @@ impl LedgerTx for PgTx {
 }
 
 impl AuditTx for PgTx {
+    shared_audit_tx_methods!(crate::backend::postgres_placeholders);
+
     async fn lock_audit_head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         // The head row orders appends across nodes; the very first appends race on the log's primary key instead,
         // and the loser is retried.
@@ -292,36 +294,6 @@ impl AuditTx for PgTx {
         .bind(details)
         .bind(prev)
         .bind(hash)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints").fetch_one(&mut *self.0).await?;
-        Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
-    }
-
-    async fn insert_checkpoint(&mut self, cp: &rampart_audit::Checkpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time_ns, signature) VALUES ($1, $2, $3, $4)")
-            .bind(i64::try_from(cp.seq).expect("audit sequence fits i64"))
-            .bind(cp.hash.to_vec())
-            .bind(ts(cp.time_ns))
-            .bind(cp.signature.to_vec())
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn write_audit_head(&mut self, head: &rampart_audit::SignedHead) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
-        )
-        .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
-        .bind(head.hash.to_vec())
-        .bind(head.signature.to_vec())
         .execute(&mut *self.0)
         .await?;
         Ok(())

@@ -215,6 +215,8 @@ async fn audit_range(
 }
 
 impl AuditTx for SqliteTx {
+    shared_audit_tx_methods!(crate::backend::sqlite_placeholders);
+
     async fn lock_audit_head(&mut self) -> Result<(u64, [u8; 32]), StoreError> {
         // The writer connection's IMMEDIATE transaction already orders appends.
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_optional(&mut *self.0).await?;
@@ -242,36 +244,6 @@ impl AuditTx for SqliteTx {
             });
             q.build().execute(&mut *self.0).await?;
         }
-        Ok(())
-    }
-
-    async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints").fetch_one(&mut *self.0).await?;
-        Ok(last.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
-    }
-
-    async fn insert_checkpoint(&mut self, cp: &rampart_audit::Checkpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time_ns, signature) VALUES (?, ?, ?, ?)")
-            .bind(i64::try_from(cp.seq).expect("audit sequence fits i64"))
-            .bind(cp.hash.to_vec())
-            .bind(ts(cp.time_ns))
-            .bind(cp.signature.to_vec())
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn write_audit_head(&mut self, head: &rampart_audit::SignedHead) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
-        )
-        .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
-        .bind(head.hash.to_vec())
-        .bind(head.signature.to_vec())
-        .execute(&mut *self.0)
-        .await?;
         Ok(())
     }
 }
