@@ -4,6 +4,20 @@
 //!
 //! Pure except for randomness from the operating system; the time is always an argument.
 
+pub mod backup;
+pub mod policy;
+pub mod qr;
+pub mod signature;
+
+pub use backup::{BACKUP_CODES, BackupCodes, find_backup_code, hash_backup_code, normalise_backup_code};
+pub use policy::{PASSWORD_SCORE_MIN, PasswordRejection, check_password};
+pub use qr::{QR_DATA_LEN_MAX, qr_svg, try_qr_svg};
+pub use signature::{
+    ALLOW_LIST_ENTRIES_MAX, API_KEY_HEADER, ApiKeyId, ApiKeySecret, IpNet, SIGNATURE_HEADER,
+    SIGNATURE_WINDOW_MS_DEFAULT, SIGNATURE_WINDOW_MS_MAX, SignatureError, SignedRequestHeaders, TIMESTAMP_HEADER,
+    ip_allowed, parse_allow_list, parse_signed_headers, sign, sign_hex, verify,
+};
+
 use std::fmt;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -23,8 +37,9 @@ pub const ARGON2_ITERATIONS: u32 = 2;
 pub const ARGON2_LANES: u32 = 1;
 /// The shortest password accepted.
 pub const PASSWORD_LEN_MIN: usize = 12;
-/// The longest password accepted (Argon2 takes any length; this bounds the work a request can ask for).
-pub const PASSWORD_LEN_MAX: usize = 256;
+/// The longest password accepted, in characters (Argon2 takes any length; this bounds the work a request can ask for
+/// and matches the customer password policy of 12 to 128 characters).
+pub const PASSWORD_LEN_MAX: usize = 128;
 /// Seconds per TOTP time step.
 pub const TOTP_STEP_S: u64 = 30;
 /// TOTP steps accepted either side of now, for clock drift.
