@@ -44,6 +44,8 @@ pub enum Permission {
     AuditRead,
     /// Verify the audit log's chain and signatures.
     AuditVerify,
+    /// Unlock or recover a customer's account after identity checks (every use audited with the checks made).
+    CustomerRecover,
 }
 
 impl Role {
@@ -83,7 +85,8 @@ impl Role {
     pub fn permits(self, permission: Permission) -> bool {
         use Permission as P;
         match self {
-            Role::Support | Role::RiskAnalyst | Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
+            Role::Support => matches!(permission, P::LedgerRead | P::CustomerRecover),
+            Role::RiskAnalyst | Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
                 matches!(permission, P::LedgerRead)
             }
             Role::TreasuryCustodian => matches!(permission, P::LedgerRead | P::LedgerWrite),
@@ -102,7 +105,13 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
     if may(Permission::LedgerWrite) && (may(Permission::StaffManage) || may(Permission::StaffApprove)) {
         return Some("whoever moves money may not also change who may do what");
     }
-    let writes = [Permission::LedgerWrite, Permission::StaffManage, Permission::StaffApprove, Permission::KeysManage];
+    let writes = [
+        Permission::LedgerWrite,
+        Permission::StaffManage,
+        Permission::StaffApprove,
+        Permission::KeysManage,
+        Permission::CustomerRecover,
+    ];
     if roles.contains(&Role::Auditor) && writes.into_iter().any(may) {
         return Some("an auditor may not also hold a role that changes anything");
     }
@@ -111,7 +120,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::LedgerRead,
         Permission::LedgerWrite,
         Permission::StaffRead,
@@ -120,6 +129,7 @@ impl Permission {
         Permission::KeysManage,
         Permission::AuditRead,
         Permission::AuditVerify,
+        Permission::CustomerRecover,
     ];
 
     /// A stable name.
@@ -133,6 +143,7 @@ impl Permission {
             Permission::KeysManage => "keys_manage",
             Permission::AuditRead => "audit_read",
             Permission::AuditVerify => "audit_verify",
+            Permission::CustomerRecover => "customer_recover",
         }
     }
 

@@ -38,6 +38,8 @@ pub enum BenchCommand {
     Ledger(LedgerArgs),
     /// Audit appends per second and latency (in transactions, as the server does them), and verification speed.
     Audit(crate::bench_audit::AuditArgs),
+    /// Argon2id hashes, TOTP verifications and signed API requests per second, with latency percentiles.
+    Auth(crate::bench_auth::AuthArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -86,6 +88,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ledger(args) => ledger(args, config).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(args, config).await,
+        BenchCommand::Auth(args) => tokio::task::spawn_blocking(move || crate::bench_auth::run(args)).await?,
     }
 }
 

@@ -30,6 +30,61 @@ pub struct Config {
     pub checkpoint_interval_s: u64,
     /// The asset registry; the defaults (BTC, ETH, USDT) when absent.
     pub assets: Option<Vec<AssetConfig>>,
+    /// Customer identity: sessions, step-up, lockout, rate limits, links, WebAuthn.
+    pub identity: rampart_server::IdentityConfig,
+    /// How emails leave: an SMTP relay, or (by default) a Maildir sink in the data directory.
+    pub mail: MailConfig,
+}
+
+/// The `[mail]` table.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// The SMTP relay's host; without it, emails are written to the Maildir sink.
+    pub smtp_host: Option<String>,
+    /// Its port.
+    pub smtp_port: u16,
+    /// `none` (loopback only), `starttls` or `tls`.
+    pub smtp_tls: String,
+    /// The user to authenticate as.
+    pub smtp_username: Option<String>,
+    /// Its password.
+    pub smtp_password: Option<String>,
+    /// Seconds to wait for the relay.
+    pub smtp_timeout_s: u64,
+    /// The Maildir sink; `mail` in the data directory when absent.
+    pub maildir: Option<PathBuf>,
+    /// How often the outbox is delivered, in milliseconds.
+    pub outbox_interval_ms: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> MailConfig {
+        MailConfig {
+            smtp_host: None,
+            smtp_port: 25,
+            smtp_tls: "none".into(),
+            smtp_username: None,
+            smtp_password: None,
+            smtp_timeout_s: 30,
+            maildir: None,
+            outbox_interval_ms: 1000,
+        }
+    }
+}
+
+/// The SMTP password never appears in `Debug` output.
+impl fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("smtp_tls", &self.smtp_tls)
+            .field("smtp_username", &self.smtp_username)
+            .field("maildir", &self.maildir)
+            .field("outbox_interval_ms", &self.outbox_interval_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Database passwords never appear in `Debug` output (and so never in logs).
@@ -44,6 +99,8 @@ impl fmt::Debug for Config {
             .field("expiry_interval_ms", &self.expiry_interval_ms)
             .field("checkpoint_interval_s", &self.checkpoint_interval_s)
             .field("assets", &self.assets)
+            .field("identity", &self.identity)
+            .field("mail", &self.mail)
             .finish()
     }
 }
@@ -59,6 +116,8 @@ impl Default for Config {
             expiry_interval_ms: 1000,
             checkpoint_interval_s: 10,
             assets: None,
+            identity: rampart_server::IdentityConfig::default(),
+            mail: MailConfig::default(),
         }
     }
 }

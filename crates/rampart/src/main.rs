@@ -3,6 +3,7 @@
 mod audit_cmd;
 mod bench;
 mod bench_audit;
+mod bench_auth;
 mod config;
 mod demo;
 mod init;

@@ -117,6 +117,37 @@ async fn dev_unseal(config: &Config, store: &rampart_store::Store) -> anyhow::Re
     bail!("development mode cannot unseal: too few shares in {}", dir.display())
 }
 
+/// The mailer the configuration names: an SMTP relay, or the Maildir sink in the data directory.
+pub fn mailer(config: &Config) -> anyhow::Result<Arc<dyn rampart_notify::Mailer>> {
+    let mail = &config.mail;
+    match &mail.smtp_host {
+        Some(host) => {
+            let tls = match mail.smtp_tls.as_str() {
+                "none" => rampart_notify::SmtpTls::None,
+                "starttls" => rampart_notify::SmtpTls::StartTls,
+                "tls" => rampart_notify::SmtpTls::Tls,
+                other => bail!("[mail] smtp_tls must be none, starttls or tls, not {other:?}"),
+            };
+            let smtp = rampart_notify::SmtpConfig {
+                host: host.clone(),
+                port: mail.smtp_port,
+                tls,
+                username: mail.smtp_username.clone(),
+                password: mail.smtp_password.clone().map(SecretString::from),
+                timeout_s: mail.smtp_timeout_s,
+            };
+            Ok(Arc::new(rampart_notify::SmtpMailer::new(&smtp).context("invalid [mail] configuration")?))
+        }
+        None => {
+            let dir = mail.maildir.clone().unwrap_or_else(|| config.data_dir.join("mail"));
+            let sink = rampart_notify::MaildirMailer::create(&dir)
+                .with_context(|| format!("cannot create the Maildir {}", dir.display()))?;
+            println!("  emails:          written to the Maildir {} (no SMTP relay configured)", dir.display());
+            Ok(Arc::new(sink))
+        }
+    }
+}
+
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     args.database.apply(&mut config);
@@ -164,7 +195,10 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     println!("listening on http://{address}");
     tracing::info!(%address, backend = store.backend().as_str(), database = %redact_url(&url), "rampart serving");
 
-    let state = AppState::new(store, assets, Arc::new(SystemClock), vault, dev_root);
+    let state = AppState::new(store, assets, Arc::new(SystemClock), vault, dev_root)
+        .with_identity(config.identity.clone())
+        .map_err(|e| anyhow::anyhow!("invalid [identity] configuration: {e}"))?;
+    let mailer = mailer(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -177,12 +211,19 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     let checkpoints = tokio::spawn(rampart_server::run_checkpoint_worker(
         state.clone(),
         Duration::from_secs(config.checkpoint_interval_s.max(1)),
+        stopped(stop_rx.clone()),
+    ));
+    let outbox = tokio::spawn(rampart_server::run_outbox_worker(
+        state.clone(),
+        mailer,
+        Duration::from_millis(config.mail.outbox_interval_ms.max(10)),
         stopped(stop_rx),
     ));
     rampart_server::serve(listener, state, shutdown_signal()).await.context("server failed")?;
     let _ = stop_tx.send(true);
     let _ = expiry.await;
     let _ = checkpoints.await;
+    let _ = outbox.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,9 +7,13 @@
 //! roles; every refusal is audited. Plus `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 
 mod audit_api;
+mod customer_api;
 mod dto;
 mod error;
 mod handlers;
+mod identity;
+mod outbox;
+mod passkeys;
 mod principal;
 mod staff_api;
 mod telemetry;
@@ -22,7 +26,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use rampart_core::{AssetRegistry, Clock};
 use rampart_store::Store;
 use secrecy::SecretString;
@@ -32,12 +36,15 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use customer_api::{customer_ledger_account, mask_email, normalise_email};
 pub use dto::{
     AccountRequest, AccountView, AssetTotalsView, AssetView, BatchResults, ItemResult, LedgerCheck, TransferRequest,
     TransferView,
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use handlers::ApiDoc;
+pub use identity::{IdentityConfig, RateLimiter, Scope, StepUp, client_ip, rfc3339, withdrawal_gate};
+pub use outbox::run_outbox_worker;
 pub use principal::{CHECKPOINT_EVERY, Principal};
 pub use vault::{SealStatus, VaultState};
 
@@ -60,6 +67,9 @@ struct Inner {
     vault: RwLock<VaultState>,
     /// Development mode only: a token with every permission, like Vault's dev root token.
     dev_root_token: Option<SecretString>,
+    identity: IdentityConfig,
+    webauthn: Option<rampart_webauthn::Relying>,
+    rate_limiter: RateLimiter,
 }
 
 impl AppState {
@@ -71,7 +81,39 @@ impl AppState {
         vault: VaultState,
         dev_root_token: Option<SecretString>,
     ) -> AppState {
-        AppState { inner: Arc::new(Inner { store, assets, clock, vault: RwLock::new(vault), dev_root_token }) }
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                assets,
+                clock,
+                vault: RwLock::new(vault),
+                dev_root_token,
+                identity: IdentityConfig::default(),
+                webauthn: None,
+                rate_limiter: RateLimiter::default(),
+            }),
+        }
+    }
+
+    /// The same state with this identity configuration; WebAuthn is set up for its relying party. Call before the
+    /// state is shared.
+    pub fn with_identity(mut self, identity: IdentityConfig) -> Result<AppState, String> {
+        let webauthn = rampart_webauthn::Relying::new(&identity.webauthn_rp_id, "Rampart", &identity.webauthn_origin)
+            .map_err(|e| e.to_string())?;
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.identity = identity;
+        inner.webauthn = Some(webauthn);
+        Ok(self)
+    }
+
+    /// How customer identity behaves.
+    pub fn identity(&self) -> &IdentityConfig {
+        &self.inner.identity
+    }
+
+    /// The WebAuthn relying party, when configured.
+    pub fn webauthn(&self) -> Option<&rampart_webauthn::Relying> {
+        self.inner.webauthn.as_ref()
     }
 
     /// The store.
@@ -113,7 +155,35 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit_api::verify))
         .route("/v1/sys/keys/rotate", post(audit_api::rotate_keys))
         .route("/v1/sys/keys/rewrap", post(audit_api::rewrap_keys))
+        .route("/v1/staff/webauthn/register/options", post(passkeys::staff_register_options))
+        .route("/v1/staff/webauthn/register", post(passkeys::staff_register))
+        .route("/v1/support/customers/{id}/recover", post(customer_api::support_recover))
         .route_layer(middleware::from_fn_with_state(state.clone(), principal::authenticate));
+    let customer = Router::new()
+        .route("/v1/me", get(customer_api::me))
+        .route("/v1/me/balances", get(customer_api::balances))
+        .route("/v1/me/step-up", post(customer_api::step_up))
+        .route("/v1/me/password", post(customer_api::change_password))
+        .route("/v1/me/anti-phishing-code", put(customer_api::set_anti_phishing_code))
+        .route("/v1/me/totp", post(customer_api::start_totp).delete(customer_api::remove_totp))
+        .route("/v1/me/totp/confirm", post(customer_api::confirm_totp))
+        .route("/v1/me/backup-codes", post(customer_api::new_backup_codes))
+        .route("/v1/me/email", post(customer_api::change_email))
+        .route("/v1/me/devices", get(customer_api::devices))
+        .route("/v1/me/devices/{id}", delete(customer_api::revoke_device))
+        .route("/v1/me/sessions", get(customer_api::sessions))
+        .route("/v1/me/sessions/{id}", delete(customer_api::revoke_session))
+        .route("/v1/me/sign-out", post(customer_api::sign_out))
+        .route("/v1/me/notifications", get(customer_api::notifications))
+        .route("/v1/me/withdrawal-status", get(customer_api::withdrawal_status))
+        .route("/v1/me/api-keys", get(customer_api::api_keys).post(customer_api::create_api_key))
+        .route("/v1/me/api-keys/{id}", delete(customer_api::revoke_api_key))
+        .route("/v1/me/webauthn", get(passkeys::list))
+        .route("/v1/me/webauthn/options", post(passkeys::step_up_options))
+        .route("/v1/me/webauthn/register/options", post(passkeys::register_options))
+        .route("/v1/me/webauthn/register", post(passkeys::register))
+        .route("/v1/me/webauthn/{id}", delete(passkeys::remove))
+        .route_layer(middleware::from_fn_with_state(state.clone(), identity::authenticate_customer));
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
@@ -124,9 +194,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/staff/sign-in", post(staff_api::sign_in))
         .route("/v1/staff/enrol", post(staff_api::enrol))
         .route("/v1/staff/enrol/confirm", post(staff_api::confirm_enrolment))
+        .route("/v1/staff/sign-in/webauthn/options", post(passkeys::staff_sign_in_options))
+        .route("/v1/staff/sign-in/webauthn", post(passkeys::staff_sign_in))
+        .route("/v1/customers/sign-up", post(customer_api::sign_up))
+        .route("/v1/customers/sign-up/totp", post(customer_api::enrol_totp))
+        .route("/v1/customers/verify-email", post(customer_api::verify_email))
+        .route("/v1/customers/devices/confirm", post(customer_api::confirm_device))
+        .route("/v1/customers/email/confirm", post(customer_api::confirm_email_change))
+        .route("/v1/customers/sign-in", post(customer_api::sign_in))
+        .route("/v1/customers/sign-in/verify", post(customer_api::verify_sign_in))
+        .route("/v1/customers/sign-in/webauthn/options", post(passkeys::sign_in_options))
+        .route("/v1/customers/recovery/start", post(customer_api::start_recovery))
+        .route("/v1/customers/recovery/finish", post(customer_api::finish_recovery))
         .merge(signed_in)
+        .merge(customer)
         // A route layer runs after routing, so the metrics see the route template rather than the raw path.
         .route_layer(middleware::from_fn(telemetry::record_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), identity::rate_limit))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
@@ -154,7 +238,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     telemetry::install_metrics();
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Expires pending transfers whose timeout has passed, every `interval`, until `shutdown` resolves.

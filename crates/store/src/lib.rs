@@ -13,6 +13,7 @@
 #[macro_use]
 mod backend;
 mod audit;
+mod customers;
 mod flow;
 mod platform;
 mod postgres;
@@ -24,6 +25,11 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use audit::{AuditFilter, AuditSigner, AuditedBy, Auditor};
+pub use customers::{
+    ApiKeyRecord, CustomerRecord, CustomerSession, CustomerStatus, DeviceRecord, Effects, NewCustomer, NewSession,
+    NewTicket, Notice, NotificationRecord, OutboxEmail, SecurityChange, ThrottleState, Ticket,
+    WebauthnCredentialRecord,
+};
 use rampart_audit::{AuditEntry, AuditRecord, VerifyReport};
 use rampart_core::{AccountId, AssetCode, TransferId};
 use rampart_ledger::{
