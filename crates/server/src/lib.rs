@@ -243,7 +243,8 @@ pub async fn serve(
         .await
 }
 
-/// Expires pending transfers whose timeout has passed, every `interval`, until `shutdown` resolves.
+/// Expires pending transfers whose timeout has passed, and purges expired tickets and API signatures, every
+/// `interval`, until `shutdown` resolves.
 pub async fn run_expiry_worker(state: AppState, interval: Duration, shutdown: impl Future<Output = ()>) {
     /// Holds expired per database transaction, so that one sweep never holds locks for long.
     const EXPIRE_BATCH_MAX: u32 = 1000;
@@ -254,6 +255,12 @@ pub async fn run_expiry_worker(state: AppState, interval: Duration, shutdown: im
         tokio::select! {
             () = &mut shutdown => return,
             _ = tick.tick() => {}
+        }
+        // Spent one-time tickets and request signatures past their window are only clutter: sweep them too.
+        match state.store().purge_expired_auth(state.now_ns()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "purged expired tickets and signatures"),
+            Err(e) => tracing::error!(error = %e, "purging expired tickets failed"),
         }
         loop {
             match state.store().expire_pending(state.now_ns(), EXPIRE_BATCH_MAX).await {
