@@ -196,13 +196,14 @@ pub async fn run() -> anyhow::Result<()> {
     }
     ensure!(report.violation.is_none(), "LEDGER INVARIANT BROKEN: {:?}", report.violation);
     println!("   Every invariant holds: Σ debits = Σ credits, no account beyond its flags, every hold accounted for.");
-    platform(&demo.store).await?;
-    println!("\nThe end (for now): customer identity, withdrawals, custody, risk, compliance and reserves come next.");
+    let keyring = platform(&demo.store).await?;
+    crate::demo_identity::run(demo.store.clone(), keyring).await?;
+    println!("\nThe end (for now): withdrawals, custody, risk, compliance and reserves come next.");
     Ok(())
 }
 
-/// The seal, staff and the audit log.
-async fn platform(store: &Store) -> anyhow::Result<()> {
+/// The seal, staff and the audit log; answers the unsealed keyring.
+async fn platform(store: &Store) -> anyhow::Result<rampart_crypto::Keyring> {
     use rampart_audit::{AuditRecord, Outcome, Role};
     use rampart_crypto::{Keyring, UnsealProgress, Unsealer};
     use rampart_store::{AuditedBy, Auditor, RoleDecision};
@@ -329,5 +330,5 @@ async fn platform(store: &Store) -> anyhow::Result<()> {
     println!(
         "   Editing, deleting, inserting or reordering an entry, or cutting the tail, is pinpointed (see the tests)."
     );
-    Ok(())
+    Ok(keyring)
 }

@@ -6,6 +6,7 @@ mod bench_audit;
 mod bench_auth;
 mod config;
 mod demo;
+mod demo_identity;
 mod init;
 mod serve;
 mod unseal;

@@ -44,7 +44,7 @@ pub use dto::{
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use handlers::ApiDoc;
 pub use identity::{IdentityConfig, RateLimiter, Scope, StepUp, client_ip, rfc3339, withdrawal_gate};
-pub use outbox::run_outbox_worker;
+pub use outbox::{deliver_outbox_once, run_outbox_worker};
 pub use principal::{CHECKPOINT_EVERY, Principal};
 pub use vault::{SealStatus, VaultState};
 

@@ -35,7 +35,7 @@ pub async fn run_outbox_worker(
             continue;
         }
         loop {
-            match deliver_batch(&state, mailer.as_ref()).await {
+            match deliver_outbox_once(&state, mailer.as_ref()).await {
                 Ok(n) if n == BATCH as usize => continue,
                 Ok(_) => break,
                 Err(e) => {
@@ -47,8 +47,8 @@ pub async fn run_outbox_worker(
     }
 }
 
-/// Claims and delivers one batch; answers how many were claimed.
-pub(crate) async fn deliver_batch(state: &AppState, mailer: &dyn Mailer) -> Result<usize, String> {
+/// Claims and delivers one batch of due emails; answers how many were claimed (the demo and tests call it directly).
+pub async fn deliver_outbox_once(state: &AppState, mailer: &dyn Mailer) -> Result<usize, String> {
     let keyring = state.keyring().map_err(|e| e.code().to_owned())?;
     let now = state.now_ns();
     let claimed = state.store().claim_outbox(now, LEASE_NS, BATCH).await.map_err(|e| e.to_string())?;
