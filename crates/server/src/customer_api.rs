@@ -510,8 +510,10 @@ pub struct SignInTicketView {
     pub expires_at_ns: String,
 }
 
-async fn check_throttle(
+/// Refuses (429 with `Retry-After`, audited under `action`) an attempt while its subject is blocked after failures.
+pub(crate) async fn check_throttle(
     state: &AppState,
+    action: &str,
     scope: &str,
     subject: &str,
     target: &str,
@@ -522,7 +524,7 @@ async fn check_throttle(
         && t.blocked_until_ns > now
     {
         let wait_s = (t.blocked_until_ns - now).div_ceil(NS);
-        let mut record = state.record("anonymous", "auth.customer.sign_in", target, Outcome::Denied);
+        let mut record = state.record("anonymous", action, target, Outcome::Denied);
         record.details.insert("reason".into(), format!("throttled_{scope}"));
         record.details.insert("ip".into(), ip.to_string());
         record.details.insert("failures".into(), t.failures.to_string());
@@ -536,6 +538,52 @@ async fn check_throttle(
             wait_s,
         ));
     }
+    Ok(())
+}
+
+/// The throttle subject of a staff username: a keyed hash, so the table holds no names (or mistyped passwords).
+pub(crate) fn staff_subject(keyring: &rampart_crypto::Keyring, username: &str) -> String {
+    format!("staff:{}", hex::encode(keyring.blind_index("staff.username", username.as_bytes())))
+}
+
+/// Refuses a staff sign-in while the address or the username is blocked after failures.
+pub(crate) async fn staff_throttle_check(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    username: &str,
+    target: &str,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    let ip_text = ip.to_string();
+    check_throttle(state, "auth.staff.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), ip).await?;
+    let subject = staff_subject(keyring, username);
+    check_throttle(state, "auth.staff.sign_in", "account", &subject, target, ip).await
+}
+
+/// Counts a failed staff sign-in against the username and the address (delays only: a staff account is disabled by
+/// an administrator, never locked by strangers' guesses), or clears the username's count after a success.
+pub(crate) async fn staff_throttle_record(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    username: &str,
+    ip: IpAddr,
+    failed: bool,
+) -> Result<(), ApiError> {
+    let subject = staff_subject(keyring, username);
+    if !failed {
+        state.store().clear_throttle("account", &subject).await?;
+        return Ok(());
+    }
+    let config = state.identity().clone();
+    let now = state.now_ns();
+    state
+        .store()
+        .record_auth_failure("account", &subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
+        .await?;
+    state
+        .store()
+        .record_auth_failure("ip", &ip.to_string(), now, 3600 * NS, |f| config.ip_blocked_until(f, now))
+        .await?;
     Ok(())
 }
 
@@ -637,9 +685,10 @@ pub(crate) async fn sign_in(
     let index = email_index(&keyring, &email);
     let subject = account_subject(&keyring, &index);
     let ip_text = client.ip.to_string();
-    check_throttle(&state, "ip", &ip_text, &format!("ip:{ip_text}"), client.ip).await?;
+    check_throttle(&state, "auth.customer.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), client.ip).await?;
     let customer = state.store().customer_by_email_index(&index).await?;
-    check_throttle(&state, "account", &subject, &sign_in_target(customer.as_ref(), &subject), client.ip).await?;
+    let target = sign_in_target(customer.as_ref(), &subject);
+    check_throttle(&state, "auth.customer.sign_in", "account", &subject, &target, client.ip).await?;
     let ok = verify_password_blocking(request.password, customer.as_ref().map(|c| c.password_hash.clone())).await;
     let customer = match customer {
         Some(c) if ok => c,
@@ -798,7 +847,14 @@ pub(crate) async fn verify_sign_in(
     ApiJson(request): ApiJson<VerifySignInRequest>,
 ) -> Result<(StatusCode, Json<CustomerSessionView>), ApiError> {
     let keyring = state.keyring()?;
-    let (customer, data) = ticket_customer(&state, &request.ticket, "sign_in", Some(SIGN_IN_ATTEMPTS_MAX)).await?;
+    let (customer, _) = ticket_customer(&state, &request.ticket, "sign_in", Some(SIGN_IN_ATTEMPTS_MAX)).await?;
+    // A WebAuthn challenge is answered once, whatever the outcome: taken out of the ticket before it is checked.
+    let data = if request.factor.webauthn.is_some() {
+        let hash = hash_bearer(request.ticket.expose_secret());
+        state.store().take_ticket_data(&hash, "sign_in", state.now_ns()).await?
+    } else {
+        None
+    };
     let index_hex = {
         let email = customer_email(&state, &customer).await?;
         hex::encode(email_index(&keyring, &email))
@@ -2016,17 +2072,16 @@ pub struct SupportRecoveryRequest {
 pub(crate) async fn support_recover(
     State(state): State<AppState>,
     principal: crate::Principal,
-    path: Result<Path<i64>, PathRejection>,
+    Path(handle): Path<String>,
     ApiJson(request): ApiJson<SupportRecoveryRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let id = path_i64(path)?;
+    let handle: [u8; 16] = hex::decode(&handle)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_id", "a customer id is 32 hex digits"))?;
+    let target = format!("customer:{}", hex::encode(handle));
     state
-        .authorize(
-            &principal,
-            rampart_audit::Permission::CustomerRecover,
-            "auth.customer.support_recovery",
-            &format!("customer:{id}"),
-        )
+        .authorize(&principal, rampart_audit::Permission::CustomerRecover, "auth.customer.support_recovery", &target)
         .await?;
     let reason = request.reason.trim();
     let checks: Vec<&str> = request.identity_checks.iter().map(|c| c.trim()).filter(|c| !c.is_empty()).collect();
@@ -2040,7 +2095,9 @@ pub(crate) async fn support_recover(
         ));
     }
     let keyring = state.keyring()?;
-    let customer = state.store().customer_by_id(id).await?.ok_or_else(|| ApiError::not_found("no such customer"))?;
+    let customer =
+        state.store().customer_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("no such customer"))?;
+    let id = customer.id;
     let email = customer_email(&state, &customer).await?;
     let index = email_index(&keyring, &email);
     let until = lock_until(&state, state.identity().recovery_lock_hours);

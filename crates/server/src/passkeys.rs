@@ -116,7 +116,7 @@ pub(crate) async fn sign_in_options(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let hash = hash_bearer(request.ticket.expose_secret());
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_ticket", "the ticket is invalid or expired");
-    let ticket = state.store().use_ticket(&hash, "sign_in", u32::MAX, state.now_ns()).await?.ok_or_else(invalid)?;
+    let ticket = state.store().peek_ticket(&hash, "sign_in", state.now_ns()).await?.ok_or_else(invalid)?;
     let credentials = stored_credentials(&state, &ticket.owner).await?;
     let (options, ceremony) = relying(&state)?.start_authentication(&credentials).map_err(|e| webauthn_error(&e))?;
     state.store().set_ticket_data(&hash, "sign_in", &ceremony.to_bytes()).await?;
@@ -471,6 +471,8 @@ pub(crate) async fn staff_sign_in_options(
 ) -> Result<Json<StaffPasskeyOptionsView>, ApiError> {
     let keyring = state.keyring()?;
     let staff = state.store().staff_by_username(&request.username).await?;
+    let target = crate::staff_api::attempt_target(&keyring, &request.username, staff.as_ref());
+    crate::customer_api::staff_throttle_check(&state, &keyring, &request.username, &target, client.ip).await?;
     let active = staff.filter(|s| s.status == rampart_store::StaffStatus::Active);
     let stored = active.as_ref().and_then(|s| s.password_hash.clone());
     let password = request.password;
@@ -486,6 +488,7 @@ pub(crate) async fn staff_sign_in_options(
         record.details.insert("reason".into(), "credentials".into());
         record.details.insert("ip".into(), client.ip.to_string());
         state.audit(vec![record]).await?;
+        crate::customer_api::staff_throttle_record(&state, &keyring, &request.username, client.ip, true).await?;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",

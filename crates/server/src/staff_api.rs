@@ -202,7 +202,7 @@ fn invalid_credentials() -> ApiError {
 
 /// The audit target of a sign-in or enrolment attempt. A known account is named; an unknown name is recorded only
 /// as a keyed hash, because people type passwords into the username field and the log must not keep them.
-fn attempt_target(keyring: &rampart_crypto::Keyring, username: &str, known: Option<&StaffRecord>) -> String {
+pub(crate) fn attempt_target(keyring: &rampart_crypto::Keyring, username: &str, known: Option<&StaffRecord>) -> String {
     match known {
         Some(s) => format!("staff:{}", s.username),
         None => format!(
@@ -222,11 +222,14 @@ fn unix_s(now_ns: u64) -> u64 {
 ))]
 pub(crate) async fn sign_in(
     State(state): State<AppState>,
+    client: crate::customer_api::Client,
     ApiJson(request): ApiJson<SignInRequest>,
 ) -> Result<Json<SessionView>, ApiError> {
     let keyring = state.keyring()?;
     let now = state.now_ns();
     let staff = state.store().staff_by_username(&request.username).await?;
+    let target = attempt_target(&keyring, &request.username, staff.as_ref());
+    crate::customer_api::staff_throttle_check(&state, &keyring, &request.username, &target, client.ip).await?;
     let active = staff.as_ref().filter(|s| s.status == StaffStatus::Active);
     // Unknown and inactive accounts take as long to refuse as a wrong password.
     let password_ok = verify_password(&request.password, active.and_then(|s| s.password_hash.as_deref()));
@@ -240,7 +243,6 @@ pub(crate) async fn sign_in(
         (Some(step), Some(s)) => state.store().accept_totp_step(s.id, step).await?,
         _ => false,
     };
-    let target = attempt_target(&keyring, &request.username, staff.as_ref());
     let (Some(staff), true) = (active, accepted) else {
         let mut record = state.record("anonymous", "auth.staff.sign_in", &target, Outcome::Failure);
         let reason = if !password_ok {
@@ -251,9 +253,12 @@ pub(crate) async fn sign_in(
             "replayed_code"
         };
         record.details.insert("reason".into(), reason.into());
+        record.details.insert("ip".into(), client.ip.to_string());
         state.audit(vec![record]).await?;
+        crate::customer_api::staff_throttle_record(&state, &keyring, &request.username, client.ip, true).await?;
         return Err(invalid_credentials());
     };
+    crate::customer_api::staff_throttle_record(&state, &keyring, &request.username, client.ip, false).await?;
     let session = BearerSecret::generate("rst_");
     let expires = now + SESSION_TTL_S * NS;
     let record = state.record(&format!("staff:{}", staff.id), "auth.staff.sign_in", &target, Outcome::Success);

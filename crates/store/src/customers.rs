@@ -605,6 +605,15 @@ impl Store {
         })
     }
 
+    /// The customer with this public handle.
+    pub async fn customer_by_handle(&self, handle: &[u8; 16]) -> Result<Option<CustomerRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE handle = $1"));
+            let row: Option<CustomerRow> = sqlx::query_as(&q).bind(handle.to_vec()).fetch_optional(pool).await?;
+            row.map(customer).transpose()
+        })
+    }
+
     /// The customer with this id.
     pub async fn customer_by_id(&self, id: i64) -> Result<Option<CustomerRecord>, StoreError> {
         on_reader!(self, |pool, sql| {
@@ -971,6 +980,31 @@ impl Store {
         .pipe(Ok)
     }
 
+    /// A live ticket, read without using it up (to start a ceremony on it).
+    pub async fn peek_ticket(
+        &self,
+        token_hash: &[u8; 32],
+        purpose: &str,
+        now_ns: u64,
+    ) -> Result<Option<Ticket>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let row: Option<(String, Option<Vec<u8>>, i64)> = sqlx::query_as(&sql(
+                "SELECT owner, data, attempts FROM auth_tickets WHERE token_hash = $1 AND purpose = $2 \
+                 AND expires_at > $3",
+            ))
+            .bind(token_hash.to_vec())
+            .bind(purpose)
+            .bind(ts(now_ns))
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|(owner, data, attempts)| Ticket {
+                owner,
+                data,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            }))
+        })
+    }
+
     /// Stores a ceremony's state in a live ticket (a WebAuthn challenge issued for a sign-in ticket).
     pub async fn set_ticket_data(&self, token_hash: &[u8; 32], purpose: &str, data: &[u8]) -> Result<bool, StoreError> {
         on_backend!(self, |tx, sql| {
@@ -982,6 +1016,39 @@ impl Store {
                 .await?
                 .rows_affected()
                 == 1
+        })
+        .pipe(Ok)
+    }
+
+    /// Takes a ceremony's state out of a live ticket, atomically: of two requests racing with the same ticket, one
+    /// gets the state and the other nothing, and a refused answer cannot be followed by another to the same challenge.
+    pub async fn take_ticket_data(
+        &self,
+        token_hash: &[u8; 32],
+        purpose: &str,
+        now_ns: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // RETURNING gives the new (NULL) value, so the old one is read under the row lock first (SQLite's write
+        // transactions are serial anyway).
+        let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+        on_backend!(self, |tx, sql| {
+            let q = sql(&format!(
+                "SELECT data FROM auth_tickets WHERE token_hash = $1 AND purpose = $2 AND expires_at > $3{lock}"
+            ));
+            let data: Option<Option<Vec<u8>>> = sqlx::query_scalar(&q)
+                .bind(token_hash.to_vec())
+                .bind(purpose)
+                .bind(ts(now_ns))
+                .fetch_optional(&mut *tx.0)
+                .await?;
+            let data = data.flatten();
+            if data.is_some() {
+                sqlx::query(&sql("UPDATE auth_tickets SET data = NULL WHERE token_hash = $1"))
+                    .bind(token_hash.to_vec())
+                    .execute(&mut *tx.0)
+                    .await?;
+            }
+            data
         })
         .pipe(Ok)
     }
