@@ -34,6 +34,8 @@ const ENROL_TICKET_S: u64 = 30 * 60;
 /// How long a sign-in ticket (between password and second factor) works, and how many codes it may try.
 const SIGN_IN_TICKET_S: u64 = 5 * 60;
 const SIGN_IN_ATTEMPTS_MAX: u32 = 5;
+/// The mark support puts on the recovery link it sends after resetting the factors.
+const SUPPORT_RESET: &str = "support_reset";
 /// How long emailed links work.
 const EMAIL_LINK_S: u64 = 24 * 3600;
 const RECOVERY_LINK_S: u64 = 3600;
@@ -599,6 +601,7 @@ async fn sign_in_failed(
     subject: &str,
     ip: IpAddr,
     reason: &str,
+    action: &str,
 ) -> Result<ApiError, ApiError> {
     let keyring = state.keyring()?;
     let config = state.identity().clone();
@@ -611,7 +614,7 @@ async fn sign_in_failed(
     let by_ip =
         state.store().record_auth_failure("ip", &ip_text, now, 3600 * NS, |f| config.ip_blocked_until(f, now)).await?;
     let target = sign_in_target(customer, subject);
-    let mut record = state.record("anonymous", "auth.customer.sign_in", &target, Outcome::Failure);
+    let mut record = state.record("anonymous", action, &target, Outcome::Failure);
     record.details.insert("reason".into(), reason.into());
     record.details.insert("ip".into(), ip_text);
     record.details.insert("account_failures".into(), account.failures.to_string());
@@ -643,6 +646,27 @@ async fn sign_in_failed(
         return Ok(locked_error());
     }
     Ok(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the email, password or code is wrong"))
+}
+
+/// Before a second factor is checked (sign-in, step-up, recovery): the address and the account must not be blocked
+/// after failures, so that guessing codes is bounded per account exactly like guessing passwords.
+async fn guard_second_factor(
+    state: &AppState,
+    action: &str,
+    customer: &CustomerRecord,
+    subject: &str,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    let ip_text = ip.to_string();
+    check_throttle(state, action, "ip", &ip_text, &format!("ip:{ip_text}"), ip).await?;
+    check_throttle(state, action, "account", subject, &customer.subject(), ip).await
+}
+
+/// The throttle subject of a customer: the blind index of their email, in hex.
+async fn customer_subject(state: &AppState, customer: &CustomerRecord) -> Result<String, ApiError> {
+    let keyring = state.keyring()?;
+    let email = customer_email(state, customer).await?;
+    Ok(hex::encode(email_index(&keyring, &email)))
 }
 
 fn locked_error() -> ApiError {
@@ -692,7 +716,17 @@ pub(crate) async fn sign_in(
     let ok = verify_password_blocking(request.password, customer.as_ref().map(|c| c.password_hash.clone())).await;
     let customer = match customer {
         Some(c) if ok => c,
-        other => return Err(sign_in_failed(&state, other.as_ref(), &subject, client.ip, "credentials").await?),
+        other => {
+            return Err(sign_in_failed(
+                &state,
+                other.as_ref(),
+                &subject,
+                client.ip,
+                "credentials",
+                "auth.customer.sign_in",
+            )
+            .await?);
+        }
     };
     if customer.status == CustomerStatus::Locked {
         return Err(locked_error());
@@ -717,6 +751,9 @@ pub(crate) async fn sign_in(
             "this account has no second factor: finish enrolment or recover the account",
         ));
     }
+    // One live sign-in ticket per account: a burst of password sign-ins cannot stockpile tickets (five code guesses
+    // each) to spend later.
+    state.store().delete_tickets_of(&customer.subject(), "sign_in").await?;
     let ticket = BearerSecret::generate("rsi_");
     let expires = state.now_ns() + SIGN_IN_TICKET_S * NS;
     state
@@ -855,15 +892,25 @@ pub(crate) async fn verify_sign_in(
     } else {
         None
     };
-    let index_hex = {
-        let email = customer_email(&state, &customer).await?;
-        hex::encode(email_index(&keyring, &email))
-    };
+    let index_hex = customer_subject(&state, &customer).await?;
+    guard_second_factor(&state, "auth.customer.sign_in", &customer, &index_hex, client.ip).await?;
+    match customer.status {
+        CustomerStatus::Active => {}
+        CustomerStatus::Locked => return Err(locked_error()),
+        CustomerStatus::Frozen => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "account_frozen",
+                "the account is frozen: contact support",
+            ));
+        }
+    }
     let factor = match prove_second_factor(&state, &customer, &request.factor, data.as_deref()).await {
         Ok(kind) => kind,
         Err(("internal", e)) => return Err(e),
         Err((reason, e)) => {
-            let failed = sign_in_failed(&state, Some(&customer), &index_hex, client.ip, reason).await?;
+            let failed =
+                sign_in_failed(&state, Some(&customer), &index_hex, client.ip, reason, "auth.customer.sign_in").await?;
             return Err(if failed.code() == "account_locked" { failed } else { e });
         }
     };
@@ -1090,6 +1137,12 @@ pub(crate) async fn step_up(
     ApiJson(factor): ApiJson<SecondFactorFields>,
 ) -> Result<StatusCode, ApiError> {
     let session = customer.session()?.clone();
+    // Guessing codes in a stolen session is bounded like guessing them at sign-in: the same counters, the same lock.
+    let subject = customer_subject(&state, &customer.record).await?;
+    guard_second_factor(&state, "auth.customer.step_up", &customer.record, &subject, customer.ip).await?;
+    if customer.record.status != CustomerStatus::Active {
+        return Err(locked_error());
+    }
     let ceremony = if factor.webauthn.is_some() {
         crate::passkeys::take_session_challenge(&state, &customer).await?
     } else {
@@ -1111,16 +1164,10 @@ pub(crate) async fn step_up(
         }
         Err(("internal", e)) => Err(e),
         Err((reason, e)) => {
-            let record = customer_record(
-                &state,
-                &customer.actor(),
-                "auth.customer.step_up",
-                customer.record.id,
-                Outcome::Failure,
-                &[("reason", reason.into())],
-            );
-            state.audit(vec![record]).await?;
-            Err(e)
+            let failed =
+                sign_in_failed(&state, Some(&customer.record), &subject, customer.ip, reason, "auth.customer.step_up")
+                    .await?;
+            Err(if failed.code() == "account_locked" { failed } else { e })
         }
     }
 }
@@ -1904,6 +1951,8 @@ pub(crate) async fn start_recovery(
     let Some(customer) = state.store().customer_by_email_index(&email_index(&keyring, &email)).await? else {
         return Ok(StatusCode::ACCEPTED);
     };
+    // One live recovery link per account: each link allows five tries of a second factor.
+    state.store().delete_tickets_of(&customer.subject(), "recovery").await?;
     let token = BearerSecret::generate("rrc_");
     let now = state.now_ns();
     let record = customer_record(
@@ -1970,33 +2019,31 @@ pub(crate) async fn finish_recovery(
     ApiJson(request): ApiJson<RecoveryFinishRequest>,
 ) -> Result<Json<RecoveryView>, ApiError> {
     let keyring = state.keyring()?;
-    let (customer, _) = ticket_customer(&state, &request.token, "recovery", Some(SIGN_IN_ATTEMPTS_MAX)).await?;
+    let (customer, data) = ticket_customer(&state, &request.token, "recovery", Some(SIGN_IN_ATTEMPTS_MAX)).await?;
     let email = customer_email(&state, &customer).await?;
     let index = email_index(&keyring, &email);
-    let has_factor = customer.totp_secret.is_some()
-        || !state.store().webauthn_credentials(&customer.subject()).await?.is_empty()
-        || state.store().backup_codes_left(customer.id).await? > 0;
+    let subject = hex::encode(index);
+    guard_second_factor(&state, "auth.customer.recovery", &customer, &subject, client.ip).await?;
+    // The new password is checked before the factor is spent.
+    check_new_password(&request.new_password, &email)?;
+    // Only support, after identity checks, can waive the second factor (it marks the link it sends); an account that
+    // merely has no factor left is recovered through support, never by the emailed link alone.
+    let support_reset = data.as_deref() == Some(SUPPORT_RESET.as_bytes());
+    let has_factor = !support_reset;
     let factor = if has_factor {
         match prove_second_factor(&state, &customer, &request.factor, None).await {
             Ok(kind) => kind,
             Err(("internal", e)) => return Err(e),
             Err((reason, e)) => {
-                let record = customer_record(
-                    &state,
-                    "anonymous",
-                    "auth.customer.recovery",
-                    customer.id,
-                    Outcome::Failure,
-                    &[("reason", reason.into()), ("ip", client.ip.to_string())],
-                );
-                state.audit(vec![record]).await?;
-                return Err(e);
+                let failed =
+                    sign_in_failed(&state, Some(&customer), &subject, client.ip, reason, "auth.customer.recovery")
+                        .await?;
+                return Err(if failed.code() == "too_many_attempts" { failed } else { e });
             }
         }
     } else {
         "support_reset"
     };
-    check_new_password(&request.new_password, &email)?;
     let hash = hash_password_blocking(request.new_password).await?;
     let until = lock_until(&state, state.identity().recovery_lock_hours);
     let now = state.now_ns();
@@ -2035,7 +2082,7 @@ pub(crate) async fn finish_recovery(
             .await?;
         enrolment = Some((ticket.secret.expose_secret().to_owned(), totp_view(&totp, &email)));
     }
-    state
+    let recovered = state
         .store()
         .apply_security_change(
             customer.id,
@@ -2046,6 +2093,13 @@ pub(crate) async fn finish_recovery(
             effects,
         )
         .await?;
+    if !recovered {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "account_frozen",
+            "a frozen account is released by compliance, not by recovery",
+        ));
+    }
     state.store().delete_ticket(&hash_bearer(request.token.expose_secret())).await?;
     let (enrolment_ticket, totp) = enrolment.map_or((None, None), |(t, v)| (Some(t), Some(v)));
     Ok(Json(RecoveryView { withdrawals_locked_until: rfc3339(until), enrolment_ticket, totp }))
@@ -2128,7 +2182,7 @@ pub(crate) async fn support_recover(
                 token_hash: token.hash,
                 purpose: "recovery",
                 owner: customer.subject(),
-                data: None,
+                data: request.reset_factors.then(|| SUPPORT_RESET.as_bytes().to_vec()),
                 expires_at_ns: now + EMAIL_LINK_S * NS,
             });
     }

@@ -474,8 +474,26 @@ pub(crate) async fn authenticate_customer(
         (session_customer(&state, request.headers().clone(), ip).await?, request)
     };
     let mut request = request;
+    let path = request.uri().path().to_owned();
+    let (actor, id) = (customer.actor(), customer.record.id);
     request.extensions_mut().insert(customer);
-    Ok(next.run(request).await)
+    let response = next.run(request).await;
+    // Refusals decided in the handlers (a scope the key lacks, a missing step-up, an API key on a security route)
+    // are audited here, once, with the route.
+    if let Some(crate::error::ErrorCode(code)) = response.extensions().get::<crate::error::ErrorCode>()
+        && matches!(*code, "scope_missing" | "step_up_required" | "session_required")
+    {
+        let record = customer_record(
+            &state,
+            &actor,
+            "auth.customer.refused",
+            id,
+            Outcome::Denied,
+            &[("reason", (*code).to_owned()), ("route", path)],
+        );
+        state.audit(vec![record]).await?;
+    }
+    Ok(response)
 }
 
 async fn session_customer(state: &AppState, headers: HeaderMap, ip: IpAddr) -> Result<Customer, ApiError> {
@@ -517,8 +535,9 @@ async fn session_customer(state: &AppState, headers: HeaderMap, ip: IpAddr) -> R
             format!("this session belongs to another device: send its {DEVICE_HEADER} token"),
         ));
     }
-    if record.status != CustomerStatus::Active {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "account_not_active", "the account is locked or frozen"));
+    // A lock stops sign-ins (strangers guessing); the owner's sessions and keys keep working. A freeze stops all.
+    if record.status == CustomerStatus::Frozen {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "account_frozen", "the account is frozen: contact support"));
     }
     Ok(Customer { record, via: Via::Session(session), ip })
 }
@@ -595,8 +614,9 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
         state.audit(vec![refuse("replayed_signature", Some(key.customer_id))]).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "replayed_signature", "this signature was already used"));
     }
-    if record.status != CustomerStatus::Active {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "account_not_active", "the account is locked or frozen"));
+    // A lock stops sign-ins (strangers guessing); the owner's sessions and keys keep working. A freeze stops all.
+    if record.status == CustomerStatus::Frozen {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "account_frozen", "the account is frozen: contact support"));
     }
     let scopes = key.scopes.split(',').filter_map(Scope::parse).collect();
     let request = Request::from_parts(parts, Body::from(bytes));

@@ -62,11 +62,17 @@ pub async fn deliver_outbox_once(state: &AppState, mailer: &dyn Mailer) -> Resul
                 .await
                 .map_err(|_| (Some(rampart_notify::backoff_ns(email.attempts)), "database"))?
                 .ok_or((None, "no such customer"))?;
-            let to = match payload.to {
-                Some(to) => to,
-                None => customer_email(state, &customer).await.map_err(|_| (None, "address does not open"))?,
+            // The code goes only to the account's own address: a confirmation sent to a new, unproven address (an email
+            // change) must not hand it to whoever typed that address.
+            let (to, verified) = match payload.to {
+                Some(to) => {
+                    let own = customer_email(state, &customer).await.map_err(|_| (None, "address does not open"))?;
+                    let verified = to == own;
+                    (to, verified || !matches!(payload.notification, rampart_notify::Notification::EmailVerification { .. }))
+                }
+                None => (customer_email(state, &customer).await.map_err(|_| (None, "address does not open"))?, true),
             };
-            let code = match &customer.anti_phishing_code {
+            let code = match customer.anti_phishing_code.as_ref().filter(|_| verified) {
                 Some(ct) => Some(
                     String::from_utf8_lossy(
                         &decrypt_field(state, &customer, "anti_phishing_code", ct)

@@ -263,7 +263,7 @@ pub(crate) async fn register(
     );
     let effects =
         Effects::audit(audit).notify(notice(&keyring, Notification::FactorAdded { kind: FactorKind::Passkey }, None));
-    state
+    let added = state
         .store()
         .apply_security_change(
             customer.record.id,
@@ -274,6 +274,9 @@ pub(crate) async fn register(
             effects,
         )
         .await?;
+    if !added {
+        return Err(webauthn_error(&WebauthnError::AlreadyRegistered));
+    }
     Ok((
         StatusCode::CREATED,
         Json(CredentialView { id: credential.id_base64url(), name, created: rfc3339(now), last_used: None }),

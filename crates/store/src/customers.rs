@@ -740,7 +740,7 @@ impl Store {
                     }
                 }
                 SecurityChange::WebauthnAdded(c) => {
-                    sqlx::query(&sql(
+                    let r = sqlx::query(&sql(
                         "INSERT INTO webauthn_credentials (credential_id, owner, name, data, counter, created_at) \
                          VALUES ($1, $2, $3, $4, $5, $6)",
                     ))
@@ -751,7 +751,12 @@ impl Store {
                     .bind(i64::from(c.counter))
                     .bind(ts(now_ns))
                     .execute(&mut *tx.0)
-                    .await?;
+                    .await;
+                    match r {
+                        // The credential is registered already (to anyone): nothing changes.
+                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
+                        other => other?,
+                    };
                     true
                 }
                 SecurityChange::WebauthnRemoved(credential_id) => {
@@ -814,10 +819,18 @@ impl Store {
                     .await?
                     .rows_affected();
                     if n == 1 {
+                        // Whoever held the account before the recovery loses every way in: sessions and API keys.
                         sqlx::query(&sql("DELETE FROM customer_sessions WHERE customer_id = $1"))
                             .bind(id)
                             .execute(&mut *tx.0)
                             .await?;
+                        sqlx::query(&sql(
+                            "UPDATE api_keys SET revoked_at = $1 WHERE customer_id = $2 AND revoked_at IS NULL",
+                        ))
+                        .bind(ts(now_ns))
+                        .bind(id)
+                        .execute(&mut *tx.0)
+                        .await?;
                         sqlx::query(&sql("DELETE FROM auth_throttle WHERE scope = 'account' AND subject = $1"))
                             .bind(hex::encode(email_index))
                             .execute(&mut *tx.0)
@@ -848,8 +861,10 @@ impl Store {
                             .execute(&mut *tx.0)
                             .await?
                             .rows_affected();
-                    sqlx::query(&sql("DELETE FROM customer_sessions WHERE customer_id = $1"))
-                        .bind(id)
+                    // Sign-in stops; sessions and API keys the owner already has keep working (a stranger's guesses
+                    // must not cut the owner off), but sign-in tickets issued before the lock die with it.
+                    sqlx::query(&sql("DELETE FROM auth_tickets WHERE owner = $1 AND purpose = 'sign_in'"))
+                        .bind(format!("customer:{id}"))
                         .execute(&mut *tx.0)
                         .await?;
                     n == 1
@@ -1049,6 +1064,19 @@ impl Store {
                     .await?;
             }
             data
+        })
+        .pipe(Ok)
+    }
+
+    /// Deletes every ticket of `owner` for `purpose` (so that only the newest sign-in or recovery ticket lives).
+    pub async fn delete_tickets_of(&self, owner: &str, purpose: &str) -> Result<u64, StoreError> {
+        on_backend!(self, |tx, sql| {
+            sqlx::query(&sql("DELETE FROM auth_tickets WHERE owner = $1 AND purpose = $2"))
+                .bind(owner)
+                .bind(purpose)
+                .execute(&mut *tx.0)
+                .await?
+                .rows_affected()
         })
         .pipe(Ok)
     }

@@ -303,7 +303,7 @@ on_both_backends!(
         // The idle timeout: a session unused for longer than the idle limit is not found.
         assert!(store.customer_session(&a, NOW + 10 * S, 5 * S, 0).await.unwrap().is_none());
         assert!(store.customer_session(&a, NOW + 4 * S, 5 * S, 0).await.unwrap().is_some());
-        // Locking ends every session; a frozen account is not unlocked by a recovery.
+        // Locking stops sign-ins but leaves the owner's sessions alone; a recovery ends every session.
         let index = keyring().blind_index("customer.email", b"dee@example.com");
         assert!(
             store
@@ -311,11 +311,12 @@ on_both_backends!(
                 .await
                 .unwrap()
         );
-        assert!(store.customer_sessions(id, NOW).await.unwrap().is_empty());
+        assert_eq!(store.customer_sessions(id, NOW).await.unwrap().len(), 1);
         assert_eq!(store.customer_by_id(id).await.unwrap().unwrap().status, CustomerStatus::Locked);
         let recovered = SecurityChange::Recovered { password_hash: None, reset_factors: true, email_index: &index };
         assert!(store.apply_security_change(id, recovered, None, NOW, &auditor(), Effects::default()).await.unwrap());
         assert_eq!(store.customer_by_id(id).await.unwrap().unwrap().status, CustomerStatus::Active);
+        assert!(store.customer_sessions(id, NOW).await.unwrap().is_empty(), "a recovery ends every session");
     }
 );
 
