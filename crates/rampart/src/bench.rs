@@ -88,7 +88,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ledger(args) => ledger(args, config).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(args, config).await,
-        BenchCommand::Auth(args) => tokio::task::spawn_blocking(move || crate::bench_auth::run(args)).await?,
+        BenchCommand::Auth(args) => crate::bench_auth::run(args).await,
     }
 }
 

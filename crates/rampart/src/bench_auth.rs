@@ -23,6 +23,13 @@ pub struct AuthArgs {
     /// Signed requests verified.
     #[arg(long, default_value_t = 500_000)]
     requests: u32,
+    /// Signed requests sent through the HTTP service (key lookup, secret decryption, verification and the
+    /// replay-protection insert), on a fresh SQLite database; 0 to skip.
+    #[arg(long, default_value_t = 20_000)]
+    http_requests: u32,
+    /// Clients sending them at once.
+    #[arg(long, default_value_t = 16)]
+    http_clients: u32,
 }
 
 fn per_second(n: u64, elapsed: Duration) -> u64 {
@@ -31,7 +38,125 @@ fn per_second(n: u64, elapsed: Duration) -> u64 {
 }
 
 /// Runs the benchmark and prints its figures, then one JSON line.
-pub fn run(args: AuthArgs) -> anyhow::Result<()> {
+pub async fn run(args: AuthArgs) -> anyhow::Result<()> {
+    let (http_requests, http_clients) = (args.http_requests, args.http_clients);
+    let mut json = tokio::task::spawn_blocking(move || in_process(args)).await??;
+    if http_requests > 0 {
+        let (rate, p50, p99) = over_http(http_requests, http_clients.max(1)).await?;
+        println!(
+            "signed requests through the service (SQLite, {http_clients} clients): {rate}/s; latency p50 {p50} µs, \
+             p99 {p99} µs"
+        );
+        json["http_signed_requests_per_s"] = rate.into();
+        json["http_signed_request_p50_us"] = p50.into();
+        json["http_signed_request_p99_us"] = p99.into();
+    }
+    println!("{json}");
+    Ok(())
+}
+
+/// Signed GET requests through the real service on a fresh SQLite database: answers requests per second and the
+/// p50 and p99 latency in microseconds.
+async fn over_http(requests: u32, clients: u32) -> anyhow::Result<(u64, u64, u64)> {
+    use std::sync::Arc;
+
+    use rampart_core::{AssetRegistry, Clock, SystemClock};
+    use rampart_server::{AppState, IdentityConfig, VaultState};
+    use rampart_store::{ApiKeyRecord, Auditor, ConnectOptions, Effects, NewCustomer, Store};
+
+    let dir = crate::bench::TempDir::create()?;
+    let store = Store::connect(&Store::sqlite_url_in(&dir.0), &ConnectOptions::default()).await?;
+    store.migrate().await?;
+    let (seal, root, _) = rampart_crypto::initialise(5, 3, &mut rand_core::OsRng)?;
+    let (keyring, _) = rampart_crypto::Keyring::create(root, seal.init_id);
+    let auditor = Auditor { signer: &keyring, checkpoint_every: crate::init::CHECKPOINT_EVERY };
+    let now = SystemClock.now_ns();
+    let index = keyring.blind_index("customer.email", b"bench@example.com");
+    let new = NewCustomer {
+        handle: [7; 16],
+        email_index: &index,
+        email: b"unused",
+        password_hash: "unused",
+        totp_pending: b"unused",
+    };
+    let (customer, _) = store
+        .create_customer(&new, &[1; 32], "bench", "127.0.0.1", now, &auditor, |_| Effects::default())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a fresh database has no customer"))?;
+    let key_id = ApiKeyId::generate().to_string();
+    let secret = ApiKeySecret::generate();
+    let key = ApiKeyRecord {
+        id: key_id.clone(),
+        customer_id: customer,
+        label: "bench".into(),
+        secret: keyring.encrypt(secret.expose_bytes(), format!("api_key:{key_id}:secret").as_bytes()),
+        scopes: "read".into(),
+        allow_list: "127.0.0.1".into(),
+        created_at_ns: now,
+        expires_at_ns: now + 86_400_000_000_000,
+        revoked_at_ns: None,
+        last_used_ns: None,
+    };
+    store.create_api_key(&key, &auditor, Effects::default()).await?;
+    let identity =
+        IdentityConfig { rate_limit_per_s: 1_000_000, rate_limit_burst: 1_000_000, ..IdentityConfig::default() };
+    let state = AppState::new(
+        store,
+        AssetRegistry::defaults(),
+        Arc::new(SystemClock),
+        VaultState::Unsealed(Arc::new(keyring)),
+        None,
+    )
+    .with_identity(identity)
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(rampart_server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let secret = Arc::new(secret);
+    let started = Instant::now();
+    let per_client = requests.div_ceil(clients);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, base, secret, key_id) = (http.clone(), base.clone(), Arc::clone(&secret), key_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            for i in 0..per_client {
+                // A distinct query makes every signature distinct: the same one twice would be refused as a replay.
+                let path = format!("/v1/me/balances?n={}-{i}", rand::random::<u64>());
+                let ts = SystemClock.now_ns() / 1_000_000;
+                let nonce_ts = ts.to_string();
+                let sign = rampart_auth::sign_hex(&secret, "GET", &path, b"", ts);
+                let t0 = Instant::now();
+                let answer = http
+                    .get(format!("{base}{path}"))
+                    .header("x-rampart-key", &key_id)
+                    .header("x-rampart-timestamp", &nonce_ts)
+                    .header("x-rampart-sign", &sign)
+                    .send()
+                    .await?;
+                let status = answer.status();
+                let _ = answer.bytes().await?;
+                histogram.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX).max(1))?;
+                anyhow::ensure!(status.is_success(), "a signed request was refused: {status}");
+            }
+            anyhow::Ok(histogram)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        all.add(task.await??)?;
+    }
+    let elapsed = started.elapsed();
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok((per_second(all.len(), elapsed), all.value_at_quantile(0.50), all.value_at_quantile(0.99)))
+}
+
+fn in_process(args: AuthArgs) -> anyhow::Result<serde_json::Value> {
     ensure!(args.hashes > 0 && args.totp > 0 && args.requests > 0, "every count must be positive");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -123,6 +248,5 @@ pub fn run(args: AuthArgs) -> anyhow::Result<()> {
         "signed_request_p50_us": format!("{}.{:03}", p50 / 1000, p50 % 1000).parse::<serde_json::Number>().ok(),
         "signed_request_p99_us": format!("{}.{:03}", p99 / 1000, p99 % 1000).parse::<serde_json::Number>().ok(),
     });
-    println!("{json}");
-    Ok(())
+    Ok(json)
 }
