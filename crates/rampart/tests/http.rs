@@ -114,6 +114,9 @@ async fn concurrent_holds_never_overdraw(db: Db) {
 // ---------------------------------------------------------------------------------------------------------------
 // 2. Durability: whatever was acknowledged survives SIGKILL.
 
+/// A configuration whose per-address rate limit lets a test read back hundreds of records at full speed.
+const BULK_READS: &str = "[identity]\nrate_limit_per_s = 100000\nrate_limit_burst = 100000\n";
+
 on_both_backends!(acknowledged_transfers_survive_sigkill);
 
 /// A request of the stream whose answer may or may not have come before the kill.
@@ -157,7 +160,7 @@ async fn acknowledged_transfers_survive_sigkill(db: Db) {
     const STREAM_ACKS_BEFORE_KILL: usize = 60;
     let credits = CREDITED;
 
-    let server = Server::start(&db).await;
+    let server = Server::start_with_config(&db, BULK_READS).await;
     server.create_account(CUSTODY, &[]).await;
     for id in credits {
         server.create_account(id, NO_OVERDRAFT).await;
@@ -247,8 +250,9 @@ async fn acknowledged_transfers_survive_sigkill(db: Db) {
         }
     }
 
-    // Restarted on the same database, every acknowledged transfer is there, unchanged.
-    let server = Server::start(&db).await;
+    // Restarted on the same database, every acknowledged transfer is there, unchanged. The check reads hundreds of
+    // transfers at full speed from one address, beyond the default per-address rate limit.
+    let server = Server::start_with_config(&db, BULK_READS).await;
     let check = |id: u128, credit: u128, amount: u128, view: &Value| {
         assert_eq!(view["id"], json!(id.to_string()), "{view}");
         assert_eq!(view["debit_account_id"], json!(CUSTODY.to_string()), "{view}");

@@ -2133,7 +2133,10 @@ pub(crate) async fn support_recover(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::bad_request("invalid_id", "a customer id is 32 hex digits"))?;
-    let target = format!("customer:{}", hex::encode(handle));
+    // The audit names customers by their internal id, as every other customer entry does.
+    let customer =
+        state.store().customer_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("no such customer"))?;
+    let target = customer.subject();
     state
         .authorize(&principal, rampart_audit::Permission::CustomerRecover, "auth.customer.support_recovery", &target)
         .await?;
@@ -2149,8 +2152,6 @@ pub(crate) async fn support_recover(
         ));
     }
     let keyring = state.keyring()?;
-    let customer =
-        state.store().customer_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("no such customer"))?;
     let id = customer.id;
     let email = customer_email(&state, &customer).await?;
     let index = email_index(&keyring, &email);

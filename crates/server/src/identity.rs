@@ -503,9 +503,11 @@ async fn session_customer(state: &AppState, headers: HeaderMap, ip: IpAddr) -> R
     let config = state.identity();
     let now = state.now_ns();
     let hash = rampart_auth::hash_bearer(token);
+    // Last use is written at most once a minute (and at least twice per idle period), not on every request.
+    let idle_ns = config.session_idle_s.saturating_mul(NS);
     let session = state
         .store()
-        .customer_session(&hash, now, config.session_idle_s.saturating_mul(NS), 60 * NS)
+        .customer_session(&hash, now, idle_ns, (idle_ns / 2).min(60 * NS))
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid or expired session"))?;
     let record = state

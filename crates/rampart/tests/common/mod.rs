@@ -51,6 +51,13 @@ impl Db {
     fn data_dir(&self) -> &Path {
         self.data_dir.path()
     }
+
+    /// The Maildir a `--dev` server delivers its emails into when no `[mail]` table says otherwise: `mail` in the
+    /// data directory (messages appear in its `new` folder).
+    #[allow(dead_code)]
+    pub fn maildir(&self) -> std::path::PathBuf {
+        self.data_dir().join("mail")
+    }
 }
 
 /// Runs an async test body on a fresh SQLite database and, if configured, on a fresh PostgreSQL database:
@@ -187,7 +194,23 @@ impl Answer {
 impl Server {
     /// Starts `rampart serve --dev` on port 0 over `db`, and waits (at most [`START_TIMEOUT`]) for it to listen.
     pub async fn start(db: &Db) -> Server {
+        Server::start_with_config_file(db, None).await
+    }
+
+    /// Like [`Server::start`], with `toml` as the configuration file (`--config`), written into the data directory:
+    /// `[identity]` limits, `[mail]` delivery and so on.
+    #[allow(dead_code)]
+    pub async fn start_with_config(db: &Db, toml: &str) -> Server {
+        let path = db.data_dir().join("rampart.toml");
+        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        Server::start_with_config_file(db, Some(&path)).await
+    }
+
+    async fn start_with_config_file(db: &Db, config: Option<&Path>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        if let Some(path) = config {
+            command.arg("--config").arg(path);
+        }
         command.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"]).arg(db.data_dir());
         if let Some(url) = &db.database_url {
             command.arg("--database-url").arg(url);
