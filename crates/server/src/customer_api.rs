@@ -365,15 +365,25 @@ async fn confirm_pending_totp(
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", "the code is wrong or expired"));
     };
     let first = customer.totp_secret.is_none() && state.store().backup_codes_left(customer.id).await? == 0;
-    let record = customer_record(state, actor, "auth.customer.totp_enrol", customer.id, Outcome::Success, &[]);
-    let effects =
+    // Replacing an authenticator is a second-factor reset: withdrawals lock, in the same transaction.
+    let replacing = customer.totp_secret.is_some();
+    let until = lock_until(state, state.identity().security_lock_hours);
+    let mut details = vec![("replaced", replacing.to_string())];
+    if replacing {
+        details.push(("withdrawals_locked_until", rfc3339(until)));
+    }
+    let record = customer_record(state, actor, "auth.customer.totp_enrol", customer.id, Outcome::Success, &details);
+    let mut effects =
         Effects::audit(record).notify(notice(&keyring, Notification::FactorAdded { kind: FactorKind::Totp }, None));
+    if replacing {
+        effects = effects.notify(notice(&keyring, Notification::SecurityLock { until_ns: until }, None));
+    }
     let confirmed = state
         .store()
         .apply_security_change(
             customer.id,
             SecurityChange::TotpConfirmed { step },
-            None,
+            replacing.then_some((until, "second-factor reset")),
             now,
             &state.auditor(&keyring),
             effects,
@@ -556,7 +566,7 @@ pub(crate) async fn staff_throttle_check(
     target: &str,
     ip: IpAddr,
 ) -> Result<(), ApiError> {
-    let ip_text = ip.to_string();
+    let ip_text = crate::identity::ip_subject(ip);
     check_throttle(state, "auth.staff.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), ip).await?;
     let subject = staff_subject(keyring, username);
     check_throttle(state, "auth.staff.sign_in", "account", &subject, target, ip).await
@@ -584,7 +594,9 @@ pub(crate) async fn staff_throttle_record(
         .await?;
     state
         .store()
-        .record_auth_failure("ip", &ip.to_string(), now, 3600 * NS, |f| config.ip_blocked_until(f, now))
+        .record_auth_failure("ip", &crate::identity::ip_subject(ip), now, 3600 * NS, |f| {
+            config.ip_blocked_until(f, now)
+        })
         .await?;
     Ok(())
 }
@@ -610,13 +622,13 @@ async fn sign_in_failed(
         .store()
         .record_auth_failure("account", subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
         .await?;
-    let ip_text = ip.to_string();
+    let ip_text = crate::identity::ip_subject(ip);
     let by_ip =
         state.store().record_auth_failure("ip", &ip_text, now, 3600 * NS, |f| config.ip_blocked_until(f, now)).await?;
     let target = sign_in_target(customer, subject);
     let mut record = state.record("anonymous", action, &target, Outcome::Failure);
     record.details.insert("reason".into(), reason.into());
-    record.details.insert("ip".into(), ip_text);
+    record.details.insert("ip".into(), ip.to_string());
     record.details.insert("account_failures".into(), account.failures.to_string());
     record.details.insert("ip_failures".into(), by_ip.failures.to_string());
     if account.failures >= config.account_lock_failures
@@ -657,7 +669,7 @@ async fn guard_second_factor(
     subject: &str,
     ip: IpAddr,
 ) -> Result<(), ApiError> {
-    let ip_text = ip.to_string();
+    let ip_text = crate::identity::ip_subject(ip);
     check_throttle(state, action, "ip", &ip_text, &format!("ip:{ip_text}"), ip).await?;
     check_throttle(state, action, "account", subject, &customer.subject(), ip).await
 }
@@ -708,7 +720,7 @@ pub(crate) async fn sign_in(
     let email = normalise_email(&request.email).unwrap_or_else(|_| request.email.trim().to_lowercase());
     let index = email_index(&keyring, &email);
     let subject = account_subject(&keyring, &index);
-    let ip_text = client.ip.to_string();
+    let ip_text = crate::identity::ip_subject(client.ip);
     check_throttle(&state, "auth.customer.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), client.ip).await?;
     let customer = state.store().customer_by_email_index(&index).await?;
     let target = sign_in_target(customer.as_ref(), &subject);
@@ -1337,31 +1349,7 @@ pub(crate) async fn confirm_totp(
     ApiJson(request): ApiJson<ConfirmTotpRequest>,
 ) -> Result<Json<BackupCodesView>, ApiError> {
     let _proof = StepUp::check(&state, &customer)?;
-    let replacing = customer.record.totp_secret.is_some();
     let codes = confirm_pending_totp(&state, &customer.record, &request.totp_code, &customer.actor()).await?;
-    if replacing {
-        let keyring = state.keyring()?;
-        let until = lock_until(&state, state.identity().security_lock_hours);
-        let record = customer_record(
-            &state,
-            &customer.actor(),
-            "auth.customer.security_lock",
-            customer.record.id,
-            Outcome::Success,
-            &[("until", rfc3339(until))],
-        );
-        state
-            .store()
-            .apply_security_change(
-                customer.record.id,
-                SecurityChange::None,
-                Some((until, "second-factor reset")),
-                state.now_ns(),
-                &state.auditor(&keyring),
-                Effects::audit(record),
-            )
-            .await?;
-    }
     Ok(Json(codes))
 }
 
@@ -1823,6 +1811,18 @@ pub(crate) async fn create_api_key(
         return Err(ApiError::bad_request(
             "allow_list_required",
             "a key with the withdraw scope needs an IP allow-list",
+        ));
+    }
+    // For withdrawals the list must mean something: no range wider than a /24 (IPv4) or a /48 (IPv6).
+    if scopes.contains(&Scope::Withdraw)
+        && let Some(wide) = allow.iter().find(|net| match net {
+            rampart_auth::IpNet::V4(n) => n.prefix_len() < 24,
+            rampart_auth::IpNet::V6(n) => n.prefix_len() < 48,
+        })
+    {
+        return Err(ApiError::bad_request(
+            "allow_list_too_wide",
+            format!("{wide} is too wide for a withdraw key: at most a /24 (IPv4) or a /48 (IPv6)"),
         ));
     }
     let days = request.expires_in_days.unwrap_or(90);

@@ -66,8 +66,11 @@ pub struct IdentityConfig {
     /// The burst.
     pub auth_rate_limit_burst: u32,
     /// The header a trusted reverse proxy puts the client's address in (`x-forwarded-for`: its last entry);
-    /// `None` to use the peer address. Set it only behind a proxy that overwrites the header.
+    /// `None` to use the peer address.
     pub client_ip_header: Option<String>,
+    /// The proxies whose `client_ip_header` is believed (addresses and CIDR ranges); from any other peer the header
+    /// is ignored, so that a client reaching the service directly cannot choose its own address.
+    pub trusted_proxies: Vec<String>,
     /// WebAuthn relying-party id (a domain) and origin.
     pub webauthn_rp_id: String,
     /// The origin browsers report.
@@ -95,6 +98,7 @@ impl Default for IdentityConfig {
             auth_rate_limit_per_s: 5,
             auth_rate_limit_burst: 60,
             client_ip_header: None,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
             webauthn_rp_id: "localhost".into(),
             webauthn_origin: "http://localhost:8080".into(),
         }
@@ -102,6 +106,37 @@ impl Default for IdentityConfig {
 }
 
 impl IdentityConfig {
+    /// Refuses settings that would break a guarantee: a signature window beyond 60 s, zero limits, unparsable proxies.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=rampart_auth::SIGNATURE_WINDOW_MS_MAX).contains(&self.signature_window_ms) {
+            return Err(format!("signature_window_ms must be 1 to {}", rampart_auth::SIGNATURE_WINDOW_MS_MAX));
+        }
+        let positive = [
+            ("step_up_window_s", self.step_up_window_s),
+            ("session_idle_s", self.session_idle_s),
+            ("session_absolute_s", self.session_absolute_s),
+            ("account_lock_failures", u64::from(self.account_lock_failures)),
+            ("ip_block_failures", u64::from(self.ip_block_failures)),
+            ("rate_limit_per_s", u64::from(self.rate_limit_per_s)),
+            ("auth_rate_limit_per_s", u64::from(self.auth_rate_limit_per_s)),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        // Ten years, in seconds: far beyond any sensible setting, and far from overflowing nanoseconds.
+        const LONGEST_S: u64 = 10 * 365 * 86_400;
+        if [self.session_idle_s, self.session_absolute_s, self.step_up_window_s, self.ip_block_s]
+            .iter()
+            .any(|v| *v > LONGEST_S)
+            || self.security_lock_hours > LONGEST_S / 3600
+            || self.recovery_lock_hours > LONGEST_S / 3600
+        {
+            return Err("a duration is longer than ten years".into());
+        }
+        rampart_auth::parse_allow_list(&self.trusted_proxies).map_err(|e| format!("trusted_proxies: {e}"))?;
+        Ok(())
+    }
+
     /// When the next attempt on an account may be considered after `failures` consecutive failures ending at
     /// `now_ns`: free at first, then doubling delays from one second (capped at 15 minutes). Locking is separate
     /// ([`IdentityConfig::account_lock_failures`]).
@@ -128,9 +163,17 @@ fn delay_after(failures: u32, free: u32, cap_s: u64, now_ns: u64) -> u64 {
     now_ns.saturating_add(delay_s * NS)
 }
 
-/// The client's address: the peer, or the last entry of the trusted proxy's header when one is configured.
+/// The client's address: the peer, or the last entry of the configured header when the peer is a trusted proxy.
 pub fn client_ip(config: &IdentityConfig, headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
+    let trusted = || {
+        peer.is_some_and(|p| {
+            rampart_auth::parse_allow_list(&config.trusted_proxies)
+                .is_ok_and(|list| rampart_auth::ip_allowed(&list, p.ip()))
+        })
+    };
     if let Some(name) = &config.client_ip_header
+        && !config.trusted_proxies.is_empty()
+        && trusted()
         && let Some(ip) = headers
             .get(name.as_str())
             .and_then(|v| v.to_str().ok())
@@ -146,6 +189,30 @@ pub fn client_ip(config: &IdentityConfig, headers: &HeaderMap, peer: Option<Sock
 pub(crate) fn request_ip(state: &AppState, parts_headers: &HeaderMap, ext: &axum::http::Extensions) -> IpAddr {
     let peer = ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     client_ip(state.identity(), parts_headers, peer)
+}
+
+/// The unit that rate limits and failure counters count: an IPv4 address, or an IPv6 address's /64 (one subscriber
+/// usually holds a whole /64, so counting single IPv6 addresses would let them rotate past every limit).
+pub fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::from(segments)
+            }
+        },
+    }
+}
+
+/// The failure-counter subject of an address: its [`ip_bucket`], with the prefix length for IPv6.
+pub fn ip_subject(ip: IpAddr) -> String {
+    match ip_bucket(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("{v6}/64"),
+    }
 }
 
 /// The user agent of a request, bounded.
@@ -202,7 +269,7 @@ pub(crate) async fn rate_limit(State(state): State<AppState>, request: Request, 
     } else {
         (config.rate_limit_per_s, config.rate_limit_burst)
     };
-    if let Err(wait_s) = state.inner.rate_limiter.take(ip, auth, per_s, burst, state.now_ns()) {
+    if let Err(wait_s) = state.inner.rate_limiter.take(ip_bucket(ip), auth, per_s, burst, state.now_ns()) {
         metrics::counter!("http_rate_limited_total").increment(1);
         return axum::response::IntoResponse::into_response(ApiError::too_many(
             "rate_limited",
@@ -652,6 +719,18 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400 * NS), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000 * NS), "2026-11-18T08:26:40Z");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_bucket(a), ip_bucket(b));
+        assert_ne!(ip_bucket(a), ip_bucket(c));
+        assert_eq!(ip_subject(a), "2001:db8:1:2::/64");
+        assert_eq!(ip_subject("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7");
+        assert_eq!(ip_subject("192.0.2.7".parse().unwrap()), "192.0.2.7");
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl AppState {
     /// The same state with this identity configuration; WebAuthn is set up for its relying party. Call before the
     /// state is shared.
     pub fn with_identity(mut self, identity: IdentityConfig) -> Result<AppState, String> {
+        identity.validate()?;
         let webauthn = rampart_webauthn::Relying::new(&identity.webauthn_rp_id, "Rampart", &identity.webauthn_origin)
             .map_err(|e| e.to_string())?;
         let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;

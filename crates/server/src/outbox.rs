@@ -10,10 +10,12 @@ use rampart_notify::Mailer;
 use crate::AppState;
 use crate::identity::{customer_email, decrypt_field, open_payload};
 
-/// How long a claimed email is reserved for the worker that claimed it.
-const LEASE_NS: u64 = 60 * 1_000_000_000;
+/// How long a claimed email is reserved for the worker that claimed it: longer than a whole batch takes even when
+/// every send waits out a 60-second SMTP timeout (the default is 30), so that another node does not send the same
+/// email meanwhile; and short enough that a crashed worker's emails go out from another node within minutes.
+const LEASE_NS: u64 = 5 * 60 * 1_000_000_000;
 /// Emails claimed per round.
-const BATCH: u32 = 50;
+const BATCH: u32 = 4;
 
 /// Delivers due emails every `interval` through `mailer`, until `shutdown` resolves. Does nothing while sealed (the
 /// payloads and addresses are encrypted).
