@@ -60,6 +60,27 @@ async fn stored_credentials(state: &AppState, owner: &str) -> Result<Vec<StoredC
         .collect())
 }
 
+/// Stores a ceremony's state as the one live ticket under `key`, replacing an earlier one.
+async fn store_ceremony(
+    state: &AppState,
+    key: [u8; 32],
+    purpose: &'static str,
+    owner: String,
+    ceremony: &CeremonyState,
+) -> Result<(), ApiError> {
+    state.store().delete_ticket(&key).await?;
+    let keyring = state.keyring()?;
+    let ticket = NewTicket {
+        token_hash: key,
+        purpose,
+        owner,
+        data: Some(ceremony.to_bytes()),
+        expires_at_ns: state.now_ns() + CEREMONY_S * NS,
+    };
+    state.store().store_tickets(&state.auditor(&keyring), Effects::default().ticket(ticket)).await?;
+    Ok(())
+}
+
 /// The ticket key of a ceremony bound to a session: derived from the session's token hash, so that only that session
 /// can finish it.
 fn session_ceremony_key(session_hash: &[u8; 32], purpose: &str) -> [u8; 32] {
@@ -134,21 +155,7 @@ pub(crate) async fn step_up_options(
     let credentials = stored_credentials(&state, &customer.record.subject()).await?;
     let (options, ceremony) = relying(&state)?.start_authentication(&credentials).map_err(|e| webauthn_error(&e))?;
     let key = session_ceremony_key(&session.token_hash, "step_up");
-    state.store().delete_ticket(&key).await?;
-    let keyring = state.keyring()?;
-    state
-        .store()
-        .store_tickets(
-            &state.auditor(&keyring),
-            Effects::default().ticket(NewTicket {
-                token_hash: key,
-                purpose: "webauthn_step_up",
-                owner: customer.record.subject(),
-                data: Some(ceremony.to_bytes()),
-                expires_at_ns: state.now_ns() + CEREMONY_S * NS,
-            }),
-        )
-        .await?;
+    store_ceremony(&state, key, "webauthn_step_up", customer.record.subject(), &ceremony).await?;
     Ok(Json(options))
 }
 
@@ -173,21 +180,7 @@ pub(crate) async fn register_options(
         .start_registration(customer.record.handle, &email, &email, &existing)
         .map_err(|e| webauthn_error(&e))?;
     let key = session_ceremony_key(&session.token_hash, "register");
-    state.store().delete_ticket(&key).await?;
-    let keyring = state.keyring()?;
-    state
-        .store()
-        .store_tickets(
-            &state.auditor(&keyring),
-            Effects::default().ticket(NewTicket {
-                token_hash: key,
-                purpose: "webauthn_register",
-                owner: customer.record.subject(),
-                data: Some(ceremony.to_bytes()),
-                expires_at_ns: state.now_ns() + CEREMONY_S * NS,
-            }),
-        )
-        .await?;
+    store_ceremony(&state, key, "webauthn_register", customer.record.subject(), &ceremony).await?;
     Ok(Json(options))
 }
 
@@ -373,27 +366,14 @@ pub(crate) async fn staff_register_options(
     let (options, ceremony) = relying(&state)?
         .start_registration(handle, &staff.username, &staff.username, &existing)
         .map_err(|e| webauthn_error(&e))?;
-    let key: [u8; 32] = Sha256::new()
-        .chain_update(b"rampart.webauthn.staff_register.v1")
-        .chain_update(owner.as_bytes())
-        .finalize()
-        .into();
-    state.store().delete_ticket(&key).await?;
-    let keyring = state.keyring()?;
-    state
-        .store()
-        .store_tickets(
-            &state.auditor(&keyring),
-            Effects::default().ticket(NewTicket {
-                token_hash: key,
-                purpose: "webauthn_register",
-                owner,
-                data: Some(ceremony.to_bytes()),
-                expires_at_ns: state.now_ns() + CEREMONY_S * NS,
-            }),
-        )
-        .await?;
+    let key = staff_register_key(&owner);
+    store_ceremony(&state, key, "webauthn_register", owner, &ceremony).await?;
     Ok(Json(options))
+}
+
+/// The ticket key of a staff member's registration ceremony.
+fn staff_register_key(owner: &str) -> [u8; 32] {
+    Sha256::new().chain_update(b"rampart.webauthn.staff_register.v1").chain_update(owner.as_bytes()).finalize().into()
 }
 
 fn staff_handle(id: i64) -> [u8; 16] {
@@ -413,11 +393,7 @@ pub(crate) async fn staff_register(
     };
     let name = valid_name(&request.name)?;
     let owner = format!("staff:{}", staff.id);
-    let key: [u8; 32] = Sha256::new()
-        .chain_update(b"rampart.webauthn.staff_register.v1")
-        .chain_update(owner.as_bytes())
-        .finalize()
-        .into();
+    let key = staff_register_key(&owner);
     let ceremony =
         state.store().take_ticket(&key, "webauthn_register", state.now_ns()).await?.and_then(|t| t.data).ok_or_else(
             || ApiError::new(StatusCode::UNAUTHORIZED, "webauthn_challenge_mismatch", "start the registration first"),
