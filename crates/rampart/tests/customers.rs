@@ -1323,6 +1323,32 @@ async fn password_step_after_delays(ctx: &Ctx, customer: &Customer) -> Answer {
     panic!("still delayed after five waits")
 }
 
+/// Thirty wrong passwords at once, each from its own address: every attempt is counted before its password is checked,
+/// so no more than the lock's worth are checked at all; the rest wait or find the account locked.
+async fn a_burst_of_guesses_gets_no_more_tries_than_the_limit(ctx: Ctx) {
+    let customer = Customer::register(&ctx, "burst").await;
+    let guesses = (0..30).map(|_| {
+        let (ctx, email) = (ctx.clone(), customer.email.clone());
+        tokio::spawn(async move { ctx.password_step(&fresh_ip(), &email, NEW_PASSWORD).await })
+    });
+    let mut statuses = Vec::new();
+    for guess in guesses.collect::<Vec<_>>() {
+        let answer = guess.await.expect("the guess ran");
+        let code = answer.error_code().to_owned();
+        statuses.push((answer.status.as_u16(), code));
+    }
+    let checked = statuses.iter().filter(|(s, _)| *s == 401).count();
+    assert!(checked <= ACCOUNT_LOCK_FAILURES as usize, "{checked} passwords checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|(s, c)| matches!(
+            (*s, c.as_str()),
+            (401, "invalid_credentials") | (429, "too_many_attempts") | (403, "account_locked")
+        )),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().any(|(s, _)| *s == 403), "the burst locked the account: {statuses:?}");
+}
+
 async fn credential_stuffing_locks_the_account_and_the_owner_recovers(ctx: Ctx) {
     let mut customer = Customer::register(&ctx, "stuffed").await;
     let old_session = customer.sign_in().await;
@@ -1340,7 +1366,13 @@ async fn credential_stuffing_locks_the_account_and_the_owner_recovers(ctx: Ctx) 
         .into_iter()
         .filter(|(outcome, _)| outcome == "denied")
         .collect();
-    assert!(throttled.iter().all(|(_, r)| r == "throttled_account") && throttled.len() >= 2, "{throttled:?}");
+    // Delayed attempts, then (once locked) attempts refused without their password even being checked.
+    assert!(
+        throttled.iter().all(|(_, r)| r == "throttled_account" || r == "locked")
+            && throttled.iter().filter(|(_, r)| r == "throttled_account").count() >= 2
+            && throttled.last().is_some_and(|(_, r)| r == "locked"),
+        "{throttled:?}"
+    );
 
     // The owner recovers with the emailed link and a second factor. The same answer for an unknown address.
     let unknown =
@@ -1683,6 +1715,7 @@ async fn customer_identity(db: Db) {
             Box::pin(credential_stuffing_locks_the_account_and_the_owner_recovers(ctx.clone())),
         ),
         ("10c support recovery", Box::pin(support_recovers_a_locked_account(ctx.clone()))),
+        ("10e concurrent guesses", Box::pin(a_burst_of_guesses_gets_no_more_tries_than_the_limit(ctx.clone()))),
         ("10d rate limit", Box::pin(the_authentication_routes_are_rate_limited(ctx.clone()))),
         ("11a sessions and devices", Box::pin(sessions_and_devices_can_be_listed_and_revoked(ctx.clone()))),
         ("11b idle timeout", Box::pin(idle_sessions_end(idle_ctx.clone()))),

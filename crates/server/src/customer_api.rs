@@ -614,14 +614,20 @@ async fn sign_in_failed(
     ip: IpAddr,
     reason: &str,
     action: &str,
+    reserved: Option<rampart_store::ThrottleState>,
 ) -> Result<ApiError, ApiError> {
     let keyring = state.keyring()?;
     let config = state.identity().clone();
     let now = state.now_ns();
-    let account = state
-        .store()
-        .record_auth_failure("account", subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
-        .await?;
+    let account = match reserved {
+        Some(counted) => counted,
+        None => {
+            state
+                .store()
+                .record_auth_failure("account", subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
+                .await?
+        }
+    };
     let ip_text = crate::identity::ip_subject(ip);
     let by_ip =
         state.store().record_auth_failure("ip", &ip_text, now, 3600 * NS, |f| config.ip_blocked_until(f, now)).await?;
@@ -725,6 +731,26 @@ pub(crate) async fn sign_in(
     let customer = state.store().customer_by_email_index(&index).await?;
     let target = sign_in_target(customer.as_ref(), &subject);
     check_throttle(&state, "auth.customer.sign_in", "account", &subject, &target, client.ip).await?;
+    // The attempt is counted as a failure before the password is checked, atomically, and given back if the password
+    // is right: a burst of concurrent guesses cannot all slip in under the limit. Attempts past the lock are never
+    // checked, for known and unknown emails alike, so a locked account is no password oracle.
+    let config = state.identity().clone();
+    let now = state.now_ns();
+    let before = state.store().throttle_state("account", &subject).await?;
+    let reserved = state
+        .store()
+        .record_auth_failure("account", &subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
+        .await?;
+    if reserved.failures > config.account_lock_failures {
+        // Not counted: attempts on a locked account must not push the owner's recovery further away.
+        let blocked = before.map_or(0, |b| b.blocked_until_ns);
+        state.store().release_auth_attempt("account", &subject, blocked).await?;
+        let mut record = state.record("anonymous", "auth.customer.sign_in", &target, Outcome::Denied);
+        record.details.insert("reason".into(), "locked".into());
+        record.details.insert("ip".into(), client.ip.to_string());
+        state.audit(vec![record]).await?;
+        return Err(locked_error());
+    }
     let ok = verify_password_blocking(request.password, customer.as_ref().map(|c| c.password_hash.clone())).await;
     let customer = match customer {
         Some(c) if ok => c,
@@ -736,10 +762,13 @@ pub(crate) async fn sign_in(
                 client.ip,
                 "credentials",
                 "auth.customer.sign_in",
+                Some(reserved),
             )
             .await?);
         }
     };
+    let still_blocked = before.map_or(0, |b| b.blocked_until_ns);
+    state.store().release_auth_attempt("account", &subject, still_blocked).await?;
     if customer.status == CustomerStatus::Locked {
         return Err(locked_error());
     }
@@ -922,7 +951,8 @@ pub(crate) async fn verify_sign_in(
         Err(("internal", e)) => return Err(e),
         Err((reason, e)) => {
             let failed =
-                sign_in_failed(&state, Some(&customer), &index_hex, client.ip, reason, "auth.customer.sign_in").await?;
+                sign_in_failed(&state, Some(&customer), &index_hex, client.ip, reason, "auth.customer.sign_in", None)
+                    .await?;
             return Err(if failed.code() == "account_locked" { failed } else { e });
         }
     };
@@ -1176,9 +1206,16 @@ pub(crate) async fn step_up(
         }
         Err(("internal", e)) => Err(e),
         Err((reason, e)) => {
-            let failed =
-                sign_in_failed(&state, Some(&customer.record), &subject, customer.ip, reason, "auth.customer.step_up")
-                    .await?;
+            let failed = sign_in_failed(
+                &state,
+                Some(&customer.record),
+                &subject,
+                customer.ip,
+                reason,
+                "auth.customer.step_up",
+                None,
+            )
+            .await?;
             Err(if failed.code() == "account_locked" { failed } else { e })
         }
     }
@@ -2035,9 +2072,16 @@ pub(crate) async fn finish_recovery(
             Ok(kind) => kind,
             Err(("internal", e)) => return Err(e),
             Err((reason, e)) => {
-                let failed =
-                    sign_in_failed(&state, Some(&customer), &subject, client.ip, reason, "auth.customer.recovery")
-                        .await?;
+                let failed = sign_in_failed(
+                    &state,
+                    Some(&customer),
+                    &subject,
+                    client.ip,
+                    reason,
+                    "auth.customer.recovery",
+                    None,
+                )
+                .await?;
                 return Err(if failed.code() == "too_many_attempts" { failed } else { e });
             }
         }

@@ -1334,6 +1334,26 @@ impl Store {
         .pipe(Ok)
     }
 
+    /// Gives back an attempt counted in advance by [`Store::record_auth_failure`] that turned out right: one failure
+    /// fewer, and the block as it was before.
+    pub async fn release_auth_attempt(
+        &self,
+        scope: &str,
+        subject: &str,
+        blocked_until_ns: u64,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, |tx, sql| {
+            sqlx::query(&sql("UPDATE auth_throttle SET failures = failures - 1, blocked_until = $3 WHERE scope = $1 \
+                 AND subject = $2 AND failures > 0"))
+            .bind(scope)
+            .bind(subject)
+            .bind(ts(blocked_until_ns))
+            .execute(&mut *tx.0)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Forgets the failures of a subject (after a successful sign-in).
     pub async fn clear_throttle(&self, scope: &str, subject: &str) -> Result<(), StoreError> {
         on_backend!(self, |tx, sql| {
