@@ -50,18 +50,23 @@ impl Client {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// Delivers the outbox and answers the newest email whose subject contains `subject`.
+    /// Delivers the outbox and answers the newest email whose subject contains `subject`, waiting (up to five
+    /// seconds) for events the service records after answering, such as a recovery link.
     async fn email(&self, subject: &str) -> anyhow::Result<EmailMessage> {
-        rampart_server::deliver_outbox_once(&self.state, self.mailbox.as_ref())
-            .await
-            .map_err(|e| anyhow::anyhow!("outbox: {e}"))?;
-        let mails = self.mailbox.0.lock().expect("the mailbox lock is never poisoned");
-        mails
-            .iter()
-            .rev()
-            .find(|m| m.subject.contains(subject))
-            .cloned()
-            .with_context(|| format!("no {subject:?} email"))
+        for _ in 0..250 {
+            rampart_server::deliver_outbox_once(&self.state, self.mailbox.as_ref())
+                .await
+                .map_err(|e| anyhow::anyhow!("outbox: {e}"))?;
+            let found = {
+                let mails = self.mailbox.0.lock().expect("the mailbox lock is never poisoned");
+                mails.iter().rev().find(|m| m.subject.contains(subject)).cloned()
+            };
+            if let Some(mail) = found {
+                return Ok(mail);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("no {subject:?} email")
     }
 
     fn now_s(&self) -> u64 {

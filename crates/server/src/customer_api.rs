@@ -1988,22 +1988,39 @@ pub(crate) async fn start_recovery(
     let Some(customer) = state.store().customer_by_email_index(&email_index(&keyring, &email)).await? else {
         return Ok(StatusCode::ACCEPTED);
     };
+    // The link is made and sent after the answer, so that a known address is not answered more slowly than an
+    // unknown one (both cost one lookup before the answer).
+    let ip = client.ip;
+    tokio::spawn(async move {
+        if let Err(e) = send_recovery_link(&state, &keyring, &customer, ip).await {
+            tracing::error!(customer = customer.id, code = e.code(), "starting a recovery failed");
+        }
+    });
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn send_recovery_link(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    customer: &CustomerRecord,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
     // One live recovery link per account: each link allows five tries of a second factor.
     state.store().delete_tickets_of(&customer.subject(), "recovery").await?;
     let token = BearerSecret::generate("rrc_");
     let now = state.now_ns();
     let record = customer_record(
-        &state,
+        state,
         "anonymous",
         "auth.customer.recovery_start",
         customer.id,
         Outcome::Success,
-        &[("ip", client.ip.to_string())],
+        &[("ip", ip.to_string())],
     );
     let effects = Effects::audit(record)
         .notify(notice(
-            &keyring,
-            Notification::RecoveryStarted { link: SecretLink::new(link(&state, "/recover", &token.secret)) },
+            keyring,
+            Notification::RecoveryStarted { link: SecretLink::new(link(state, "/recover", &token.secret)) },
             None,
         ))
         .ticket(NewTicket {
@@ -2015,9 +2032,9 @@ pub(crate) async fn start_recovery(
         });
     state
         .store()
-        .apply_security_change(customer.id, SecurityChange::None, None, now, &state.auditor(&keyring), effects)
+        .apply_security_change(customer.id, SecurityChange::None, None, now, &state.auditor(keyring), effects)
         .await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }
 
 /// `POST /v1/customers/recovery/finish`.

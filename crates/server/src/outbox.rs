@@ -85,7 +85,7 @@ pub async fn deliver_outbox_once(state: &AppState, mailer: &dyn Mailer) -> Resul
                 ),
                 None => None,
             };
-            let message = rampart_notify::render_email(&payload.notification, code.as_deref(), &to, state.now_ns());
+            let message = rampart_notify::render_email(&payload.notification, code.as_deref(), &to, email.created_at_ns);
             mailer.send(&from, &message).await.map_err(|e| {
                 let attempts = email.attempts + 1;
                 let retry =

@@ -283,7 +283,7 @@ pub struct DeviceRecord {
 /// A WebAuthn credential row.
 type CredentialRow = (Vec<u8>, String, String, Vec<u8>, i64, i64, Option<i64>);
 /// An outbox row.
-type OutboxRow = (Vec<u8>, i64, String, Vec<u8>, i64);
+type OutboxRow = (Vec<u8>, i64, String, Vec<u8>, i64, i64);
 
 type DeviceRow = (i64, i64, String, String, Option<String>, Option<i64>, Option<i64>, i64, i64);
 
@@ -452,6 +452,8 @@ pub struct OutboxEmail {
     pub payload: Vec<u8>,
     /// Deliveries tried so far.
     pub attempts: u32,
+    /// When the event happened (the email says so, however late it is delivered).
+    pub created_at_ns: u64,
 }
 
 /// A WebAuthn credential as stored.
@@ -1576,13 +1578,13 @@ impl Store {
         let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
         on_backend!(self, |tx, sql| {
             let q = sql(&format!(
-                "SELECT id, customer_id, kind, payload, attempts FROM email_outbox WHERE sent_at IS NULL \
+                "SELECT id, customer_id, kind, payload, attempts, created_at FROM email_outbox WHERE sent_at IS NULL \
                  AND failed_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2{lock}"
             ));
             let rows: Vec<OutboxRow> =
                 sqlx::query_as(&q).bind(ts(now_ns)).bind(i64::from(limit)).fetch_all(&mut *tx.0).await?;
             let mut out = Vec::with_capacity(rows.len());
-            for (id, customer_id, kind, payload, attempts) in rows {
+            for (id, customer_id, kind, payload, attempts, created) in rows {
                 sqlx::query(&sql("UPDATE email_outbox SET next_attempt_at = $1 WHERE id = $2"))
                     .bind(ts(now_ns.saturating_add(lease_ns)))
                     .bind(id.clone())
@@ -1595,6 +1597,7 @@ impl Store {
                     kind,
                     payload,
                     attempts: u32::try_from(attempts).unwrap_or(0),
+                    created_at_ns: ns(created),
                 });
             }
             out
