@@ -34,7 +34,22 @@ use crate::principal::Principal;
         crate::staff_api::request_role_change, crate::staff_api::pending_role_requests, crate::staff_api::disable_staff,
         crate::staff_api::approve_role_request, crate::staff_api::reject_role_request,
         crate::audit_api::entries, crate::audit_api::verify, crate::audit_api::rotate_keys,
-        crate::audit_api::rewrap_keys
+        crate::audit_api::rewrap_keys,
+        crate::customer_api::sign_up, crate::customer_api::enrol_totp, crate::customer_api::verify_email,
+        crate::customer_api::confirm_device, crate::customer_api::sign_in, crate::customer_api::verify_sign_in,
+        crate::customer_api::me, crate::customer_api::balances, crate::customer_api::step_up,
+        crate::customer_api::change_password, crate::customer_api::set_anti_phishing_code,
+        crate::customer_api::start_totp, crate::customer_api::confirm_totp, crate::customer_api::remove_totp,
+        crate::customer_api::new_backup_codes, crate::customer_api::change_email,
+        crate::customer_api::confirm_email_change, crate::customer_api::devices, crate::customer_api::revoke_device,
+        crate::customer_api::sessions, crate::customer_api::revoke_session, crate::customer_api::sign_out,
+        crate::customer_api::notifications, crate::customer_api::withdrawal_status,
+        crate::customer_api::create_api_key, crate::customer_api::api_keys, crate::customer_api::revoke_api_key,
+        crate::customer_api::start_recovery, crate::customer_api::finish_recovery,
+        crate::customer_api::support_recover, crate::passkeys::sign_in_options, crate::passkeys::step_up_options,
+        crate::passkeys::register_options, crate::passkeys::register, crate::passkeys::list, crate::passkeys::remove,
+        crate::passkeys::staff_register_options, crate::passkeys::staff_register,
+        crate::passkeys::staff_sign_in_options, crate::passkeys::staff_sign_in
     ),
     components(schemas(ErrorBody)),
     modifiers(&OperatorToken)
