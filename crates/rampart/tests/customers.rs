@@ -31,6 +31,9 @@ use serde_json::{Value, json};
 const STEP_UP_WINDOW_S: u64 = 2;
 /// Failed sign-ins of one account before each further attempt is delayed, and the count that locks it.
 const ACCOUNT_FREE_FAILURES: u32 = 2;
+/// The first delay after the free failures: long enough that a loaded CI machine still sends the next attempt
+/// inside it (the test asserts that attempt is delayed).
+const DELAY_BASE_S: u64 = 4;
 const ACCOUNT_LOCK_FAILURES: u32 = 3;
 /// Failed sign-ins from one address before each further attempt is delayed.
 const IP_FREE_FAILURES: u32 = 3;
@@ -60,6 +63,7 @@ client_ip_header = "x-forwarded-for"
 step_up_window_s = {STEP_UP_WINDOW_S}
 account_free_failures = {ACCOUNT_FREE_FAILURES}
 account_lock_failures = {ACCOUNT_LOCK_FAILURES}
+delay_base_s = {DELAY_BASE_S}
 ip_free_failures = {IP_FREE_FAILURES}
 ip_block_failures = 10
 ip_block_s = 60

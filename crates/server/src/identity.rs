@@ -49,6 +49,8 @@ pub struct IdentityConfig {
     pub recovery_lock_hours: u64,
     /// Failed sign-ins of one account before each further attempt is delayed.
     pub account_free_failures: u32,
+    /// The first delay after the free failures (of an account or an address); each further failure doubles it.
+    pub delay_base_s: u64,
     /// Failed sign-ins of one account that lock it.
     pub account_lock_failures: u32,
     /// Failed sign-ins from one address before each further attempt is delayed.
@@ -89,6 +91,7 @@ impl Default for IdentityConfig {
             security_lock_hours: 24,
             recovery_lock_hours: 48,
             account_free_failures: 3,
+            delay_base_s: 1,
             account_lock_failures: 10,
             ip_free_failures: 20,
             ip_block_failures: 100,
@@ -115,6 +118,7 @@ impl IdentityConfig {
             ("step_up_window_s", self.step_up_window_s),
             ("session_idle_s", self.session_idle_s),
             ("session_absolute_s", self.session_absolute_s),
+            ("delay_base_s", self.delay_base_s),
             ("account_lock_failures", u64::from(self.account_lock_failures)),
             ("ip_block_failures", u64::from(self.ip_block_failures)),
             ("rate_limit_per_s", u64::from(self.rate_limit_per_s)),
@@ -141,7 +145,7 @@ impl IdentityConfig {
     /// `now_ns`: free at first, then doubling delays from one second (capped at 15 minutes). Locking is separate
     /// ([`IdentityConfig::account_lock_failures`]).
     pub fn account_blocked_until(&self, failures: u32, now_ns: u64) -> u64 {
-        delay_after(failures, self.account_free_failures, 15 * 60, now_ns)
+        delay_after(failures, self.account_free_failures, self.delay_base_s, 15 * 60, now_ns)
     }
 
     /// The same for a source address: free at first, then doubling delays (capped at 10 minutes), and blocked for
@@ -150,16 +154,16 @@ impl IdentityConfig {
         if failures >= self.ip_block_failures {
             return now_ns.saturating_add(self.ip_block_s.saturating_mul(NS));
         }
-        delay_after(failures, self.ip_free_failures, 10 * 60, now_ns)
+        delay_after(failures, self.ip_free_failures, self.delay_base_s, 10 * 60, now_ns)
     }
 }
 
-fn delay_after(failures: u32, free: u32, cap_s: u64, now_ns: u64) -> u64 {
+fn delay_after(failures: u32, free: u32, base_s: u64, cap_s: u64, now_ns: u64) -> u64 {
     if failures < free {
         return 0;
     }
     let exponent = (failures - free).min(20);
-    let delay_s = (1u64 << exponent).min(cap_s);
+    let delay_s = base_s.max(1).saturating_mul(1u64 << exponent).min(cap_s);
     now_ns.saturating_add(delay_s * NS)
 }
 
