@@ -102,9 +102,8 @@ pub fn customer_ledger_account(customer_id: i64, asset: &str) -> AccountId {
     AccountId(u128::from_be_bytes(digest[..16].try_into().expect("16 bytes")))
 }
 
-fn account_subject(keyring: &rampart_crypto::Keyring, index: &[u8; 32]) -> String {
-    // The counter's key is the blind index, never the email: the throttle table holds no personal data.
-    let _ = keyring;
+/// The failure-counter subject of an email: its blind index, never the email, so the table holds no personal data.
+fn account_subject(index: &[u8; 32]) -> String {
     hex::encode(index)
 }
 
@@ -256,19 +255,7 @@ pub(crate) async fn sign_up(
     let Some((id, _device)) = created else {
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email exists"));
     };
-    // One ledger account per asset; deterministic ids make a retry answer `exists`.
-    let accounts: Vec<NewAccount> = state
-        .assets()
-        .iter()
-        .map(|a| NewAccount {
-            id: customer_ledger_account(id, a.code.as_str()),
-            asset: a.code,
-            code: CUSTOMER_ACCOUNT_CODE,
-            flags: AccountFlags { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false },
-            user_data: u128::try_from(id).unwrap_or(0),
-        })
-        .collect();
-    state.store().create_accounts(&accounts, now).await?;
+    ensure_ledger_accounts(&state, id).await?;
     Ok((
         StatusCode::CREATED,
         Json(SignUpView {
@@ -278,6 +265,25 @@ pub(crate) async fn sign_up(
             totp: totp_view(&totp, &email),
         }),
     ))
+}
+
+/// Opens the customer's ledger account in every configured asset: deterministic ids make it idempotent (a repeat
+/// answers `exists`), so sign-up opens them and every sign-in makes sure of them (after a failure between the two
+/// writes of a sign-up, or when an asset is added to the configuration).
+async fn ensure_ledger_accounts(state: &AppState, customer_id: i64) -> Result<(), ApiError> {
+    let accounts: Vec<NewAccount> = state
+        .assets()
+        .iter()
+        .map(|a| NewAccount {
+            id: customer_ledger_account(customer_id, a.code.as_str()),
+            asset: a.code,
+            code: CUSTOMER_ACCOUNT_CODE,
+            flags: AccountFlags { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false },
+            user_data: u128::try_from(customer_id).unwrap_or(0),
+        })
+        .collect();
+    state.store().create_accounts(&accounts, state.now_ns()).await?;
+    Ok(())
 }
 
 /// `POST /v1/customers/sign-up/totp`.
@@ -725,7 +731,7 @@ pub(crate) async fn sign_in(
     // An address that cannot be an email is still counted and timed like any other attempt.
     let email = normalise_email(&request.email).unwrap_or_else(|_| request.email.trim().to_lowercase());
     let index = email_index(&keyring, &email);
-    let subject = account_subject(&keyring, &index);
+    let subject = account_subject(&index);
     let ip_text = crate::identity::ip_subject(client.ip);
     check_throttle(&state, "auth.customer.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), client.ip).await?;
     let customer = state.store().customer_by_email_index(&index).await?;
@@ -967,6 +973,7 @@ pub(crate) async fn verify_sign_in(
     };
     match device {
         Some(d) if d.confirmed_at_ns.is_some() => {
+            ensure_ledger_accounts(&state, customer.id).await?;
             let session = BearerSecret::generate("rcs_");
             let expires = now + state.identity().session_absolute_s * NS;
             let record = customer_record(
