@@ -267,6 +267,22 @@ pub(crate) async fn sign_up(
     ))
 }
 
+/// Applies `change` to customer `customer_id` with its effects (audit entries, notifications, tickets) in one
+/// transaction, at the state's time; `false` when there was nothing to change.
+async fn change_for(
+    state: &AppState,
+    customer_id: i64,
+    change: SecurityChange<'_>,
+    lock: Option<(u64, &str)>,
+    effects: Effects,
+) -> Result<bool, ApiError> {
+    let keyring = state.keyring()?;
+    Ok(state
+        .store()
+        .apply_security_change(customer_id, change, lock, state.now_ns(), &state.auditor(&keyring), effects)
+        .await?)
+}
+
 /// Opens the customer's ledger account in every configured asset: deterministic ids make it idempotent (a repeat
 /// answers `exists`), so sign-up opens them and every sign-in makes sure of them (after a failure between the two
 /// writes of a sign-up, or when an asset is added to the configuration).
@@ -409,20 +425,9 @@ async fn issue_backup_codes(
     customer: &CustomerRecord,
     actor: &str,
 ) -> Result<BackupCodesView, ApiError> {
-    let keyring = state.keyring()?;
     let codes = BackupCodes::generate();
     let record = customer_record(state, actor, "auth.customer.backup_codes", customer.id, Outcome::Success, &[]);
-    state
-        .store()
-        .apply_security_change(
-            customer.id,
-            SecurityChange::BackupCodes(codes.hashes()),
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
-        .await?;
+    change_for(state, customer.id, SecurityChange::BackupCodes(codes.hashes()), None, Effects::audit(record)).await?;
     Ok(BackupCodesView { backup_codes: codes.codes().iter().map(|c| c.expose_secret().to_owned()).collect() })
 }
 
@@ -443,7 +448,6 @@ pub(crate) async fn verify_email(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let keyring = state.keyring()?;
     let (customer, _) = ticket_customer(&state, &request.token, "verify_email", None).await?;
     let record = customer_record(
         &state,
@@ -453,17 +457,7 @@ pub(crate) async fn verify_email(
         Outcome::Success,
         &[],
     );
-    state
-        .store()
-        .apply_security_change(
-            customer.id,
-            SecurityChange::EmailVerified,
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
-        .await?;
+    change_for(&state, customer.id, SecurityChange::EmailVerified, None, Effects::audit(record)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -475,7 +469,6 @@ pub(crate) async fn confirm_device(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let keyring = state.keyring()?;
     let (customer, data) = ticket_customer(&state, &request.token, "device", None).await?;
     let device_id: i64 = data
         .and_then(|d| String::from_utf8(d).ok())
@@ -489,17 +482,7 @@ pub(crate) async fn confirm_device(
         Outcome::Success,
         &[("device", device_id.to_string())],
     );
-    state
-        .store()
-        .apply_security_change(
-            customer.id,
-            SecurityChange::DeviceConfirmed(device_id),
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
-        .await?;
+    change_for(&state, customer.id, SecurityChange::DeviceConfirmed(device_id), None, Effects::audit(record)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1360,17 +1343,7 @@ pub(crate) async fn start_totp(
         Outcome::Success,
         &[],
     );
-    state
-        .store()
-        .apply_security_change(
-            customer.record.id,
-            SecurityChange::TotpPending(&ct),
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
-        .await?;
+    change_for(&state, customer.record.id, SecurityChange::TotpPending(&ct), None, Effects::audit(record)).await?;
     let email = customer_email(&state, &customer.record).await?;
     Ok(Json(totp_view(&secret, &email)))
 }
@@ -1512,17 +1485,14 @@ pub(crate) async fn confirm_email_change(
         Notification::EmailChanged { new_email_masked: mask_email(&email) },
         Some(old),
     ));
-    if !state
-        .store()
-        .apply_security_change(
-            customer.id,
-            SecurityChange::Email { index: &index, email: &ct },
-            Some((until, "email change")),
-            state.now_ns(),
-            &state.auditor(&keyring),
-            effects,
-        )
-        .await?
+    if !change_for(
+        &state,
+        customer.id,
+        SecurityChange::Email { index: &index, email: &ct },
+        Some((until, "email change")),
+        effects,
+    )
+    .await?
     {
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email exists"));
     }
@@ -1591,7 +1561,6 @@ pub(crate) async fn revoke_device(
 ) -> Result<StatusCode, ApiError> {
     customer.session()?;
     let id = path_i64(path)?;
-    let keyring = state.keyring()?;
     let record = customer_record(
         &state,
         &customer.actor(),
@@ -1600,18 +1569,7 @@ pub(crate) async fn revoke_device(
         Outcome::Success,
         &[("device", id.to_string())],
     );
-    if !state
-        .store()
-        .apply_security_change(
-            customer.record.id,
-            SecurityChange::DeviceRevoked(id),
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
-        .await?
-    {
+    if !change_for(&state, customer.record.id, SecurityChange::DeviceRevoked(id), None, Effects::audit(record)).await? {
         return Err(ApiError::not_found("no such device"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -1669,7 +1627,6 @@ pub(crate) async fn revoke_session(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::bad_request("invalid_id", "a session id is 64 hex digits"))?;
-    let keyring = state.keyring()?;
     let record = customer_record(
         &state,
         &customer.actor(),
@@ -1678,16 +1635,7 @@ pub(crate) async fn revoke_session(
         Outcome::Success,
         &[],
     );
-    if !state
-        .store()
-        .apply_security_change(
-            customer.record.id,
-            SecurityChange::SessionRevoked(hash),
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
+    if !change_for(&state, customer.record.id, SecurityChange::SessionRevoked(hash), None, Effects::audit(record))
         .await?
     {
         return Err(ApiError::not_found("no such session"));
@@ -1699,20 +1647,9 @@ pub(crate) async fn revoke_session(
 #[utoipa::path(post, path = "/v1/me/sign-out", responses((status = 204)))]
 pub(crate) async fn sign_out(State(state): State<AppState>, customer: Customer) -> Result<StatusCode, ApiError> {
     let hash = customer.session()?.token_hash;
-    let keyring = state.keyring()?;
     let record =
         customer_record(&state, &customer.actor(), "auth.customer.sign_out", customer.record.id, Outcome::Success, &[]);
-    state
-        .store()
-        .apply_security_change(
-            customer.record.id,
-            SecurityChange::SessionRevoked(hash),
-            None,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            Effects::audit(record),
-        )
-        .await?;
+    change_for(&state, customer.record.id, SecurityChange::SessionRevoked(hash), None, Effects::audit(record)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
