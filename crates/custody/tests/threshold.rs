@@ -1,0 +1,237 @@
+//! A 3-of-5 threshold key made by a distributed key generation among five custodians (simulated in one process),
+//! Taproot spends signed by every quorum and accepted by Bitcoin Core's interpreter, and the failures that must be
+//! caught: too few signers, a cheating custodian (named), a share from before a refresh, a wrong spent amount.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bitcoin::absolute::LockTime;
+use bitcoin::hashes::Hash;
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use rampart_custody::frost::keys::{KeyPackage, PublicKeyPackage, dkg, refresh};
+use rampart_custody::frost::{self, Identifier};
+use rampart_custody::{
+    CustodyError, SigningRound, attach_key_spend_signatures, custodian_commit, custodian_sign, key_spend_sighashes,
+    output_script, verify_spend,
+};
+use rand_core::OsRng;
+
+type Shares = BTreeMap<Identifier, KeyPackage>;
+
+fn ids(n: u16) -> Vec<Identifier> {
+    (1..=n).map(|i| Identifier::try_from(i).unwrap()).collect()
+}
+
+/// The three rounds of the DKG, each participant computing only from what it received; every participant must end
+/// with the same public key package (what the confirmation round will sign).
+fn dkg(n: u16, t: u16) -> (Shares, PublicKeyPackage) {
+    let ids = ids(n);
+    let mut secrets1 = BTreeMap::new();
+    let mut broadcast = BTreeMap::new();
+    for &id in &ids {
+        let (secret, package) = dkg::part1(id, n, t, OsRng).unwrap();
+        secrets1.insert(id, secret);
+        broadcast.insert(id, package);
+    }
+    let others = |me: Identifier| -> BTreeMap<_, _> {
+        broadcast.iter().filter(|(k, _)| **k != me).map(|(k, v)| (*k, v.clone())).collect()
+    };
+    let mut secrets2 = BTreeMap::new();
+    let mut inbox: BTreeMap<Identifier, BTreeMap<Identifier, dkg::round2::Package>> = BTreeMap::new();
+    for &id in &ids {
+        let (secret, sent) = dkg::part2(secrets1.remove(&id).unwrap(), &others(id)).unwrap();
+        secrets2.insert(id, secret);
+        for (to, package) in sent {
+            inbox.entry(to).or_default().insert(id, package);
+        }
+    }
+    let mut shares = BTreeMap::new();
+    let mut public: Option<PublicKeyPackage> = None;
+    for &id in &ids {
+        let (key, group) = dkg::part3(&secrets2[&id], &others(id), &inbox[&id]).unwrap();
+        if let Some(seen) = &public {
+            assert_eq!(seen, &group, "every participant derives the same group key and verifying shares");
+        }
+        public = Some(group);
+        shares.insert(id, key);
+    }
+    (shares, public.unwrap())
+}
+
+/// A refresh among `members`: new shares of the same key.
+fn refresh(shares: &Shares, public: &PublicKeyPackage, members: &[Identifier], t: u16) -> (Shares, PublicKeyPackage) {
+    let n = u16::try_from(members.len()).unwrap();
+    let mut secrets1 = BTreeMap::new();
+    let mut broadcast = BTreeMap::new();
+    for &id in members {
+        let (secret, package) = refresh::refresh_dkg_part1(id, n, t, OsRng).unwrap();
+        secrets1.insert(id, secret);
+        broadcast.insert(id, package);
+    }
+    let others = |me: Identifier| -> BTreeMap<_, _> {
+        broadcast.iter().filter(|(k, _)| **k != me).map(|(k, v)| (*k, v.clone())).collect()
+    };
+    let mut secrets2 = BTreeMap::new();
+    let mut inbox: BTreeMap<Identifier, BTreeMap<Identifier, dkg::round2::Package>> = BTreeMap::new();
+    for &id in members {
+        let (secret, sent) = refresh::refresh_dkg_part2(secrets1.remove(&id).unwrap(), &others(id)).unwrap();
+        secrets2.insert(id, secret);
+        for (to, package) in sent {
+            inbox.entry(to).or_default().insert(id, package);
+        }
+    }
+    let mut new_shares = BTreeMap::new();
+    let mut new_public = None;
+    for &id in members {
+        let (key, group) =
+            refresh::refresh_dkg_shares(&secrets2[&id], &others(id), &inbox[&id], public.clone(), shares[&id].clone())
+                .unwrap();
+        new_shares.insert(id, key);
+        new_public = Some(group);
+    }
+    (new_shares, new_public.unwrap())
+}
+
+/// An unsigned transaction spending `inputs` outputs of `script` (fake funding transactions) to one output.
+fn spend(script: &ScriptBuf, inputs: usize) -> (Transaction, Vec<TxOut>) {
+    let spent: Vec<TxOut> = (0..inputs)
+        .map(|i| TxOut { value: Amount::from_sat(100_000 + i as u64), script_pubkey: script.clone() })
+        .collect();
+    let input = (0..inputs)
+        .map(|i| TxIn {
+            previous_output: OutPoint { txid: Txid::from_byte_array([7; 32]), vout: u32::try_from(i).unwrap() },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            witness: Witness::new(),
+        })
+        .collect();
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input,
+        output: vec![TxOut { value: Amount::from_sat(90_000), script_pubkey: script.clone() }],
+    };
+    (tx, spent)
+}
+
+/// Runs both rounds for one message with `signers`; `tamper` flips a bit of that signer's share.
+fn sign(
+    shares: &Shares,
+    public: &PublicKeyPackage,
+    signers: &[Identifier],
+    message: &[u8; 32],
+    tamper: Option<Identifier>,
+) -> Result<[u8; 64], CustodyError> {
+    let mut round = SigningRound::new(public.clone(), message, signers.iter().copied().collect::<BTreeSet<_>>())?;
+    let mut nonces = BTreeMap::new();
+    for id in signers {
+        let (secret, commitments) = custodian_commit(&shares[id]);
+        nonces.insert(*id, secret);
+        round.commit(*id, commitments)?;
+    }
+    let package = round.package()?.clone();
+    for id in signers {
+        let share = custodian_sign(&package, nonces.remove(id).unwrap(), &shares[id])?;
+        let share = if tamper == Some(*id) {
+            let mut bytes = share.serialize();
+            bytes[31] ^= 1;
+            frost::round2::SignatureShare::deserialize(&bytes).unwrap()
+        } else {
+            share
+        };
+        round.share(*id, share)?;
+    }
+    round.aggregate()
+}
+
+fn sign_spend(
+    shares: &Shares,
+    public: &PublicKeyPackage,
+    signers: &[Identifier],
+    tx: &mut Transaction,
+    spent: &[TxOut],
+) -> Result<(), CustodyError> {
+    let signatures = key_spend_sighashes(tx, spent)?
+        .iter()
+        .map(|m| sign(shares, public, signers, m, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_key_spend_signatures(tx, &signatures)
+}
+
+#[test]
+fn every_quorum_of_three_signs_a_taproot_spend_that_bitcoin_core_accepts() {
+    let (shares, public) = dkg(5, 3);
+    let script = output_script(&public).unwrap();
+    assert!(script.is_p2tr());
+    let all = ids(5);
+    let mut quorums = 0;
+    for a in 0..5 {
+        for b in a + 1..5 {
+            for c in b + 1..5 {
+                let (mut tx, spent) = spend(&script, 2);
+                sign_spend(&shares, &public, &[all[a], all[b], all[c]], &mut tx, &spent).unwrap();
+                verify_spend(&tx, &spent).unwrap();
+                quorums += 1;
+            }
+        }
+    }
+    assert_eq!(quorums, 10);
+
+    // The interpreter checks what the signatures commit to: a different spent amount, or no signature, fails.
+    let (mut tx, mut spent) = spend(&script, 1);
+    sign_spend(&shares, &public, &all[..3], &mut tx, &spent).unwrap();
+    spent[0].value = Amount::from_sat(100_001);
+    assert!(matches!(verify_spend(&tx, &spent), Err(CustodyError::Consensus { input: 0, .. })));
+    let (unsigned, spent) = spend(&script, 1);
+    assert!(matches!(verify_spend(&unsigned, &spent), Err(CustodyError::Consensus { .. })));
+    // A script built by tweaking the output key again (`new_p2tr`) is not the one the quorum can spend.
+    let secp = bitcoin::secp256k1::Secp256k1::verification_only();
+    let twice = ScriptBuf::new_p2tr(&secp, rampart_custody::taproot::output_key(&public).unwrap(), None);
+    let (mut tx, spent) = spend(&twice, 1);
+    sign_spend(&shares, &public, &all[..3], &mut tx, &spent).unwrap();
+    assert!(verify_spend(&tx, &spent).is_err());
+}
+
+#[test]
+fn too_few_signers_strangers_and_cheaters_are_refused_by_name() {
+    let (shares, public) = dkg(5, 3);
+    let all = ids(5);
+    let message = [9u8; 32];
+    assert!(matches!(sign(&shares, &public, &all[..2], &message, None), Err(CustodyError::Frost(_))));
+    let stranger = Identifier::try_from(9u16).unwrap();
+    assert_eq!(
+        SigningRound::new(public.clone(), &message, [all[0], all[1], stranger].into()).err(),
+        Some(CustodyError::UnexpectedCustodian("9".into()))
+    );
+    assert_eq!(
+        sign(&shares, &public, &[all[0], all[2], all[4]], &message, Some(all[2])),
+        Err(CustodyError::BadShare("3".into()))
+    );
+    // Nothing is aggregated before every share is in.
+    let mut round = SigningRound::new(public.clone(), &message, all[..3].iter().copied().collect()).unwrap();
+    assert!(matches!(round.package(), Err(CustodyError::NotReady(_))));
+    let (_, commitments) = custodian_commit(&shares[&all[0]]);
+    round.commit(all[0], commitments).unwrap();
+    assert_eq!(round.commit(all[0], commitments), Err(CustodyError::UnexpectedCustodian("1".into())));
+    assert!(matches!(round.aggregate(), Err(CustodyError::NotReady(_))));
+}
+
+#[test]
+fn after_a_refresh_the_key_is_the_same_and_old_shares_are_refused() {
+    let (old, public) = dkg(5, 3);
+    let all = ids(5);
+    let (new, refreshed) = refresh(&old, &public, &all, 3);
+    assert_eq!(refreshed.verifying_key(), public.verifying_key(), "the same key, so the same address");
+    let script = output_script(&refreshed).unwrap();
+    assert_eq!(script, output_script(&public).unwrap());
+    let (mut tx, spent) = spend(&script, 1);
+    sign_spend(&new, &refreshed, &all[2..], &mut tx, &spent).unwrap();
+    verify_spend(&tx, &spent).unwrap();
+    // One old share among new ones is named; even a whole quorum of old shares (whose aggregate would still be a
+    // valid signature of the same key) is refused share by share against the current verifying shares.
+    let mut mixed = new.clone();
+    mixed.insert(all[0], old[&all[0]].clone());
+    let message = [5u8; 32];
+    assert_eq!(sign(&mixed, &refreshed, &all[..3], &message, None), Err(CustodyError::BadShare("1".into())));
+    assert!(matches!(sign(&old, &refreshed, &all[..3], &message, None), Err(CustodyError::BadShare(_))));
+}
