@@ -6,12 +6,15 @@
 //! output) before it may leave.
 //!
 //! Pure: no I/O, no clock. Randomness comes from the operating system only where a protocol needs fresh secrets
-//! (nonces). The distributed key generation, refresh, repair, the ceremonies' transport and the chains arrive next
-//! (see `docs/design/custody.md`).
+//! (polynomials, nonces). A custodian's side of the distributed key generation, with a confirmation round in which
+//! everyone signs what they saw, is here; refresh, repair, the ceremonies' transport, key files and the chains arrive
+//! next (see `docs/design/custody.md`).
 
+pub mod dkg;
 pub mod signing;
 pub mod taproot;
 
+pub use dkg::{Confirmation, Participant};
 pub use frost_secp256k1_tr as frost;
 pub use signing::{SigningRound, custodian_commit, custodian_sign};
 pub use taproot::{attach_key_spend_signatures, key_spend_sighashes, output_script, verify_spend};

@@ -25,7 +25,8 @@ pub struct SigningRound {
     shares: BTreeMap<Identifier, SignatureShare>,
 }
 
-fn name(id: &Identifier) -> String {
+/// A custodian's identifier as people read it (`3`).
+pub(crate) fn name(id: &Identifier) -> String {
     // Identifiers are scalars; custodians 1..=n serialise with their number in the last bytes.
     let bytes = id.serialize();
     let tail: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
