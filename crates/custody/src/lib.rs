@@ -11,6 +11,7 @@
 //! next (see `docs/design/custody.md`).
 
 pub mod dkg;
+pub mod keyfile;
 pub mod signing;
 pub mod taproot;
 
@@ -38,6 +39,9 @@ pub enum CustodyError {
     /// The transaction cannot be hashed for signing (an input without its spent output, …).
     #[error("the transaction cannot be signed: {0}")]
     Sighash(String),
+    /// A key file that does not open (wrong passphrase, damage) or cannot be made.
+    #[error("key file: {0}")]
+    KeyFile(&'static str),
     /// Bitcoin Core's interpreter refused the spend of this input.
     #[error("input {input} fails Bitcoin's consensus rules: {reason}")]
     Consensus {
