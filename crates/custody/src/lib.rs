@@ -12,6 +12,7 @@
 
 pub mod dkg;
 pub mod keyfile;
+pub mod repair;
 pub mod signing;
 pub mod taproot;
 

@@ -235,3 +235,44 @@ fn after_a_refresh_the_key_is_the_same_and_old_shares_are_refused() {
     assert_eq!(sign(&mixed, &refreshed, &all[..3], &message, None), Err(CustodyError::BadShare("1".into())));
     assert!(matches!(sign(&old, &refreshed, &all[..3], &message, None), Err(CustodyError::BadShare(_))));
 }
+
+#[test]
+fn three_custodians_rebuild_a_lost_share_and_a_wrong_rebuild_is_refused() {
+    use rampart_custody::repair::{helper_deltas, helper_sigma, rebuild};
+    let (shares, public) = dkg(5, 3);
+    let all = ids(5);
+    let lost = all[1];
+    let helpers = [all[0], all[2], all[4]];
+    let mut inbox: BTreeMap<Identifier, Vec<_>> = BTreeMap::new();
+    for helper in &helpers {
+        for (to, delta) in helper_deltas(&helpers, &shares[helper], lost).unwrap() {
+            inbox.entry(to).or_default().push(delta);
+        }
+    }
+    let sigmas: Vec<_> = helpers.iter().map(|h| helper_sigma(&inbox[h])).collect();
+    let rebuilt = rebuild(&sigmas, lost, &public).unwrap();
+    assert_eq!(rebuilt.signing_share(), shares[&lost].signing_share(), "the same share, rebuilt");
+    let mut after = shares.clone();
+    after.insert(lost, rebuilt);
+    let (mut tx, spent) = spend(&output_script(&public).unwrap(), 1);
+    sign_spend(&after, &public, &[lost, all[3], all[4]], &mut tx, &spent).unwrap();
+    verify_spend(&tx, &spent).unwrap();
+    // With one helper's value missing, what comes out is not the share the group knows: refused.
+    assert!(matches!(rebuild(&sigmas[..2], lost, &public), Err(CustodyError::BadShare(_))));
+}
+
+#[test]
+fn a_custodian_is_removed_by_a_refresh_among_the_others() {
+    let (shares, public) = dkg(5, 3);
+    let all = ids(5);
+    let (remaining, smaller) = refresh(&shares, &public, &all[..4], 3);
+    assert_eq!(smaller.verifying_key(), public.verifying_key(), "the same key and address");
+    assert!(!smaller.verifying_shares().contains_key(&all[4]));
+    let (mut tx, spent) = spend(&output_script(&smaller).unwrap(), 1);
+    sign_spend(&remaining, &smaller, &all[1..4], &mut tx, &spent).unwrap();
+    verify_spend(&tx, &spent).unwrap();
+    // The removed custodian's old share no longer counts, alone or with two others.
+    let mut with_removed = remaining.clone();
+    with_removed.insert(all[4], shares[&all[4]].clone());
+    assert!(sign(&with_removed, &smaller, &[all[0], all[1], all[4]], &[1; 32], None).is_err());
+}
