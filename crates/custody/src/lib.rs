@@ -10,6 +10,7 @@
 //! everyone signs what they saw, is here; refresh, repair, the ceremonies' transport, key files and the chains arrive
 //! next (see `docs/design/custody.md`).
 
+pub mod devchain;
 pub mod dkg;
 pub mod keyfile;
 pub mod repair;

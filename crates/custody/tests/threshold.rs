@@ -276,3 +276,49 @@ fn a_custodian_is_removed_by_a_refresh_among_the_others() {
     with_removed.insert(all[4], shares[&all[4]].clone());
     assert!(sign(&with_removed, &smaller, &[all[0], all[1], all[4]], &[1; 32], None).is_err());
 }
+
+#[test]
+fn the_development_chain_validates_confirms_and_reorganises() {
+    use rampart_custody::devchain::{ChainRejection, DevChain};
+    let (shares, public) = dkg(5, 3);
+    let all = ids(5);
+    let script = output_script(&public).unwrap();
+    let mut chain = DevChain::new(500);
+    let coin = chain.faucet(script.clone(), Amount::from_sat(100_000));
+    let spent = vec![chain.utxo(&coin).unwrap().clone()];
+    let unsigned = |fee: u64| Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: coin,
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut { value: Amount::from_sat(100_000 - fee), script_pubkey: script.clone() }],
+    };
+    // Unsigned, underpaying and overspending transactions are refused; a signed one is accepted once.
+    assert!(matches!(chain.submit(unsigned(1_000)), Err(ChainRejection::Script(_))));
+    let mut cheap = unsigned(100);
+    sign_spend(&shares, &public, &all[..3], &mut cheap, &spent).unwrap();
+    assert_eq!(chain.submit(cheap), Err(ChainRejection::FeeTooLow { fee: 100, min: 500 }));
+    let mut tx = unsigned(1_000);
+    sign_spend(&shares, &public, &all[1..4], &mut tx, &spent).unwrap();
+    let txid = chain.submit(tx.clone()).unwrap();
+    assert_eq!(chain.submit(tx.clone()), Err(ChainRejection::Duplicate));
+    // A second spend of the same coin conflicts in the mempool, and is missing once the first is mined.
+    let mut double = unsigned(2_000);
+    sign_spend(&shares, &public, &all[2..], &mut double, &spent).unwrap();
+    assert_eq!(chain.submit(double.clone()), Err(ChainRejection::Conflict(0)));
+    assert!(chain.in_mempool(&txid) && chain.confirmations(&txid) == 0);
+    chain.mine();
+    chain.mine();
+    assert_eq!(chain.confirmations(&txid), 2);
+    assert_eq!(chain.submit(double), Err(ChainRejection::MissingInput(0)));
+    // A reorganisation of both blocks returns the transaction to the mempool; mined again, it confirms again.
+    assert!(chain.reorg(2).is_empty(), "nothing dropped");
+    assert_eq!(chain.confirmations(&txid), 0);
+    assert!(chain.in_mempool(&txid));
+    chain.mine();
+    assert_eq!(chain.confirmations(&txid), 1);
+}
