@@ -15,6 +15,7 @@ pub mod dkg;
 pub mod keyfile;
 pub mod repair;
 pub mod signing;
+pub mod summary;
 pub mod taproot;
 
 pub use dkg::{Confirmation, Participant};

@@ -322,3 +322,28 @@ fn the_development_chain_validates_confirms_and_reorganises() {
     chain.mine();
     assert_eq!(chain.confirmations(&txid), 1);
 }
+
+#[test]
+fn a_custodian_sees_destinations_change_and_fee_computed_from_the_transaction() {
+    use rampart_custody::summary::describe;
+    let (_, public) = dkg(5, 3);
+    let wallet = output_script(&public).unwrap();
+    let (mut tx, spent) = spend(&wallet, 2);
+    // Pay 150,000 sat to someone else, 40,000 back to the wallet; the inputs hold 200,001.
+    let elsewhere = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([3; 20]));
+    tx.output = vec![
+        TxOut { value: Amount::from_sat(150_000), script_pubkey: elsewhere },
+        TxOut { value: Amount::from_sat(40_000), script_pubkey: wallet.clone() },
+    ];
+    let summary = describe(&tx, &spent, &wallet, bitcoin::Network::Regtest).unwrap();
+    assert_eq!(summary.inputs_sat, 200_001);
+    assert_eq!(summary.fee_sat, 10_001);
+    assert_eq!(summary.destinations.len(), 2);
+    assert!(summary.destinations[0].address.starts_with("bcrt1q") && !summary.destinations[0].change);
+    assert!(summary.destinations[1].address.starts_with("bcrt1p") && summary.destinations[1].change);
+    // Two key-path inputs and two outputs weigh about 180 vbytes once signed.
+    assert!((50..=60).contains(&summary.fee_rate_sat_vb), "{}", summary.fee_rate_sat_vb);
+    // An overspend is not described as a spend.
+    tx.output[0].value = Amount::from_sat(250_000);
+    assert!(describe(&tx, &spent, &wallet, bitcoin::Network::Regtest).is_err());
+}
