@@ -24,8 +24,8 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::ApiJson;
 use crate::identity::{
-    Customer, DEVICE_HEADER, Scope, StepUp, api_key_aad, customer_aad, customer_email, customer_record, decrypt_field,
-    notice, request_ip, rfc3339, user_agent,
+    Customer, DEVICE_HEADER, Scope, StepUp, api_key_aad, check_throttle, customer_aad, customer_email, customer_record,
+    decrypt_field, notice, request_ip, rfc3339, user_agent,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -54,6 +54,16 @@ impl FromRequestParts<AppState> for Client {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(Client { ip: request_ip(state, &parts.headers, &parts.extensions), user_agent: user_agent(&parts.headers) })
     }
+}
+
+/// A name a customer or staff member gives something (an API key, a passkey): trimmed, 1 to 64 printable
+/// characters; refused with `code` otherwise.
+pub(crate) fn valid_label(raw: &str, code: &'static str) -> Result<String, ApiError> {
+    let label = raw.trim();
+    if label.is_empty() || label.chars().count() > 64 || label.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(code, "a name is 1 to 64 printable characters"));
+    }
+    Ok(label.to_owned())
 }
 
 /// Normalises and checks an email address: trimmed, lower-cased, one `@`, a dotted domain, no spaces or controls.
@@ -509,85 +519,6 @@ pub struct SignInTicketView {
     pub second_factors: Vec<String>,
     /// When the ticket stops working.
     pub expires_at_ns: String,
-}
-
-/// Refuses (429 with `Retry-After`, audited under `action`) an attempt while its subject is blocked after failures.
-pub(crate) async fn check_throttle(
-    state: &AppState,
-    action: &str,
-    scope: &str,
-    subject: &str,
-    target: &str,
-    ip: IpAddr,
-) -> Result<(), ApiError> {
-    let now = state.now_ns();
-    if let Some(t) = state.store().throttle_state(scope, subject).await?
-        && t.blocked_until_ns > now
-    {
-        let wait_s = (t.blocked_until_ns - now).div_ceil(NS);
-        let mut record = state.record("anonymous", action, target, Outcome::Denied);
-        record.details.insert("reason".into(), format!("throttled_{scope}"));
-        record.details.insert("ip".into(), ip.to_string());
-        record.details.insert("failures".into(), t.failures.to_string());
-        state.audit(vec![record]).await?;
-        return Err(ApiError::too_many(
-            "too_many_attempts",
-            format!(
-                "too many failed sign-ins from this {}; try again in {wait_s} s",
-                if scope == "ip" { "address" } else { "account" }
-            ),
-            wait_s,
-        ));
-    }
-    Ok(())
-}
-
-/// The throttle subject of a staff username: a keyed hash, so the table holds no names (or mistyped passwords).
-pub(crate) fn staff_subject(keyring: &rampart_crypto::Keyring, username: &str) -> String {
-    format!("staff:{}", hex::encode(keyring.blind_index("staff.username", username.as_bytes())))
-}
-
-/// Refuses a staff sign-in while the address or the username is blocked after failures.
-pub(crate) async fn staff_throttle_check(
-    state: &AppState,
-    keyring: &rampart_crypto::Keyring,
-    username: &str,
-    target: &str,
-    ip: IpAddr,
-) -> Result<(), ApiError> {
-    let ip_text = crate::identity::ip_subject(ip);
-    check_throttle(state, "auth.staff.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), ip).await?;
-    let subject = staff_subject(keyring, username);
-    check_throttle(state, "auth.staff.sign_in", "account", &subject, target, ip).await
-}
-
-/// Counts a failed staff sign-in against the username and the address (delays only: a staff account is disabled by
-/// an administrator, never locked by strangers' guesses), or clears the username's count after a success.
-pub(crate) async fn staff_throttle_record(
-    state: &AppState,
-    keyring: &rampart_crypto::Keyring,
-    username: &str,
-    ip: IpAddr,
-    failed: bool,
-) -> Result<(), ApiError> {
-    let subject = staff_subject(keyring, username);
-    if !failed {
-        state.store().clear_throttle("account", &subject).await?;
-        return Ok(());
-    }
-    let config = state.identity().clone();
-    let now = state.now_ns();
-    state
-        .store()
-        .record_auth_failure("account", &subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
-        .await?;
-    state
-        .store()
-        .record_auth_failure("ip", &crate::identity::ip_subject(ip), now, 3600 * NS, |f| {
-            config.ip_blocked_until(f, now)
-        })
-        .await?;
-    Ok(())
 }
 
 fn sign_in_target(customer: Option<&CustomerRecord>, subject: &str) -> String {
@@ -1770,10 +1701,8 @@ pub(crate) async fn create_api_key(
     ApiJson(request): ApiJson<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiKeyView>), ApiError> {
     let proof = StepUp::check(&state, &customer)?;
-    let label = request.label.trim();
-    if label.is_empty() || label.chars().count() > 64 || label.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("invalid_label", "a label is 1 to 64 printable characters"));
-    }
+    let label = valid_label(&request.label, "invalid_label")?;
+    let label = label.as_str();
     let mut scopes = Vec::new();
     for s in &request.scopes {
         let scope = Scope::parse(s).ok_or_else(|| {

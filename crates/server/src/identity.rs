@@ -284,6 +284,85 @@ pub(crate) async fn rate_limit(State(state): State<AppState>, request: Request, 
     next.run(request).await
 }
 
+/// Refuses (429 with `Retry-After`, audited under `action`) an attempt while its subject is blocked after failures.
+pub(crate) async fn check_throttle(
+    state: &AppState,
+    action: &str,
+    scope: &str,
+    subject: &str,
+    target: &str,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    let now = state.now_ns();
+    if let Some(t) = state.store().throttle_state(scope, subject).await?
+        && t.blocked_until_ns > now
+    {
+        let wait_s = (t.blocked_until_ns - now).div_ceil(NS);
+        let mut record = state.record("anonymous", action, target, Outcome::Denied);
+        record.details.insert("reason".into(), format!("throttled_{scope}"));
+        record.details.insert("ip".into(), ip.to_string());
+        record.details.insert("failures".into(), t.failures.to_string());
+        state.audit(vec![record]).await?;
+        return Err(ApiError::too_many(
+            "too_many_attempts",
+            format!(
+                "too many failed sign-ins from this {}; try again in {wait_s} s",
+                if scope == "ip" { "address" } else { "account" }
+            ),
+            wait_s,
+        ));
+    }
+    Ok(())
+}
+
+/// The throttle subject of a staff username: a keyed hash, so the table holds no names (or mistyped passwords).
+pub(crate) fn staff_subject(keyring: &rampart_crypto::Keyring, username: &str) -> String {
+    format!("staff:{}", hex::encode(keyring.blind_index("staff.username", username.as_bytes())))
+}
+
+/// Refuses a staff sign-in while the address or the username is blocked after failures.
+pub(crate) async fn staff_throttle_check(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    username: &str,
+    target: &str,
+    ip: IpAddr,
+) -> Result<(), ApiError> {
+    let ip_text = crate::identity::ip_subject(ip);
+    check_throttle(state, "auth.staff.sign_in", "ip", &ip_text, &format!("ip:{ip_text}"), ip).await?;
+    let subject = staff_subject(keyring, username);
+    check_throttle(state, "auth.staff.sign_in", "account", &subject, target, ip).await
+}
+
+/// Counts a failed staff sign-in against the username and the address (delays only: a staff account is disabled by
+/// an administrator, never locked by strangers' guesses), or clears the username's count after a success.
+pub(crate) async fn staff_throttle_record(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    username: &str,
+    ip: IpAddr,
+    failed: bool,
+) -> Result<(), ApiError> {
+    let subject = staff_subject(keyring, username);
+    if !failed {
+        state.store().clear_throttle("account", &subject).await?;
+        return Ok(());
+    }
+    let config = state.identity().clone();
+    let now = state.now_ns();
+    state
+        .store()
+        .record_auth_failure("account", &subject, now, 24 * 3600 * NS, |f| config.account_blocked_until(f, now))
+        .await?;
+    state
+        .store()
+        .record_auth_failure("ip", &crate::identity::ip_subject(ip), now, 3600 * NS, |f| {
+            config.ip_blocked_until(f, now)
+        })
+        .await?;
+    Ok(())
+}
+
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

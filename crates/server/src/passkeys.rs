@@ -207,14 +207,6 @@ pub struct CredentialView {
     pub last_used: Option<String>,
 }
 
-fn valid_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("invalid_name", "a name is 1 to 64 printable characters"));
-    }
-    Ok(name.to_owned())
-}
-
 /// Finishes registering a passkey or security key (step-up); the owner is notified.
 #[utoipa::path(post, path = "/v1/me/webauthn/register", request_body = RegisterRequest, responses(
     (status = 201, body = CredentialView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
@@ -225,7 +217,7 @@ pub(crate) async fn register(
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<CredentialView>), ApiError> {
     let proof = StepUp::check(&state, &customer)?;
-    let name = valid_name(&request.name)?;
+    let name = crate::customer_api::valid_label(&request.name, "invalid_name")?;
     let session = customer.session()?;
     let key = session_ceremony_key(&session.token_hash, "register");
     let ceremony =
@@ -287,7 +279,7 @@ pub(crate) async fn list(
     Ok(Json(
         list.into_iter()
             .map(|c| CredentialView {
-                id: StoredCredential { id: c.credential_id, data: Vec::new(), counter: 0 }.id_base64url(),
+                id: rampart_webauthn::credential_id_base64url(&c.credential_id),
                 name: c.name,
                 created: rfc3339(c.created_at_ns),
                 last_used: c.last_used_ns.map(rfc3339),
@@ -305,10 +297,7 @@ pub(crate) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let proof = StepUp::check(&state, &customer)?;
     let list = state.store().webauthn_credentials(&customer.record.subject()).await?;
-    let Some(found) = list
-        .iter()
-        .find(|c| StoredCredential { id: c.credential_id.clone(), data: Vec::new(), counter: 0 }.id_base64url() == id)
-    else {
+    let Some(found) = list.iter().find(|c| rampart_webauthn::credential_id_base64url(&c.credential_id) == id) else {
         return Err(ApiError::not_found("no such credential"));
     };
     if customer.record.totp_secret.is_none() && list.len() == 1 {
@@ -391,7 +380,7 @@ pub(crate) async fn staff_register(
     let Principal::Staff(staff) = &principal else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "staff_only", "only a staff member registers a passkey"));
     };
-    let name = valid_name(&request.name)?;
+    let name = crate::customer_api::valid_label(&request.name, "invalid_name")?;
     let owner = format!("staff:{}", staff.id);
     let key = staff_register_key(&owner);
     let ceremony =
@@ -451,7 +440,7 @@ pub(crate) async fn staff_sign_in_options(
     let keyring = state.keyring()?;
     let staff = state.store().staff_by_username(&request.username).await?;
     let target = crate::staff_api::attempt_target(&keyring, &request.username, staff.as_ref());
-    crate::customer_api::staff_throttle_check(&state, &keyring, &request.username, &target, client.ip).await?;
+    crate::identity::staff_throttle_check(&state, &keyring, &request.username, &target, client.ip).await?;
     let active = staff.filter(|s| s.status == rampart_store::StaffStatus::Active);
     let stored = active.as_ref().and_then(|s| s.password_hash.clone());
     let password = request.password;
@@ -467,7 +456,7 @@ pub(crate) async fn staff_sign_in_options(
         record.details.insert("reason".into(), "credentials".into());
         record.details.insert("ip".into(), client.ip.to_string());
         state.audit(vec![record]).await?;
-        crate::customer_api::staff_throttle_record(&state, &keyring, &request.username, client.ip, true).await?;
+        crate::identity::staff_throttle_record(&state, &keyring, &request.username, client.ip, true).await?;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",

@@ -229,7 +229,7 @@ pub(crate) async fn sign_in(
     let now = state.now_ns();
     let staff = state.store().staff_by_username(&request.username).await?;
     let target = attempt_target(&keyring, &request.username, staff.as_ref());
-    crate::customer_api::staff_throttle_check(&state, &keyring, &request.username, &target, client.ip).await?;
+    crate::identity::staff_throttle_check(&state, &keyring, &request.username, &target, client.ip).await?;
     let active = staff.as_ref().filter(|s| s.status == StaffStatus::Active);
     // Unknown and inactive accounts take as long to refuse as a wrong password.
     let password_ok = verify_password(&request.password, active.and_then(|s| s.password_hash.as_deref()));
@@ -255,10 +255,10 @@ pub(crate) async fn sign_in(
         record.details.insert("reason".into(), reason.into());
         record.details.insert("ip".into(), client.ip.to_string());
         state.audit(vec![record]).await?;
-        crate::customer_api::staff_throttle_record(&state, &keyring, &request.username, client.ip, true).await?;
+        crate::identity::staff_throttle_record(&state, &keyring, &request.username, client.ip, true).await?;
         return Err(invalid_credentials());
     };
-    crate::customer_api::staff_throttle_record(&state, &keyring, &request.username, client.ip, false).await?;
+    crate::identity::staff_throttle_record(&state, &keyring, &request.username, client.ip, false).await?;
     let session = BearerSecret::generate("rst_");
     let expires = now + SESSION_TTL_S * NS;
     let record = state.record(&format!("staff:{}", staff.id), "auth.staff.sign_in", &target, Outcome::Success);

@@ -192,6 +192,13 @@ enum Ceremony {
     },
 }
 
+/// A credential id in unpadded base64url, as the browser and `navigator.credentials` name it.
+pub fn credential_id_base64url(id: &[u8]) -> String {
+    // Serialising bytes to a JSON string cannot fail; the quotes are stripped.
+    let json = serde_json::to_string(&Base64UrlSafeData::from(id.to_vec())).unwrap_or_default();
+    json.trim_matches('"').to_owned()
+}
+
 /// A registered credential as the database keeps it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredCredential {
@@ -217,9 +224,7 @@ struct StoredForm {
 impl StoredCredential {
     /// The credential id in unpadded base64url, as the browser and `navigator.credentials` name it.
     pub fn id_base64url(&self) -> String {
-        // Serialising bytes to a JSON string cannot fail; the quotes are stripped.
-        let json = serde_json::to_string(&Base64UrlSafeData::from(self.id.clone())).unwrap_or_default();
-        json.trim_matches('"').to_owned()
+        credential_id_base64url(&self.id)
     }
 
     /// Checks that `data` decodes and belongs to `id`.
