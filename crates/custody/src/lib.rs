@@ -12,14 +12,20 @@
 
 pub mod devchain;
 pub mod dkg;
+pub mod envelope;
+pub mod hotkey;
 pub mod keyfile;
+pub mod policy;
 pub mod repair;
 pub mod signing;
 pub mod summary;
 pub mod taproot;
 
 pub use dkg::{Confirmation, Participant};
+pub use envelope::{Identity, PublicIdentity};
 pub use frost_secp256k1_tr as frost;
+pub use hotkey::{DEPOSIT_BRANCH, HOT_BRANCH, HotKey, WatchOnly};
+pub use policy::{Balances, Plan, RebalancePolicy};
 pub use signing::{SigningRound, custodian_commit, custodian_sign};
 pub use taproot::{attach_key_spend_signatures, key_spend_sighashes, output_script, verify_spend};
 
@@ -53,6 +59,19 @@ pub enum CustodyError {
         /// What the interpreter said.
         reason: String,
     },
+    /// A hot key or account xpub that cannot be read or derived from.
+    #[error("hot key: {0}")]
+    HotKey(String),
+    /// An input whose spent output does not pay to the key asked to sign it: a key never signs for coins that are
+    /// not its own.
+    #[error("input {0} does not spend an output of this key")]
+    ForeignInput(usize),
+    /// A sealed message that does not open (wrong recipient, sender or context, or altered), or a malformed identity.
+    #[error("envelope: {0}")]
+    Envelope(&'static str),
+    /// Rebalancing parameters that contradict each other.
+    #[error("rebalancing policy: {0}")]
+    Policy(&'static str),
 }
 
 impl From<frost::Error> for CustodyError {
