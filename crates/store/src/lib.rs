@@ -13,6 +13,7 @@
 #[macro_use]
 mod backend;
 mod audit;
+mod custody;
 mod customers;
 mod flow;
 mod platform;
@@ -25,6 +26,10 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use audit::{AuditFilter, AuditSigner, AuditedBy, Auditor};
+pub use custody::{
+    BlockFindings, CeremonyMessage, CeremonyRecord, ChainDeposit, CustodianRecord, CustodyBalances, CustodyTx,
+    DepositAddress, KeyOutcome, Member, NewCeremony, PostOutcome, RefillDecision, RefillProposal, Utxo, WalletRecord,
+};
 pub use customers::{
     ApiKeyRecord, CustomerRecord, CustomerSession, CustomerStatus, DeviceRecord, Effects, NewCustomer, NewSession,
     NewTicket, Notice, NotificationRecord, OutboxEmail, SecurityChange, ThrottleState, Ticket,
