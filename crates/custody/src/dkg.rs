@@ -17,9 +17,30 @@ use crate::frost::Identifier;
 use crate::frost::keys::dkg::{round1, round2};
 use crate::frost::keys::{KeyPackage, PublicKeyPackage, dkg};
 
+/// The ceremony a confirmation is about; part of what is signed, so that a confirmation of one kind of ceremony never
+/// counts for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyKind {
+    /// A distributed key generation.
+    Dkg,
+    /// A refresh of the shares of an existing key (`crate::refresh`).
+    Refresh,
+}
+
+impl CeremonyKind {
+    fn confirm_domain(self) -> &'static [u8] {
+        match self {
+            CeremonyKind::Dkg => b"rampart.custody.dkg.confirm.v1",
+            CeremonyKind::Refresh => b"rampart.custody.refresh.confirm.v1",
+        }
+    }
+}
+
 /// A participant's signed statement of the outcome it computed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmation {
+    /// The ceremony confirmed.
+    pub kind: CeremonyKind,
     /// Who.
     pub id: Identifier,
     /// SHA-256 of the ceremony as this participant saw it (parameters, every round-1 package, the public package).
@@ -31,19 +52,63 @@ pub struct Confirmation {
 }
 
 impl Confirmation {
-    fn message(transcript: &[u8; 32], group_key: &[u8]) -> Vec<u8> {
-        let mut m = b"rampart.custody.dkg.confirm.v1".to_vec();
+    fn message(kind: CeremonyKind, transcript: &[u8; 32], group_key: &[u8]) -> Vec<u8> {
+        let mut m = kind.confirm_domain().to_vec();
         m.extend_from_slice(transcript);
         m.extend_from_slice(group_key);
         m
     }
 
+    /// A confirmation of `transcript` and `group_key`, signed with the participant's identity key.
+    pub(crate) fn signed(
+        kind: CeremonyKind,
+        id: Identifier,
+        transcript: [u8; 32],
+        group_key: Vec<u8>,
+        identity: &SigningKey,
+    ) -> Confirmation {
+        let signature = identity.sign(&Self::message(kind, &transcript, &group_key)).to_bytes();
+        Confirmation { kind, id, transcript, group_key, signature }
+    }
+
     /// Whether the signature is the participant's.
     pub fn verify(&self, identity: &VerifyingKey) -> bool {
         identity
-            .verify(&Self::message(&self.transcript, &self.group_key), &Signature::from_bytes(&self.signature))
+            .verify(
+                &Self::message(self.kind, &self.transcript, &self.group_key),
+                &Signature::from_bytes(&self.signature),
+            )
             .is_ok()
     }
+}
+
+/// Checks that every participant (`identities`, by identifier; exactly `total` of them) confirmed, with a valid
+/// signature, the same kind of ceremony, transcript and group key as `mine`.
+pub(crate) fn check_confirmations(
+    mine: &Confirmation,
+    total: u16,
+    confirmations: &[Confirmation],
+    identities: &BTreeMap<Identifier, VerifyingKey>,
+) -> Result<(), CustodyError> {
+    let fail = |what: String| match mine.kind {
+        CeremonyKind::Dkg => fail(what),
+        CeremonyKind::Refresh => CustodyError::Frost(format!("refresh: {what}")),
+    };
+    if identities.len() != usize::from(total) {
+        return Err(fail("the identity list does not name every participant".into()));
+    }
+    for (id, identity) in identities {
+        let Some(theirs) = confirmations.iter().find(|c| c.id == *id) else {
+            return Err(fail("a participant did not confirm".into()));
+        };
+        if !theirs.verify(identity) {
+            return Err(CustodyError::BadShare(format!("confirmation of {}", crate::signing::name(id))));
+        }
+        if theirs.kind != mine.kind || theirs.transcript != mine.transcript || theirs.group_key != mine.group_key {
+            return Err(fail(format!("participant {} saw a different ceremony", crate::signing::name(id))));
+        }
+    }
+    Ok(())
 }
 
 enum State {
@@ -107,8 +172,7 @@ impl Participant {
         let (key, public) = dkg::part3(&secret, &broadcast, received)?;
         let transcript = self.transcript(&broadcast, &public)?;
         let group_key = public.verifying_key().serialize()?;
-        let signature = identity.sign(&Confirmation::message(&transcript, &group_key)).to_bytes();
-        let confirmation = Confirmation { id: self.id, transcript, group_key, signature };
+        let confirmation = Confirmation::signed(CeremonyKind::Dkg, self.id, transcript, group_key, identity);
         self.state = State::Computed(Box::new(Computed { key, public, confirmation: confirmation.clone() }));
         Ok(confirmation)
     }
@@ -147,20 +211,7 @@ impl Participant {
             return Err(fail("finished out of order"));
         };
         let Computed { key, public, confirmation: mine } = *computed;
-        if identities.len() != usize::from(self.total) {
-            return Err(fail("the identity list does not name every participant"));
-        }
-        for (id, identity) in identities {
-            let Some(theirs) = confirmations.iter().find(|c| c.id == *id) else {
-                return Err(fail("a participant did not confirm"));
-            };
-            if !theirs.verify(identity) {
-                return Err(CustodyError::BadShare(format!("confirmation of {}", crate::signing::name(id))));
-            }
-            if theirs.transcript != mine.transcript || theirs.group_key != mine.group_key {
-                return Err(fail(format!("participant {} saw a different ceremony", crate::signing::name(id))));
-            }
-        }
+        check_confirmations(&mine, self.total, confirmations, identities)?;
         Ok((key, public))
     }
 }

@@ -16,16 +16,19 @@ pub mod envelope;
 pub mod hotkey;
 pub mod keyfile;
 pub mod policy;
+pub mod refresh;
 pub mod repair;
 pub mod signing;
 pub mod summary;
 pub mod taproot;
 
+pub use dkg::CeremonyKind;
 pub use dkg::{Confirmation, Participant};
 pub use envelope::{Identity, PublicIdentity};
 pub use frost_secp256k1_tr as frost;
 pub use hotkey::{DEPOSIT_BRANCH, HOT_BRANCH, HotKey, WatchOnly};
 pub use policy::{Balances, Plan, RebalancePolicy};
+pub use refresh::RefreshParticipant;
 pub use signing::{SigningRound, custodian_commit, custodian_sign};
 pub use taproot::{attach_key_spend_signatures, key_spend_sighashes, output_script, verify_spend};
 
@@ -72,6 +75,9 @@ pub enum CustodyError {
     /// Rebalancing parameters that contradict each other.
     #[error("rebalancing policy: {0}")]
     Policy(&'static str),
+    /// A refresh produced a different group key: the new shares belong to another key and are dropped.
+    #[error("the refresh changed the group key")]
+    GroupKeyChanged,
 }
 
 impl From<frost::Error> for CustodyError {
