@@ -14,7 +14,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use rampart_custody::frost::Identifier;
 use rampart_custody::frost::keys::{self, IdentifierList, KeyPackage, PublicKeyPackage, Tweak};
 use rampart_custody::{
@@ -23,8 +23,9 @@ use rampart_custody::{
 };
 use rand_core::OsRng;
 
-/// Cases run (each a fresh transaction).
-const CASES: u32 = 2_000;
+/// Cases run by each of the two tests (each case a fresh transaction): 2 000 in all, in two halves so that they run
+/// on two threads.
+const CASES: u32 = 1_000;
 /// Dealer-made wallets the cases choose from.
 const WALLETS: usize = 250;
 
@@ -264,13 +265,24 @@ fn mutate(m: &Mutation, tx: &mut Transaction, spent: &mut Vec<TxOut>, wallet: &S
 }
 
 #[test]
-fn the_signer_and_bitcoin_core_never_disagree() {
+fn the_signer_and_bitcoin_core_never_disagree_first_half() {
+    check(1);
+}
+
+#[test]
+fn the_signer_and_bitcoin_core_never_disagree_second_half() {
+    check(2);
+}
+
+/// Runs [`CASES`] cases from the seeded case generator `seed` (the transactions replay; the wallets are fresh).
+fn check(seed: u8) {
     let all_quorums = quorums();
     let wallets: Vec<_> = (0..WALLETS).map(|_| wallet()).collect();
     // Per mutation kind: cases, and how many of them Bitcoin Core accepted.
     let tally: RefCell<BTreeMap<&'static str, (u32, u32)>> = RefCell::new(BTreeMap::new());
     let disagreements = RefCell::new(0u32);
-    let mut runner = TestRunner::new(Config { cases: CASES, failure_persistence: None, ..Config::default() });
+    let config = Config { cases: CASES, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]));
     let result = runner.run(&case(), |c| {
         let (shares, public) = &wallets[c.wallet];
         let wallet = output_script(public).unwrap();
@@ -321,12 +333,13 @@ fn the_signer_and_bitcoin_core_never_disagree() {
     let tally = tally.into_inner();
     let cases: u32 = tally.values().map(|(n, _)| n).sum();
     eprintln!(
-        "signer vs Bitcoin Core: {cases} cases, {} disagreements; per mutation (cases, accepted): {tally:?}",
+        "signer vs Bitcoin Core (seed {seed}): {cases} cases, {} disagreements; per mutation (cases, accepted): \
+         {tally:?}",
         disagreements.into_inner()
     );
     result.unwrap();
     assert!(cases >= CASES, "{cases} cases");
-    assert!(tally.get("none").is_some_and(|(n, accepted)| *n > 300 && n == accepted));
+    assert!(tally.get("none").is_some_and(|(n, accepted)| *n > 150 && n == accepted));
     assert!(tally.iter().filter(|(k, _)| **k != "none").all(|(_, (_, accepted))| *accepted == 0));
     assert!(tally.len() >= 12, "every kind of mutation was tried: {tally:?}");
 }
