@@ -283,8 +283,13 @@ fn the_development_chain_validates_confirms_and_reorganises() {
     let (shares, public) = dkg(5, 3);
     let all = ids(5);
     let script = output_script(&public).unwrap();
-    let mut chain = DevChain::new(500);
-    let coin = chain.faucet(script.clone(), Amount::from_sat(100_000));
+    let mut chain = DevChain::new(1);
+    let time = 1_700_000_000;
+    let coin = chain.faucet(script.clone(), Amount::from_sat(100_000)).unwrap();
+    // The faucet's coin is spendable once a block confirms it.
+    assert!(chain.utxo(&coin).is_none() && chain.in_mempool(&coin.txid));
+    chain.mine(time);
+    assert_eq!(chain.confirmations(&coin.txid), 1);
     let spent = vec![chain.utxo(&coin).unwrap().clone()];
     let unsigned = |fee: u64| Transaction {
         version: Version::TWO,
@@ -297,11 +302,13 @@ fn the_development_chain_validates_confirms_and_reorganises() {
         }],
         output: vec![TxOut { value: Amount::from_sat(100_000 - fee), script_pubkey: script.clone() }],
     };
-    // Unsigned, underpaying and overspending transactions are refused; a signed one is accepted once.
+    // Unsigned, underpaying (below 1 sat/vB) and overspending transactions are refused; a signed one is accepted once.
     assert!(matches!(chain.submit(unsigned(1_000)), Err(ChainRejection::Script(_))));
     let mut cheap = unsigned(100);
     sign_spend(&shares, &public, &all[..3], &mut cheap, &spent).unwrap();
-    assert_eq!(chain.submit(cheap), Err(ChainRejection::FeeTooLow { fee: 100, min: 500 }));
+    let vsize = cheap.vsize() as u64;
+    assert!(vsize > 100);
+    assert_eq!(chain.submit(cheap), Err(ChainRejection::FeeTooLow { fee: 100, min: vsize }));
     let mut tx = unsigned(1_000);
     sign_spend(&shares, &public, &all[1..4], &mut tx, &spent).unwrap();
     let txid = chain.submit(tx.clone()).unwrap();
@@ -311,15 +318,19 @@ fn the_development_chain_validates_confirms_and_reorganises() {
     sign_spend(&shares, &public, &all[2..], &mut double, &spent).unwrap();
     assert_eq!(chain.submit(double.clone()), Err(ChainRejection::Conflict(0)));
     assert!(chain.in_mempool(&txid) && chain.confirmations(&txid) == 0);
-    chain.mine();
-    chain.mine();
+    chain.mine(time + 1);
+    chain.mine(time + 2);
     assert_eq!(chain.confirmations(&txid), 2);
     assert_eq!(chain.submit(double), Err(ChainRejection::MissingInput(0)));
-    // A reorganisation of both blocks returns the transaction to the mempool; mined again, it confirms again.
-    assert!(chain.reorg(2).is_empty(), "nothing dropped");
+    // A reorganisation of both blocks returns the transaction to the mempool (the longer branch is empty); mined
+    // again, it confirms again.
+    let (height, tip) = chain.tip();
+    assert!(chain.reorg(2, &[], time + 3).unwrap().is_empty(), "nothing dropped");
+    assert_eq!(chain.height(), height + 1);
+    assert_eq!(chain.height_of(&tip), None, "the old tip is no longer in the chain");
     assert_eq!(chain.confirmations(&txid), 0);
     assert!(chain.in_mempool(&txid));
-    chain.mine();
+    chain.mine(time + 4);
     assert_eq!(chain.confirmations(&txid), 1);
 }
 
