@@ -991,6 +991,12 @@ impl Store {
                         .execute(&mut *tx.0)
                         .await?;
                 }
+                // As after a failure: the approved refill it was signing may take a new signing session.
+                sqlx::query(&sql("UPDATE refill_proposals SET ceremony_id = NULL WHERE ceremony_id = $1 \
+                     AND state = 'approved'"))
+                .bind(id)
+                .execute(&mut *tx.0)
+                .await?;
                 changed == 1
             });
             if done {
@@ -1517,12 +1523,18 @@ impl Store {
 
     /// Refill proposals of an asset (all assets if empty), newest first.
     pub async fn refill_proposals(&self, asset: Option<&str>) -> Result<Vec<RefillProposal>, StoreError> {
+        self.refills(asset, None).await
+    }
+
+    /// [`Store::refill_proposals`], or only the one with id `only` (however old).
+    async fn refills(&self, asset: Option<&str>, only: Option<i64>) -> Result<Vec<RefillProposal>, StoreError> {
         let rows: Vec<RefillRow> = on_reader!(self, |pool, sql| {
             sqlx::query_as(&sql(
                 "SELECT id, asset, amount, reason, proposed_by, state, ceremony_id FROM refill_proposals \
-                 WHERE ($1 = '' OR asset = $1) ORDER BY id DESC LIMIT 200",
+                 WHERE ($1 = '' OR asset = $1) AND ($2 < 0 OR id = $2) ORDER BY id DESC LIMIT 200",
             ))
             .bind(asset.unwrap_or(""))
+            .bind(only.unwrap_or(-1))
             .fetch_all(pool)
             .await?
         });
@@ -1598,7 +1610,7 @@ impl Store {
             audit::append(&mut tx, records, auditor).await?;
             approved
         });
-        let proposal = self.refill_proposals(None).await?.into_iter().find(|p| p.id == id);
+        let proposal = self.refills(None, Some(id)).await?.into_iter().next();
         let Some(proposal) = proposal else { return Ok(RefillDecision::NotFound) };
         Ok(if decision { RefillDecision::Approved(proposal) } else { RefillDecision::Recorded(proposal) })
     }
