@@ -46,6 +46,11 @@ pub enum Permission {
     AuditVerify,
     /// Unlock or recover a customer's account after identity checks (every use audited with the checks made).
     CustomerRecover,
+    /// Read custody: wallets, balances, the cold share, ceremonies, sweeps and refills.
+    CustodyRead,
+    /// Take part in custody: register as a custodian, contribute to key and signing ceremonies, propose and approve
+    /// refills of the hot wallet from cold (never one's own proposal).
+    CustodyCeremony,
 }
 
 impl Role {
@@ -89,11 +94,15 @@ impl Role {
             Role::RiskAnalyst | Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
                 matches!(permission, P::LedgerRead)
             }
-            Role::TreasuryCustodian => matches!(permission, P::LedgerRead | P::LedgerWrite),
-            Role::Administrator => {
-                matches!(permission, P::StaffRead | P::StaffManage | P::StaffApprove | P::KeysManage)
+            Role::TreasuryCustodian => {
+                matches!(permission, P::LedgerRead | P::LedgerWrite | P::CustodyRead | P::CustodyCeremony)
             }
-            Role::Auditor => matches!(permission, P::LedgerRead | P::StaffRead | P::AuditRead | P::AuditVerify),
+            Role::Administrator => {
+                matches!(permission, P::StaffRead | P::StaffManage | P::StaffApprove | P::KeysManage | P::CustodyRead)
+            }
+            Role::Auditor => {
+                matches!(permission, P::LedgerRead | P::StaffRead | P::AuditRead | P::AuditVerify | P::CustodyRead)
+            }
         }
     }
 }
@@ -111,6 +120,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
         Permission::StaffApprove,
         Permission::KeysManage,
         Permission::CustomerRecover,
+        Permission::CustodyCeremony,
     ];
     if roles.contains(&Role::Auditor) && writes.into_iter().any(may) {
         return Some("an auditor may not also hold a role that changes anything");
@@ -120,7 +130,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 11] = [
         Permission::LedgerRead,
         Permission::LedgerWrite,
         Permission::StaffRead,
@@ -130,6 +140,8 @@ impl Permission {
         Permission::AuditRead,
         Permission::AuditVerify,
         Permission::CustomerRecover,
+        Permission::CustodyRead,
+        Permission::CustodyCeremony,
     ];
 
     /// A stable name.
@@ -144,6 +156,8 @@ impl Permission {
             Permission::AuditRead => "audit_read",
             Permission::AuditVerify => "audit_verify",
             Permission::CustomerRecover => "customer_recover",
+            Permission::CustodyRead => "custody_read",
+            Permission::CustodyCeremony => "custody_ceremony",
         }
     }
 

@@ -177,6 +177,14 @@ impl Participant {
         Ok(confirmation)
     }
 
+    /// The public key package round 3 computed (what the confirmation round agrees on), once computed.
+    pub fn public_package(&self) -> Option<&PublicKeyPackage> {
+        match &self.state {
+            State::Computed(c) => Some(&c.public),
+            _ => None,
+        }
+    }
+
     fn transcript(
         &self,
         broadcast: &BTreeMap<Identifier, round1::Package>,

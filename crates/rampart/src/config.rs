@@ -34,6 +34,119 @@ pub struct Config {
     pub identity: rampart_server::IdentityConfig,
     /// How emails leave: an SMTP relay, or (by default) a Maildir sink in the data directory.
     pub mail: MailConfig,
+    /// Custody: the chain, hot/cold rebalancing, ceremonies.
+    pub custody: CustodyFileConfig,
+}
+
+/// The `[custody]` table.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustodyFileConfig {
+    /// Whether custody runs at all.
+    pub enabled: bool,
+    /// The asset kept in custody (a Bitcoin-family asset of the registry).
+    pub asset: String,
+    /// `dev` (the built-in development chain, regtest) or `bitcoind` (Bitcoin Core's JSON-RPC).
+    pub chain: String,
+    /// The network of a `bitcoind` chain: `bitcoin`, `testnet`, `signet` or `regtest`.
+    pub network: String,
+    /// Bitcoin Core's RPC address (`http://127.0.0.1:8332`).
+    pub rpc_url: Option<String>,
+    /// RPC user and password, or…
+    pub rpc_user: Option<String>,
+    /// … its password.
+    pub rpc_password: Option<String>,
+    /// … the node's cookie file.
+    pub rpc_cookie: Option<PathBuf>,
+    /// The development chain mines a block this often, in seconds; 0: only on demand.
+    pub dev_block_interval_s: u64,
+    /// The development chain's minimum fee rate, in sat/vB.
+    pub dev_min_fee_rate: u64,
+    /// The hot wallet's cap, in basis points of the custody total (500: at least 95 % cold).
+    pub max_hot_bps: u32,
+    /// What a sweep or refill brings the hot wallet to, in basis points.
+    pub target_hot_bps: u32,
+    /// Below this the hot wallet asks for a refill, in satoshis.
+    pub hot_floor_sat: u64,
+    /// A hot surplus smaller than this (under the cap) is not swept, in satoshis.
+    pub min_sweep_sat: u64,
+    /// Deposits summing to less are not swept on their own, in satoshis.
+    pub sweep_dust_sat: u64,
+    /// Deposits below this are recorded as dust and not credited, in satoshis.
+    pub min_deposit_sat: u64,
+    /// Treasury custodians who must approve a refill (the proposer excluded).
+    pub refill_quorum: usize,
+    /// How long a ceremony stays open, in seconds.
+    pub ceremony_ttl_s: u64,
+    /// The first block the watcher reads on a new database.
+    pub start_height: u64,
+    /// How often the watcher and sweeper run, in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Default for CustodyFileConfig {
+    fn default() -> CustodyFileConfig {
+        let policy = rampart_custody::policy::RebalancePolicy::default();
+        CustodyFileConfig {
+            enabled: true,
+            asset: "BTC".into(),
+            chain: "dev".into(),
+            network: "regtest".into(),
+            rpc_url: None,
+            rpc_user: None,
+            rpc_password: None,
+            rpc_cookie: None,
+            dev_block_interval_s: 10,
+            dev_min_fee_rate: 1,
+            max_hot_bps: policy.max_hot_bps,
+            target_hot_bps: policy.target_hot_bps,
+            hot_floor_sat: policy.hot_floor_sat,
+            min_sweep_sat: policy.min_sweep_sat,
+            sweep_dust_sat: policy.dust_sat,
+            min_deposit_sat: 1_000,
+            refill_quorum: 2,
+            ceremony_ttl_s: 3600,
+            start_height: 1,
+            interval_ms: 2000,
+        }
+    }
+}
+
+/// The RPC password never appears in `Debug` output.
+impl fmt::Debug for CustodyFileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustodyFileConfig")
+            .field("enabled", &self.enabled)
+            .field("asset", &self.asset)
+            .field("chain", &self.chain)
+            .field("network", &self.network)
+            .field("rpc_url", &self.rpc_url.as_deref().map(redact_url))
+            .field("rpc_user", &self.rpc_user)
+            .field("max_hot_bps", &self.max_hot_bps)
+            .field("target_hot_bps", &self.target_hot_bps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CustodyFileConfig {
+    /// The service's custody configuration.
+    pub fn runtime(&self) -> rampart_server::custody::CustodyConfig {
+        rampart_server::custody::CustodyConfig {
+            asset: self.asset.clone(),
+            policy: rampart_custody::policy::RebalancePolicy {
+                max_hot_bps: self.max_hot_bps,
+                target_hot_bps: self.target_hot_bps,
+                hot_floor_sat: self.hot_floor_sat,
+                dust_sat: self.sweep_dust_sat,
+                min_sweep_sat: self.min_sweep_sat,
+            },
+            refill_quorum: self.refill_quorum.max(1),
+            ceremony_ttl_s: self.ceremony_ttl_s.max(60),
+            min_deposit_sat: self.min_deposit_sat,
+            start_height: self.start_height,
+            interval: std::time::Duration::from_millis(self.interval_ms.max(50)),
+        }
+    }
 }
 
 /// The `[mail]` table.
@@ -101,6 +214,7 @@ impl fmt::Debug for Config {
             .field("assets", &self.assets)
             .field("identity", &self.identity)
             .field("mail", &self.mail)
+            .field("custody", &self.custody)
             .finish()
     }
 }
@@ -118,6 +232,7 @@ impl Default for Config {
             assets: None,
             identity: rampart_server::IdentityConfig::default(),
             mail: MailConfig::default(),
+            custody: CustodyFileConfig::default(),
         }
     }
 }

@@ -5,6 +5,8 @@ mod bench;
 mod bench_audit;
 mod bench_auth;
 mod config;
+mod custodian;
+mod custodian_cmd;
 mod demo;
 mod demo_identity;
 mod init;
@@ -45,6 +47,13 @@ enum Command {
     /// Measures performance and prints figures, ending with one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A custodian's side of custody: identity keys and key shares in an encrypted key file, key and signing
+    /// ceremonies against the service.
+    #[command(subcommand)]
+    Custodian(custodian_cmd::CustodianCommand),
+    /// Custody as operators see it.
+    #[command(subcommand)]
+    Custody(custodian_cmd::CustodyCommand),
 }
 
 /// Where the database is.
@@ -105,5 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => audit_cmd::run(command, config).await,
         Command::Demo => demo::run().await,
         Command::Bench(command) => bench::run(command, config).await,
+        Command::Custodian(command) => custodian_cmd::run(command).await,
+        Command::Custody(command) => custodian_cmd::run_custody(command).await,
     }
 }

@@ -149,6 +149,54 @@ pub fn mailer(config: &Config) -> anyhow::Result<Arc<dyn rampart_notify::Mailer>
 }
 
 /// Runs the service until SIGINT or SIGTERM.
+/// Custody's runtime from the configuration: the chain it follows (the built-in development chain, persisted in the
+/// data directory and mining on a timer, or Bitcoin Core over JSON-RPC).
+pub fn custody(config: &Config) -> anyhow::Result<Option<Arc<rampart_server::custody::Custody>>> {
+    let c = &config.custody;
+    if !c.enabled {
+        return Ok(None);
+    }
+    let runtime = c.runtime();
+    runtime.policy.validate().map_err(|e| anyhow::anyhow!("invalid [custody] policy: {e}"))?;
+    let (chain, dev): (Arc<dyn rampart_chain::Chain>, _) = match c.chain.as_str() {
+        "dev" => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+            let path = config.data_dir.join("devchain.blocks");
+            let node = rampart_chain::DevChainNode::open(Some(path.clone()), c.dev_min_fee_rate.max(1))
+                .with_context(|| format!("cannot open the development chain {}", path.display()))?;
+            if c.dev_block_interval_s > 0 {
+                node.spawn_timer(Duration::from_secs(c.dev_block_interval_s));
+            }
+            println!(
+                "  custody:         {} on the built-in development chain (regtest, {}), a block every {}",
+                c.asset,
+                path.display(),
+                if c.dev_block_interval_s > 0 { format!("{} s", c.dev_block_interval_s) } else { "request".into() }
+            );
+            (node.clone() as Arc<dyn rampart_chain::Chain>, Some(node))
+        }
+        "bitcoind" => {
+            let url = c.rpc_url.clone().context("[custody] chain = \"bitcoind\" needs rpc_url")?;
+            let network: bitcoin::Network =
+                c.network.parse().map_err(|_| anyhow::anyhow!("[custody] network {:?} is unknown", c.network))?;
+            let auth = match (&c.rpc_cookie, &c.rpc_user, &c.rpc_password) {
+                (Some(cookie), _, _) => rampart_chain::RpcAuth::Cookie(cookie.clone()),
+                (None, Some(user), Some(password)) => rampart_chain::RpcAuth::UserPass {
+                    user: user.clone(),
+                    password: SecretString::from(password.clone()),
+                },
+                _ => bail!("[custody] chain = \"bitcoind\" needs rpc_cookie or rpc_user and rpc_password"),
+            };
+            let rpc =
+                rampart_chain::BitcoinCoreRpc::new(url, auth, network).context("invalid [custody] RPC settings")?;
+            (Arc::new(rpc), None)
+        }
+        other => bail!("[custody] chain must be \"dev\" or \"bitcoind\", not {other:?}"),
+    };
+    Ok(Some(Arc::new(rampart_server::custody::Custody { config: runtime, chain, dev })))
+}
+
 pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     args.database.apply(&mut config);
     if let Some(listen) = args.listen {
@@ -198,6 +246,10 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     let state = AppState::new(store, assets, Arc::new(SystemClock), vault, dev_root)
         .with_identity(config.identity.clone())
         .map_err(|e| anyhow::anyhow!("invalid [identity] configuration: {e}"))?;
+    let state = match custody(&config)? {
+        Some(c) => state.with_custody(c).map_err(|e| anyhow::anyhow!("invalid [custody] configuration: {e}"))?,
+        None => state,
+    };
     let mailer = mailer(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -217,13 +269,19 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         state.clone(),
         mailer,
         Duration::from_millis(config.mail.outbox_interval_ms.max(10)),
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     ));
+    let custody_worker = state
+        .custody_handle()
+        .map(|c| tokio::spawn(rampart_server::custody::run_custody_worker(state.clone(), c, stopped(stop_rx))));
     rampart_server::serve(listener, state, shutdown_signal()).await.context("server failed")?;
     let _ = stop_tx.send(true);
     let _ = expiry.await;
     let _ = checkpoints.await;
     let _ = outbox.await;
+    if let Some(worker) = custody_worker {
+        let _ = worker.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -49,7 +49,13 @@ use crate::principal::Principal;
         crate::customer_api::support_recover, crate::passkeys::sign_in_options, crate::passkeys::step_up_options,
         crate::passkeys::register_options, crate::passkeys::register, crate::passkeys::list, crate::passkeys::remove,
         crate::passkeys::staff_register_options, crate::passkeys::staff_register,
-        crate::passkeys::staff_sign_in_options, crate::passkeys::staff_sign_in
+        crate::passkeys::staff_sign_in_options, crate::passkeys::staff_sign_in,
+        crate::custody_api::status, crate::custody_api::list_custodians, crate::custody_api::register_custodian,
+        crate::custody_api::activate_custodian, crate::custody_api::list_ceremonies, crate::custody_api::create_ceremony,
+        crate::custody_api::get_ceremony, crate::custody_api::post_message, crate::custody_api::list_refills,
+        crate::custody_api::propose_refill, crate::custody_api::approve_refill, crate::custody_api::get_deposit_address,
+        crate::custody_api::new_deposit_address, crate::custody_api::deposits, crate::custody_api::dev_mine,
+        crate::custody_api::dev_faucet, crate::custody_api::dev_reorg
     ),
     components(schemas(ErrorBody)),
     modifiers(&OperatorToken)

@@ -7,6 +7,8 @@
 //! roles; every refusal is audited. Plus `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 
 mod audit_api;
+pub mod custody;
+pub mod custody_api;
 mod customer_api;
 mod dto;
 mod error;
@@ -70,6 +72,7 @@ struct Inner {
     identity: IdentityConfig,
     webauthn: Option<rampart_webauthn::Relying>,
     rate_limiter: RateLimiter,
+    custody: Option<Arc<custody::Custody>>,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
                 identity: IdentityConfig::default(),
                 webauthn: None,
                 rate_limiter: RateLimiter::default(),
+                custody: None,
             }),
         }
     }
@@ -105,6 +109,24 @@ impl AppState {
         inner.identity = identity;
         inner.webauthn = Some(webauthn);
         Ok(self)
+    }
+
+    /// The same state with custody running on `custody`'s chain. Call before the state is shared.
+    pub fn with_custody(mut self, custody: Arc<custody::Custody>) -> Result<AppState, String> {
+        custody.config.policy.validate().map_err(|e| e.to_string())?;
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.custody = Some(custody);
+        Ok(self)
+    }
+
+    /// Custody, when configured.
+    pub fn custody(&self) -> Option<&custody::Custody> {
+        self.inner.custody.as_deref()
+    }
+
+    /// Custody's shared handle, when configured (for workers).
+    pub fn custody_handle(&self) -> Option<Arc<custody::Custody>> {
+        self.inner.custody.clone()
     }
 
     /// How customer identity behaves.
@@ -159,6 +181,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/staff/webauthn/register/options", post(passkeys::staff_register_options))
         .route("/v1/staff/webauthn/register", post(passkeys::staff_register))
         .route("/v1/support/customers/{id}/recover", post(customer_api::support_recover))
+        .route("/v1/custody/status", get(custody_api::status))
+        .route("/v1/custody/custodians", get(custody_api::list_custodians).post(custody_api::register_custodian))
+        .route("/v1/custody/custodians/{id}/activate", post(custody_api::activate_custodian))
+        .route("/v1/custody/ceremonies", get(custody_api::list_ceremonies).post(custody_api::create_ceremony))
+        .route("/v1/custody/ceremonies/{id}", get(custody_api::get_ceremony))
+        .route("/v1/custody/ceremonies/{id}/messages", post(custody_api::post_message))
+        .route("/v1/custody/refills", get(custody_api::list_refills).post(custody_api::propose_refill))
+        .route("/v1/custody/refills/{id}/approve", post(custody_api::approve_refill))
+        .route("/v1/dev/chain/mine", post(custody_api::dev_mine))
+        .route("/v1/dev/chain/faucet", post(custody_api::dev_faucet))
+        .route("/v1/dev/chain/reorg", post(custody_api::dev_reorg))
         .route_layer(middleware::from_fn_with_state(state.clone(), principal::authenticate));
     let customer = Router::new()
         .route("/v1/me", get(customer_api::me))
@@ -184,6 +217,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me/webauthn/register/options", post(passkeys::register_options))
         .route("/v1/me/webauthn/register", post(passkeys::register))
         .route("/v1/me/webauthn/{id}", delete(passkeys::remove))
+        .route("/v1/me/deposit-address", get(custody_api::get_deposit_address).post(custody_api::new_deposit_address))
+        .route("/v1/me/deposits", get(custody_api::deposits))
         .route_layer(middleware::from_fn_with_state(state.clone(), identity::authenticate_customer));
     Router::new()
         .route("/healthz", get(handlers::healthz))

@@ -1288,6 +1288,56 @@ impl Store {
         Ok(())
     }
 
+    /// Every output of ours not yet seen spent in a block (reserved ones included): what the watcher looks for in
+    /// blocks' inputs.
+    pub async fn unspent_outpoints(&self, asset: &str) -> Result<Vec<(Vec<u8>, u32)>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let rows: Vec<(Vec<u8>, i64)> =
+                sqlx::query_as(&sql("SELECT txid, vout FROM custody_utxos WHERE asset = $1 AND spent_height IS NULL"))
+                    .bind(asset)
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows.into_iter().map(|(t, v)| (t, u32::try_from(v).unwrap_or(0))).collect())
+        })
+    }
+
+    /// Our transactions confirmed in the block at `height` (those that spent our outputs there).
+    pub async fn txs_confirmed_at(&self, asset: &str, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let rows: Vec<Vec<u8>> = sqlx::query_scalar(&sql(
+                "SELECT DISTINCT spent_by FROM custody_utxos WHERE asset = $1 AND spent_height = $2 \
+                 AND spent_by IS NOT NULL",
+            ))
+            .bind(asset)
+            .bind(i(height)?)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows)
+        })
+    }
+
+    /// Locks a customer's withdrawals until `until_ns` with a reason (a reversed deposit they had already spent),
+    /// never shortening a longer lock.
+    pub async fn lock_customer_withdrawals(
+        &self,
+        customer_id: i64,
+        until_ns: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, |tx, sql| {
+            sqlx::query(&sql(
+                "UPDATE customers SET withdrawal_lock_until = $1, withdrawal_lock_reason = $2 WHERE id = $3 \
+                 AND (withdrawal_lock_until IS NULL OR withdrawal_lock_until < $1)",
+            ))
+            .bind(ts(until_ns))
+            .bind(reason)
+            .bind(customer_id)
+            .execute(&mut *tx.0)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Pending deposits confirmed at or below `height` (enough confirmations to be credited).
     pub async fn creditable_deposits(&self, asset: &str, height: u64) -> Result<Vec<ChainDeposit>, StoreError> {
         on_reader!(self, |pool, sql| {
