@@ -40,6 +40,9 @@ pub enum BenchCommand {
     Audit(crate::bench_audit::AuditArgs),
     /// Argon2id hashes, TOTP verifications and signed API requests per second, with latency percentiles.
     Auth(crate::bench_auth::AuthArgs),
+    /// A 5-custodian key generation, a 3-of-5 signing ceremony and Bitcoin Core's check of the spend, in
+    /// milliseconds; the hot/cold rebalancing simulation.
+    Custody(crate::bench_custody::CustodyArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -89,6 +92,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Ledger(args) => ledger(args, config).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(args, config).await,
         BenchCommand::Auth(args) => crate::bench_auth::run(args).await,
+        BenchCommand::Custody(args) => crate::bench_custody::run(args).await,
     }
 }
 

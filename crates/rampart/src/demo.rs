@@ -196,9 +196,10 @@ pub async fn run() -> anyhow::Result<()> {
     }
     ensure!(report.violation.is_none(), "LEDGER INVARIANT BROKEN: {:?}", report.violation);
     println!("   Every invariant holds: Σ debits = Σ credits, no account beyond its flags, every hold accounted for.");
-    let keyring = platform(&demo.store).await?;
-    crate::demo_identity::run(demo.store.clone(), keyring).await?;
-    println!("\nThe end (for now): withdrawals, custody, risk, compliance and reserves come next.");
+    let keyring = std::sync::Arc::new(platform(&demo.store).await?);
+    crate::demo_identity::run(demo.store.clone(), keyring.clone()).await?;
+    crate::demo_custody::run(demo.store.clone(), keyring).await?;
+    println!("\nThe end (for now): withdrawals, risk, compliance and reserves come next.");
     Ok(())
 }
 

@@ -93,13 +93,12 @@ fn chapter(title: &str) {
 }
 
 /// Runs the identity chapters against the service on `store`, unsealed with `keyring`.
-pub async fn run(store: Store, keyring: Keyring) -> anyhow::Result<()> {
+pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     let clock = Arc::new(ManualClock::new(1_800_001_000 * SEC));
     let identity = IdentityConfig { public_url: "https://exchange.example".into(), ..IdentityConfig::default() };
-    let state =
-        AppState::new(store, AssetRegistry::defaults(), clock.clone(), VaultState::Unsealed(Arc::new(keyring)), None)
-            .with_identity(identity)
-            .map_err(|e| anyhow::anyhow!(e))?;
+    let state = AppState::new(store, AssetRegistry::defaults(), clock.clone(), VaultState::Unsealed(keyring), None)
+        .with_identity(identity)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

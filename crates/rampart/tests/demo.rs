@@ -16,6 +16,11 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "was already submitted",
         "refused, and the refusal is in the audit log",
         "signed head: intact",
+        "all five agree",
+        "credited 0.5 BTC",
+        "reverses the credit",
+        "above_hot_cap",
+        "Bitcoin Core's interpreter accepts the spend",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }

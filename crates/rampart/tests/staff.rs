@@ -358,9 +358,9 @@ const MATRIX: [(&str, &[&str]); 8] = [
     ("compliance_l1", &["ledger_read"]),
     ("compliance_l2", &["ledger_read"]),
     ("compliance_l3", &["ledger_read"]),
-    ("treasury_custodian", &["ledger_read", "ledger_write"]),
-    ("administrator", &["staff_read", "staff_manage", "staff_approve", "keys_manage"]),
-    ("auditor", &["ledger_read", "staff_read", "audit_read", "audit_verify"]),
+    ("treasury_custodian", &["ledger_read", "ledger_write", "custody_read", "custody_ceremony"]),
+    ("administrator", &["staff_read", "staff_manage", "staff_approve", "keys_manage", "custody_read"]),
+    ("auditor", &["ledger_read", "staff_read", "audit_read", "audit_verify", "custody_read"]),
 ];
 
 /// A protected endpoint, called with a valid request that succeeds when permitted.
@@ -494,6 +494,8 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
         )
         .body(json!({"reason": "ticket 4711: locked out", "identity_checks": ["passport seen", "video call"]}))
         .ok(204),
+        Endpoint::new(M::GET, "/v1/custody/status", "custody_read", "custody.status"),
+        Endpoint::new(M::GET, "/v1/custody/custodians", "custody_read", "custody.custodian.list"),
     ];
 
     // Every role calls every endpoint with its own session.
@@ -517,9 +519,9 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
             }
         }
     }
-    // Of 19 endpoints: support is refused 13, the other 4 ledger readers 14 each, the custodian 10, the
+    // Of 21 endpoints: support is refused 15, the other 4 ledger readers 16 each, the custodian 10, the
     // administrator 12, the auditor 10.
-    assert_eq!(expected.len(), 13 + 4 * 14 + 10 + 12 + 10, "the matrix differs from the issue's");
+    assert_eq!(expected.len(), 15 + 4 * 16 + 10 + 12 + 10, "the matrix differs from the issue's");
     // The matrix above is the one the server enforces.
     for (role, permissions) in MATRIX {
         let role = rampart_audit::Role::parse(role).expect("a role");

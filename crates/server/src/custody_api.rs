@@ -980,6 +980,23 @@ pub(crate) async fn propose_refill(
         .ok()
         .filter(|a| *a > 0)
         .ok_or_else(|| ApiError::bad_request("invalid_amount", "the amount is out of range"))?;
+    // A refill may not push the hot wallet over its cap: the sweeper would only send it back.
+    let b = state.store().custody_balances(&custody.config.asset).await?;
+    let total = u128::from(b.cold.0)
+        + u128::from(b.hot.0)
+        + u128::from(b.deposit.0)
+        + u128::from(b.in_flight_to_cold)
+        + u128::from(b.in_flight_to_hot);
+    let hot_after = u128::from(b.hot.0) + u128::from(b.deposit.0) + u128::from(b.in_flight_to_hot) + u128::from(amount);
+    if hot_after * 10_000 > u128::from(custody.config.policy.max_hot_bps) * total {
+        return Err(conflict(
+            "above_hot_cap",
+            format!(
+                "the hot wallet would hold more than {} basis points of the custody total",
+                custody.config.policy.max_hot_bps
+            ),
+        ));
+    }
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(ApiError::bad_request("invalid_reason", "give a reason of 1 to 500 characters"));
