@@ -387,13 +387,13 @@ pub async fn key_ceremony(service: &Service, me: &mut Custodian, ceremony: i64) 
     let confirm_kind = if kind == "dkg" { CeremonyKind::Dkg } else { CeremonyKind::Refresh };
     let my_id = id_of(c.me)?;
     enum Either {
-        Dkg(Participant),
-        Refresh(RefreshParticipant),
+        Dkg(Box<Participant>),
+        Refresh(Box<RefreshParticipant>),
     }
     let (mut participant, package, old_wallet, epoch) = match kind.as_str() {
         "dkg" => {
             let (p, pkg) = Participant::start(my_id, total, threshold).map_err(|e| anyhow!("{e}"))?;
-            (Either::Dkg(p), pkg, None, 1)
+            (Either::Dkg(Box::new(p)), pkg, None, 1)
         }
         "refresh" | "remove" => {
             let wallet_id = c.view["wallet_id"].as_i64().ok_or_else(|| anyhow!("a refresh without a wallet"))?;
@@ -411,7 +411,7 @@ pub async fn key_ceremony(service: &Service, me: &mut Custodian, ceremony: i64) 
             let epoch = current + 1;
             let (p, pkg) =
                 RefreshParticipant::start(my_id, total, threshold, epoch, key, public).map_err(|e| anyhow!("{e}"))?;
-            (Either::Refresh(p), pkg, Some(wallet_id), epoch)
+            (Either::Refresh(Box::new(p)), pkg, Some(wallet_id), epoch)
         }
         other => bail!("ceremony {ceremony} is a {other} ceremony, not a key generation or refresh"),
     };

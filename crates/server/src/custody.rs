@@ -598,8 +598,8 @@ pub struct SweepReport {
 pub async fn sweep_once(state: &AppState, custody: &Custody) -> Result<SweepReport, ApiError> {
     let keyring = state.keyring()?;
     let asset = custody.config.asset.clone();
-    let mut report = SweepReport::default();
-    report.broadcast = broadcast_signed(state, custody, &keyring).await?;
+    let mut report =
+        SweepReport { broadcast: broadcast_signed(state, custody, &keyring).await?, ..SweepReport::default() };
     let Some(cold) = state.store().active_wallet(&asset, "cold").await? else { return Ok(report) };
     let hot = ensure_hot_wallet(state, custody).await?;
     let Some((seen, _)) = state.store().seen_tip(&asset).await? else { return Ok(report) };
