@@ -34,6 +34,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::handlers::ApiJson;
 use crate::identity::{Customer, Scope};
 use crate::principal::Principal;
+use crate::staff_api::path_i64;
 
 fn custody(state: &AppState) -> Result<&Custody, ApiError> {
     state.custody().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "custody_disabled", "custody is not configured"))
@@ -41,14 +42,6 @@ fn custody(state: &AppState) -> Result<&Custody, ApiError> {
 
 fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, code, message)
-}
-
-fn path_i64(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
-    let Path(raw) = path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
-    raw.parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| ApiError::bad_request("invalid_id", "expected a positive integer id"))
 }
 
 fn hex_field(name: &str, value: &str) -> Result<Vec<u8>, ApiError> {
@@ -754,6 +747,18 @@ async fn key_confirmations(
     }
 }
 
+/// The public key package of the wallet a ceremony works on.
+async fn wallet_package(state: &AppState, ceremony: &CeremonyRecord) -> Result<PublicKeyPackage, ApiError> {
+    let wallet = match ceremony.wallet_id {
+        Some(w) => state.store().wallet(w).await?,
+        None => None,
+    };
+    wallet
+        .and_then(|w| w.public_package)
+        .and_then(|p| PublicKeyPackage::deserialize(&p).ok())
+        .ok_or_else(|| crate::custody::internal_error(format!("ceremony {} has no wallet key package", ceremony.id)))
+}
+
 async fn repair_confirmation(
     state: &AppState,
     ceremony: &CeremonyRecord,
@@ -762,14 +767,7 @@ async fn repair_confirmation(
     let params: serde_json::Value = serde_json::from_str(&ceremony.params).unwrap_or_default();
     let lost = params["lost"].as_u64().and_then(|l| u16::try_from(l).ok()).unwrap_or(0);
     let Some(m) = messages.iter().find(|m| m.round == "confirm" && m.sender == lost) else { return Ok(()) };
-    let wallet = match ceremony.wallet_id {
-        Some(w) => state.store().wallet(w).await?,
-        None => None,
-    };
-    let public = wallet
-        .and_then(|w| w.public_package)
-        .and_then(|p| PublicKeyPackage::deserialize(&p).ok())
-        .ok_or_else(|| crate::custody::internal_error("a repair without its wallet's key package"))?;
+    let public = wallet_package(state, ceremony).await?;
     let expected = public
         .verifying_shares()
         .get(&identifier(lost)?)
@@ -813,14 +811,7 @@ async fn signing(
     let Some(t) = state.store().custody_tx_of_ceremony(ceremony.id).await? else { return Ok(()) };
     let (mut tx, spent) = crate::custody::decode_tx(&t)?;
     let sighashes = key_spend_sighashes(&tx, &spent).map_err(crate::custody::internal_error)?;
-    let wallet = match ceremony.wallet_id {
-        Some(w) => state.store().wallet(w).await?,
-        None => None,
-    };
-    let public = wallet
-        .and_then(|w| w.public_package)
-        .and_then(|p| PublicKeyPackage::deserialize(&p).ok())
-        .ok_or_else(|| crate::custody::internal_error("a signing session without its wallet's key package"))?;
+    let public = wallet_package(state, ceremony).await?;
     let signers: BTreeSet<Identifier> = commits.iter().map(|m| identifier(m.sender)).collect::<Result<_, _>>()?;
     let mut rounds = Vec::with_capacity(sighashes.len());
     for sighash in &sighashes {

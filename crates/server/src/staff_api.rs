@@ -422,7 +422,7 @@ pub(crate) async fn create_staff(
     ))
 }
 
-fn path_i64(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+pub(crate) fn path_i64(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
     let Path(raw) = path.map_err(|e| ApiError::bad_request("invalid_id", e.body_text()))?;
     raw.parse::<i64>()
         .ok()
