@@ -296,8 +296,16 @@ async fn story(
 
     chapter("24. A refill from cold needs two approvals and three custodians' signatures");
     let (ada, bram, chen) = (&people[0].1, &people[1].1, &people[2].1);
+    let too_much =
+        ada.post("/v1/custody/refills", &json!({"amount": "0.1", "reason": "large withdrawals expected"})).await;
+    let refused = match too_much {
+        Err(e) if e.to_string().contains("above_hot_cap") => e.to_string(),
+        other => anyhow::bail!("a refill of 0.1 BTC would put 20 % hot and must be refused: {other:?}"),
+    };
+    println!("   Ada proposes moving 0.1 BTC to the hot wallet. Refused: hot would then hold over 20 %:");
+    println!("     {}", refused.trim_start_matches("error: "));
     let refill =
-        ada.post("/v1/custody/refills", &json!({"amount": "0.1", "reason": "large withdrawals expected"})).await?;
+        ada.post("/v1/custody/refills", &json!({"amount": "0.005", "reason": "large withdrawals expected"})).await?;
     let refill_id = refill["id"].as_i64().context("a refill id")?;
     let own = ada.post(&format!("/v1/custody/refills/{refill_id}/approve"), &json!({})).await;
     ensure!(own.as_ref().is_err_and(|e| e.to_string().contains("four_eyes")), "the proposer cannot approve");
@@ -305,7 +313,7 @@ async fn story(
     let approved = chen.post(&format!("/v1/custody/refills/{refill_id}/approve"), &json!({})).await?;
     let session = approved["ceremony_id"].as_i64().context("a signing session")?;
     println!(
-        "   Ada proposes moving 0.1 BTC to the hot wallet; she may not approve it herself; Bram and Chen approve."
+        "   She proposes 0.005 BTC instead (hot would hold 4 %); she may not approve it herself; Bram and Chen approve."
     );
     println!("   The service builds the transaction from cold coins and opens signing session {session}.");
     let started = std::time::Instant::now();
