@@ -1,0 +1,508 @@
+//! The engine: scores an event against the user's profile and the velocity counters, decides, then learns.
+//!
+//! For each event, in order: the counters of the user, address, device, destination and API key count it (so a rule
+//! at "the fifth failure in a minute" sees five); the features are computed from the profile *as it was* (so a new
+//! device is new); every rule that looks at this kind of event is evaluated; the outcome is the most severe of the
+//! enforced rules' outcomes and of the score threshold reached; and only then does the profile learn from the event,
+//! and only from what the user has proven: a completed sign-in that was allowed, a passed challenge, an allowed
+//! request. A failed or refused attempt teaches the profile nothing, so an attacker cannot make their address
+//! familiar by trying.
+//!
+//! The engine is deterministic: it reads no clock (time is the event's) and no randomness, so the same events in the
+//! same order give the same decisions.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Change, Country, Event, EventKind, Factor, Kind};
+use crate::features::{self, COUNT, Features, NEVER_S, SCALE, f, velocity_index};
+use crate::geo;
+use crate::profile::{self, Profile, hash64, ip_key, network_key};
+use crate::rules::{Mode, Outcome, RuleSet};
+use crate::window::{Accounts, Counts, Sums, WINDOWS_S};
+
+/// Why a decision is what it is: one matching rule, with the features it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reason {
+    /// The rule's name.
+    pub rule: Arc<str>,
+    /// What it is for.
+    pub description: Arc<str>,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// What it added to the score.
+    pub score: u32,
+    /// Whether it is a shadow rule (recorded, not enforced).
+    pub shadow: bool,
+    /// The features its condition read, with their values: (feature index, value).
+    pub values: Vec<(usize, i64)>,
+}
+
+impl Reason {
+    /// The features read, as (name, value) for people.
+    pub fn display_values(&self) -> Vec<(String, String)> {
+        let all = features::all();
+        self.values.iter().map(|&(i, v)| (all[i].name.clone(), features::display(i, v))).collect()
+    }
+}
+
+/// A decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do.
+    pub outcome: Outcome,
+    /// The sum of the enforced matching rules' scores.
+    pub score: u32,
+    /// The rule set's version.
+    pub rules_version: u32,
+    /// Every matching rule, enforced or shadow, in file order.
+    pub reasons: Vec<Reason>,
+}
+
+impl Decision {
+    /// The enforced reasons.
+    pub fn enforced(&self) -> impl Iterator<Item = &Reason> {
+        self.reasons.iter().filter(|r| !r.shadow)
+    }
+
+    /// One line for people: the outcome and the names of the enforced rules that matched.
+    pub fn summary(&self) -> String {
+        let names: Vec<&str> = self.enforced().map(|r| &*r.rule).collect();
+        if names.is_empty() {
+            self.outcome.name().to_owned()
+        } else {
+            format!("{} ({})", self.outcome.name(), names.join(", "))
+        }
+    }
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct IpStats {
+    events: Counts,
+    sign_ins: Counts,
+    failed_sign_ins: Counts,
+    api_requests: Counts,
+    accounts: Accounts,
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DeviceStats {
+    events: Counts,
+    failed_sign_ins: Counts,
+    accounts: Accounts,
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DestinationStats {
+    withdrawals: Sums,
+    accounts: Accounts,
+}
+
+/// The engine's whole state, as a snapshot stores it.
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    format: u32,
+    profiles: Vec<(u64, Profile)>,
+    ips: Vec<(u64, IpStats)>,
+    devices: Vec<(u64, DeviceStats)>,
+    destinations: Vec<(u64, DestinationStats)>,
+    api_keys: Vec<(u64, Counts)>,
+}
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// An error restoring a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not a snapshot of this format.
+    #[error("the risk snapshot cannot be read: {0}")]
+    Corrupt(String),
+}
+
+/// The risk engine: profiles, counters and the rule set in force.
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    profiles: FxHashMap<u64, Profile>,
+    ips: FxHashMap<u64, IpStats>,
+    devices: FxHashMap<u64, DeviceStats>,
+    destinations: FxHashMap<u64, DestinationStats>,
+    api_keys: FxHashMap<u64, Counts>,
+}
+
+fn since(now_s: u32, then_s: u32) -> i64 {
+    if then_s == 0 { NEVER_S * SCALE } else { i64::from(now_s.saturating_sub(then_s)) * SCALE }
+}
+
+fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
+impl Engine {
+    /// An engine with no history.
+    pub fn new(rules: Arc<RuleSet>) -> Engine {
+        Engine {
+            rules,
+            profiles: FxHashMap::default(),
+            ips: FxHashMap::default(),
+            devices: FxHashMap::default(),
+            destinations: FxHashMap::default(),
+            api_keys: FxHashMap::default(),
+        }
+    }
+
+    /// The rule set in force.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Replaces the rule set (a reload); profiles and counters are kept.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.rules = rules;
+    }
+
+    /// A user's profile.
+    pub fn profile(&self, user: u64) -> Option<&Profile> {
+        self.profiles.get(&user)
+    }
+
+    /// How many users have a profile.
+    pub fn users(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Scores `event`, decides, and learns from it.
+    pub fn evaluate(&mut self, event: &Event) -> Decision {
+        let mut features = [0i64; COUNT];
+        self.evaluate_into(event, &mut features)
+    }
+
+    /// Like [`Engine::evaluate`], leaving the features computed for the event in `features`.
+    pub fn evaluate_into(&mut self, event: &Event, features: &mut Features) -> Decision {
+        let now_s = event.at_s();
+        let kind = event.kind();
+        let user = event.user.0;
+        let ip = event.ip.map(ip_key);
+        let destination = match &event.kind {
+            EventKind::Withdrawal { destination, .. } | EventKind::WhitelistChange { destination, .. } => {
+                Some(hash64(destination.as_str()))
+            }
+            _ => None,
+        };
+        let amount = event.amount_micro_usd();
+        let failed = matches!(event.kind, EventKind::SignIn { success: false, .. });
+        let signed_in = matches!(event.kind, EventKind::SignIn { success: true, factor } if factor != Factor::Password);
+
+        let Engine { rules, profiles, ips, devices, destinations, api_keys } = self;
+        let rules: &RuleSet = rules;
+        let profile = profiles.entry(user).or_default();
+
+        // 1. Count the event.
+        let c = &mut profile.counters;
+        c.events.add(now_s);
+        match &event.kind {
+            EventKind::SignIn { success: false, .. } => c.failed_sign_ins.add(now_s),
+            EventKind::SignIn { success: true, factor } if *factor != Factor::Password => c.sign_ins.add(now_s),
+            EventKind::ApiRequest { .. } => c.api_requests.add(now_s),
+            EventKind::SecurityChange { .. } => c.security_changes.add(now_s),
+            EventKind::Withdrawal { .. } => c.withdrawals.add(now_s, amount),
+            EventKind::Deposit { .. } => c.deposits.add(now_s, amount),
+            _ => {}
+        }
+        let ip_stats = ip.map(|k| {
+            let s = ips.entry(k).or_default();
+            s.events.add(now_s);
+            if failed {
+                s.failed_sign_ins.add(now_s);
+            }
+            if signed_in {
+                s.sign_ins.add(now_s);
+            }
+            if kind == Kind::ApiRequest {
+                s.api_requests.add(now_s);
+            }
+            s.accounts.see(user, now_s);
+            &*s
+        });
+        let device_stats = event.device.map(|k| {
+            let s = devices.entry(k).or_default();
+            s.events.add(now_s);
+            if failed {
+                s.failed_sign_ins.add(now_s);
+            }
+            s.accounts.see(user, now_s);
+            &*s
+        });
+        let destination_stats = destination.map(|k| {
+            let s = destinations.entry(k).or_default();
+            if kind == Kind::Withdrawal {
+                s.withdrawals.add(now_s, amount);
+            }
+            s.accounts.see(user, now_s);
+            &*s
+        });
+        let key_counts = match event.kind {
+            EventKind::ApiRequest { key } => {
+                let s = api_keys.entry(key).or_default();
+                s.add(now_s);
+                Some(&*s)
+            }
+            _ => None,
+        };
+
+        // 2. Features: the event, the profile as it was, the counters as they are.
+        let fv = features;
+        let p: &Profile = profile;
+        fv[f::KIND] = i64::from(kind as u16) + 1;
+        match &event.kind {
+            EventKind::SignIn { success, factor } => {
+                fv[f::SUCCESS] = flag(*success);
+                fv[f::FACTOR] = Factor::ALL.iter().position(|x| x == factor).map_or(0, |i| i as i64 + 1);
+            }
+            EventKind::SecurityChange { change } => {
+                fv[f::CHANGE] = Change::ALL.iter().position(|x| x == change).map_or(0, |i| i as i64 + 1);
+            }
+            _ => {}
+        }
+        fv[f::COUNTRY] = event.country.map_or(0, |c| i64::from(c.code()));
+        fv[f::AMOUNT_USD] = i64::try_from(amount).unwrap_or(i64::MAX);
+        let hour = ((now_s / 3_600) % 24) as usize;
+        fv[f::HOUR] = hour as i64 * SCALE;
+        fv[f::HISTORY] = i64::from(p.sign_ins) * SCALE;
+        fv[f::EVENTS_SEEN] = i64::from(p.events) * SCALE;
+        fv[f::HAS_IP] = flag(ip.is_some());
+        fv[f::HAS_DEVICE] = flag(event.device.is_some());
+        fv[f::HAS_COUNTRY] = flag(event.country.is_some());
+        let ip_seen = ip.and_then(|k| p.ips.get(k));
+        let ip_known = ip_seen.is_some();
+        let network_known = event.ip.is_some_and(|a| p.networks.contains(network_key(a)));
+        let device_known = event.device.is_some_and(|d| p.devices.contains(d));
+        let country_known = event.country.is_some_and(|c| p.countries.contains(u64::from(c.code())));
+        fv[f::IP_KNOWN] = flag(ip_known);
+        fv[f::NETWORK_KNOWN] = flag(network_known);
+        fv[f::DEVICE_KNOWN] = flag(device_known);
+        fv[f::COUNTRY_KNOWN] = flag(country_known);
+        fv[f::IP_NEW_SINCE_SIGN_IN] =
+            flag(ip.is_some() && ip_seen.is_none_or(|s| p.last_sign_in_s != 0 && s.first_s >= p.last_sign_in_s));
+        let hour_usual = p.hour_usual(hour);
+        fv[f::HOUR_USUAL] = flag(hour_usual);
+        fv[f::DESTINATION_KNOWN] = flag(destination.is_some_and(|d| p.destinations.contains(d)));
+        let amounts = match kind {
+            Kind::Withdrawal => Some(&p.withdrawal_amounts),
+            Kind::Deposit => Some(&p.deposit_amounts),
+            _ => None,
+        };
+        let amount_deviations = amounts.map_or(0, |a| a.score_micro(amount));
+        fv[f::AMOUNT_DEVIATIONS] = amount_deviations;
+        fv[f::AMOUNT_MEAN_USD] = amounts.map_or(0, |a| i64::try_from(a.mean).unwrap_or(i64::MAX));
+        let d = &rules.deviation;
+        let history = p.sign_ins >= d.min_history;
+        let deviation = if history {
+            let mut sum = 0;
+            if event.device.is_some() && !device_known {
+                sum += d.new_device;
+            }
+            if event.ip.is_some() && !network_known {
+                sum += d.new_network;
+            } else if event.ip.is_some() && !ip_known {
+                sum += d.new_ip;
+            }
+            if event.country.is_some() && !country_known {
+                sum += d.new_country;
+            }
+            if matches!(kind, Kind::SignIn | Kind::Session) && !hour_usual {
+                sum += d.unusual_hour;
+            }
+            if amounts.is_some() && amount_deviations >= d.unusual_amount_deviations {
+                sum += d.unusual_amount;
+            }
+            sum.min(SCALE)
+        } else {
+            0
+        };
+        fv[f::DEVIATION] = deviation;
+        fv[f::SINCE_SIGN_IN_S] = since(now_s, p.last_sign_in_s);
+        fv[f::SINCE_SECURITY_CHANGE_S] = since(now_s, p.last_security_change_s);
+        fv[f::SINCE_NEW_DEVICE_ABROAD_S] = since(now_s, p.last_new_device_abroad_s);
+        fv[f::TRAVEL_KMH] = match event.country {
+            Some(c) if p.last_country != 0 && p.last_country != c.code() => {
+                let km = geo::distance_km(Country::from_code(p.last_country), c).unwrap_or(0);
+                let dt = u64::from(now_s.saturating_sub(p.last_country_s).max(1));
+                i64::try_from(u64::from(km) * 3_600 * SCALE as u64 / dt).unwrap_or(i64::MAX)
+            }
+            _ => 0,
+        };
+        fv[f::ACCOUNT_AGE_S] = if p.events == 0 { 0 } else { since(now_s, p.first_seen_s) };
+
+        // Velocity.
+        let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / SCALE) * SCALE;
+        let usd = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for w in 0..WINDOWS_S.len() {
+            let c = &p.counters;
+            let user_values = [
+                count(c.events.get(w, now_s)),
+                count(c.sign_ins.get(w, now_s)),
+                count(c.failed_sign_ins.get(w, now_s)),
+                count(c.api_requests.get(w, now_s)),
+                count(c.security_changes.get(w, now_s)),
+                count(c.withdrawals.count(w, now_s)),
+                usd(c.withdrawals.sum(w, now_s)),
+                count(c.deposits.count(w, now_s)),
+                usd(c.deposits.sum(w, now_s)),
+            ];
+            for (m, v) in user_values.into_iter().enumerate() {
+                fv[velocity_index(0, m, w)] = v;
+            }
+            if let Some(s) = ip_stats {
+                let values = [
+                    s.events.get(w, now_s),
+                    s.sign_ins.get(w, now_s),
+                    s.failed_sign_ins.get(w, now_s),
+                    s.api_requests.get(w, now_s),
+                    s.accounts.count(w, now_s),
+                ];
+                for (m, v) in values.into_iter().enumerate() {
+                    fv[velocity_index(1, m, w)] = count(v);
+                }
+            }
+            if let Some(s) = device_stats {
+                let values = [s.events.get(w, now_s), s.failed_sign_ins.get(w, now_s), s.accounts.count(w, now_s)];
+                for (m, v) in values.into_iter().enumerate() {
+                    fv[velocity_index(2, m, w)] = count(v);
+                }
+            }
+            if let Some(s) = destination_stats {
+                fv[velocity_index(3, 0, w)] = count(s.withdrawals.count(w, now_s));
+                fv[velocity_index(3, 1, w)] = usd(s.withdrawals.sum(w, now_s));
+                fv[velocity_index(3, 2, w)] = count(s.accounts.count(w, now_s));
+            }
+            if let Some(s) = key_counts {
+                fv[velocity_index(4, 0, w)] = count(s.get(w, now_s));
+            }
+        }
+
+        // 3. Rules.
+        let bit = kind.bit();
+        let mut outcome = Outcome::Allow;
+        let mut score = 0u32;
+        let mut reasons = Vec::new();
+        for rule in &rules.rules {
+            if rule.on & bit == 0 || !rule.when.eval(fv) {
+                continue;
+            }
+            let shadow = rule.mode == Mode::Shadow;
+            if !shadow {
+                outcome = outcome.max(rule.outcome);
+                score = score.saturating_add(rule.score);
+            }
+            reasons.push(Reason {
+                rule: rule.name.clone(),
+                description: rule.description.clone(),
+                outcome: rule.outcome,
+                score: rule.score,
+                shadow,
+                values: rule.when.reads().iter().map(|&i| (i, fv[i])).collect(),
+            });
+        }
+        outcome = outcome.max(rules.outcome_of_score(score));
+        let decision = Decision { outcome, score, rules_version: rules.version, reasons };
+
+        // 4. Learn.
+        let p = profile;
+        if p.events == 0 {
+            p.first_seen_s = now_s;
+        }
+        p.events = p.events.saturating_add(1);
+        let allowed = outcome == Outcome::Allow;
+        let proven = match kind {
+            Kind::SignIn => signed_in && allowed,
+            Kind::ChallengePassed => true,
+            Kind::Session | Kind::ApiRequest => allowed,
+            _ => false,
+        };
+        if proven {
+            if matches!(kind, Kind::SignIn | Kind::ChallengePassed) {
+                if history && !device_known && event.device.is_some() && !country_known && event.country.is_some() {
+                    p.last_new_device_abroad_s = now_s;
+                }
+                p.sign_ins = p.sign_ins.saturating_add(1);
+                p.last_sign_in_s = now_s;
+                p.learn_hour(hour);
+            }
+            if let (Some(k), Some(a)) = (ip, event.ip) {
+                p.ips.see(k, now_s, profile::IPS_CAP);
+                p.networks.see(network_key(a), now_s, profile::NETWORKS_CAP);
+            }
+            if let Some(dev) = event.device {
+                p.devices.see(dev, now_s, profile::DEVICES_CAP);
+            }
+            if let Some(c) = event.country {
+                p.countries.see(u64::from(c.code()), now_s, profile::COUNTRIES_CAP);
+                p.last_country = c.code();
+                p.last_country_s = now_s;
+            }
+        }
+        match kind {
+            Kind::Withdrawal if allowed => {
+                p.withdrawal_amounts.add(amount);
+                if let Some(dest) = destination {
+                    p.destinations.see(dest, now_s, profile::DESTINATIONS_CAP);
+                }
+            }
+            Kind::Deposit => p.deposit_amounts.add(amount),
+            Kind::SecurityChange if allowed => p.last_security_change_s = now_s,
+            _ => {}
+        }
+        decision
+    }
+
+    /// Forgets counters of addresses, devices, destinations and API keys idle for more than a day (profiles are
+    /// kept: they are the history).
+    pub fn prune(&mut self, now_s: u32) {
+        let horizon = now_s.saturating_sub(WINDOWS_S[2] + WINDOWS_S[1]);
+        self.ips.retain(|_, s| s.events.idle_since_s() >= horizon || s.accounts.idle_since_s() >= horizon);
+        self.devices.retain(|_, s| s.events.idle_since_s() >= horizon || s.accounts.idle_since_s() >= horizon);
+        self.destinations.retain(|_, s| s.accounts.idle_since_s() >= horizon);
+        self.api_keys.retain(|_, s| s.idle_since_s() >= horizon);
+    }
+
+    /// The engine's state (profiles and counters, not the rules) as bytes, sorted by key so that equal states give
+    /// equal bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        fn sorted<T: Clone>(m: &FxHashMap<u64, T>) -> Vec<(u64, T)> {
+            let mut v: Vec<(u64, T)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
+            v.sort_unstable_by_key(|(k, _)| *k);
+            v
+        }
+        let state = State {
+            format: SNAPSHOT_FORMAT,
+            profiles: sorted(&self.profiles),
+            ips: sorted(&self.ips),
+            devices: sorted(&self.devices),
+            destinations: sorted(&self.destinations),
+            api_keys: sorted(&self.api_keys),
+        };
+        // Serialising plain data into a Vec cannot fail.
+        postcard::to_stdvec(&state).unwrap_or_default()
+    }
+
+    /// An engine restored from [`Engine::snapshot`] bytes, with `rules` in force.
+    pub fn restore(rules: Arc<RuleSet>, bytes: &[u8]) -> Result<Engine, SnapshotError> {
+        let state: State = postcard::from_bytes(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if state.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Corrupt(format!(
+                "format {} (this build reads {SNAPSHOT_FORMAT})",
+                state.format
+            )));
+        }
+        Ok(Engine {
+            rules,
+            profiles: state.profiles.into_iter().collect(),
+            ips: state.ips.into_iter().collect(),
+            devices: state.devices.into_iter().collect(),
+            destinations: state.destinations.into_iter().collect(),
+            api_keys: state.api_keys.into_iter().collect(),
+        })
+    }
+}
