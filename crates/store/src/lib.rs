@@ -18,6 +18,7 @@ mod customers;
 mod flow;
 mod platform;
 mod postgres;
+mod risk;
 mod rows;
 mod sqlite;
 mod staff;
@@ -41,6 +42,7 @@ use rampart_ledger::{
     Account, AssetTotals, CreateAccountResult, CreateTransferResult, InvariantViolation, NewAccount, NewTransfer,
     PendingState, Transfer,
 };
+pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRecord};
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 
 /// The largest batch of accounts or transfers one command accepts, as in TigerBeetle.
