@@ -51,6 +51,12 @@ pub enum Permission {
     /// Take part in custody: register as a custodian, contribute to key and signing ceremonies, propose and approve
     /// refills of the hot wallet from cold (never one's own proposal).
     CustodyCeremony,
+    /// Read the risk engine's review queue, its rules and the scored events.
+    RiskRead,
+    /// Work the review queue: assign, annotate and resolve cases (a release unfreezes the account).
+    RiskReview,
+    /// Put a new version of the rule file in force.
+    RiskRules,
 }
 
 impl Role {
@@ -91,8 +97,11 @@ impl Role {
         use Permission as P;
         match self {
             Role::Support => matches!(permission, P::LedgerRead | P::CustomerRecover),
-            Role::RiskAnalyst | Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
-                matches!(permission, P::LedgerRead)
+            Role::RiskAnalyst => {
+                matches!(permission, P::LedgerRead | P::RiskRead | P::RiskReview | P::RiskRules)
+            }
+            Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
+                matches!(permission, P::LedgerRead | P::RiskRead)
             }
             Role::TreasuryCustodian => {
                 matches!(permission, P::LedgerRead | P::LedgerWrite | P::CustodyRead | P::CustodyCeremony)
@@ -100,9 +109,10 @@ impl Role {
             Role::Administrator => {
                 matches!(permission, P::StaffRead | P::StaffManage | P::StaffApprove | P::KeysManage | P::CustodyRead)
             }
-            Role::Auditor => {
-                matches!(permission, P::LedgerRead | P::StaffRead | P::AuditRead | P::AuditVerify | P::CustodyRead)
-            }
+            Role::Auditor => matches!(
+                permission,
+                P::LedgerRead | P::StaffRead | P::AuditRead | P::AuditVerify | P::CustodyRead | P::RiskRead
+            ),
         }
     }
 }
@@ -121,6 +131,8 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
         Permission::KeysManage,
         Permission::CustomerRecover,
         Permission::CustodyCeremony,
+        Permission::RiskReview,
+        Permission::RiskRules,
     ];
     if roles.contains(&Role::Auditor) && writes.into_iter().any(may) {
         return Some("an auditor may not also hold a role that changes anything");
@@ -130,7 +142,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 14] = [
         Permission::LedgerRead,
         Permission::LedgerWrite,
         Permission::StaffRead,
@@ -142,6 +154,9 @@ impl Permission {
         Permission::CustomerRecover,
         Permission::CustodyRead,
         Permission::CustodyCeremony,
+        Permission::RiskRead,
+        Permission::RiskReview,
+        Permission::RiskRules,
     ];
 
     /// A stable name.
@@ -158,6 +173,9 @@ impl Permission {
             Permission::CustomerRecover => "customer_recover",
             Permission::CustodyRead => "custody_read",
             Permission::CustodyCeremony => "custody_ceremony",
+            Permission::RiskRead => "risk_read",
+            Permission::RiskReview => "risk_review",
+            Permission::RiskRules => "risk_rules",
         }
     }
 

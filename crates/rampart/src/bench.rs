@@ -43,6 +43,9 @@ pub enum BenchCommand {
     /// A 5-custodian key generation, a 3-of-5 signing ceremony and Bitcoin Core's check of the spend, in
     /// milliseconds; the hot/cold rebalancing simulation.
     Custody(crate::bench_custody::CustodyArgs),
+    /// Risk decisions per second on one thread and on two (users partitioned between two engines), decision latency
+    /// at a sustained rate, and the memory of a million user profiles, on a generated stream of realistic events.
+    Risk(crate::bench_risk::RiskArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -93,6 +96,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Audit(args) => crate::bench_audit::run(args, config).await,
         BenchCommand::Auth(args) => crate::bench_auth::run(args).await,
         BenchCommand::Custody(args) => crate::bench_custody::run(args).await,
+        BenchCommand::Risk(args) => crate::bench_risk::run(args).await,
     }
 }
 

@@ -36,6 +36,40 @@ pub struct Config {
     pub mail: MailConfig,
     /// Custody: the chain, hot/cold rebalancing, ceremonies.
     pub custody: CustodyFileConfig,
+    /// The risk engine: its rule file, snapshots, where the client's country comes from.
+    pub risk: RiskFileConfig,
+}
+
+/// The `[risk]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskFileConfig {
+    /// Whether sign-ins, security changes and API requests are scored.
+    pub enabled: bool,
+    /// The rule file (TOML); the built-in default rules when absent. `POST /v1/risk/rules/reload` re-reads it.
+    pub rules: Option<PathBuf>,
+    /// How often the engine's state is snapshotted into the database, in seconds.
+    pub snapshot_interval_s: u64,
+    /// The header a trusted proxy puts the client's country in (e.g. `cf-ipcountry`), believed only from
+    /// `identity.trusted_proxies`.
+    pub country_header: Option<String>,
+}
+
+impl Default for RiskFileConfig {
+    fn default() -> RiskFileConfig {
+        RiskFileConfig { enabled: true, rules: None, snapshot_interval_s: 300, country_header: None }
+    }
+}
+
+impl RiskFileConfig {
+    /// The service's risk configuration.
+    pub fn runtime(&self) -> rampart_server::risk::RiskConfig {
+        rampart_server::risk::RiskConfig {
+            rules_path: self.rules.clone(),
+            snapshot_interval_s: self.snapshot_interval_s,
+            country_header: self.country_header.clone(),
+        }
+    }
 }
 
 /// The `[custody]` table.
@@ -215,6 +249,7 @@ impl fmt::Debug for Config {
             .field("identity", &self.identity)
             .field("mail", &self.mail)
             .field("custody", &self.custody)
+            .field("risk", &self.risk)
             .finish()
     }
 }
@@ -233,6 +268,7 @@ impl Default for Config {
             identity: rampart_server::IdentityConfig::default(),
             mail: MailConfig::default(),
             custody: CustodyFileConfig::default(),
+            risk: RiskFileConfig::default(),
         }
     }
 }

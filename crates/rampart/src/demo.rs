@@ -198,8 +198,9 @@ pub async fn run() -> anyhow::Result<()> {
     println!("   Every invariant holds: Σ debits = Σ credits, no account beyond its flags, every hold accounted for.");
     let keyring = std::sync::Arc::new(platform(&demo.store).await?);
     crate::demo_identity::run(demo.store.clone(), keyring.clone()).await?;
-    crate::demo_custody::run(demo.store.clone(), keyring).await?;
-    println!("\nThe end (for now): withdrawals, risk, compliance and reserves come next.");
+    crate::demo_custody::run(demo.store.clone(), keyring.clone()).await?;
+    crate::demo_risk::run(demo.store.clone(), keyring).await?;
+    println!("\nThe end (for now): withdrawals, compliance and reserves come next.");
     Ok(())
 }
 

@@ -25,13 +25,13 @@ fn chapter(title: &str) {
     println!("\n== {title}");
 }
 
-struct Http {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Http {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Http {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -55,13 +55,14 @@ impl Http {
     }
 }
 
-/// A treasury custodian's staff account, enrolled and signed in over HTTP; answers the session token.
-async fn custodian_session(
+/// A staff account with `role`, enrolled and signed in over HTTP; answers the session token.
+pub(crate) async fn staff_session(
     http: &Http,
     state: &AppState,
     clock: &ManualClock,
     keyring: &Keyring,
     name: &str,
+    role: Role,
 ) -> anyhow::Result<String> {
     let code = format!("enrol-{name}-0123456789");
     let auditor = state.auditor(keyring);
@@ -69,7 +70,7 @@ async fn custodian_session(
         .store()
         .create_staff(
             name,
-            &[Role::TreasuryCustodian],
+            &[role],
             &rampart_auth::hash_bearer(&code),
             clock.now_ns() + 3600 * SEC,
             clock.now_ns(),
@@ -170,7 +171,7 @@ async fn story(
     let names = ["ada", "bram", "chen", "dagny", "emeka"];
     let mut people = Vec::new();
     for name in names {
-        let token = custodian_session(http, state, clock, keyring, name).await?;
+        let token = staff_session(http, state, clock, keyring, name, Role::TreasuryCustodian).await?;
         let me = Custodian::generate();
         let service = Service::new(&http.base, &token);
         let registered = custodian::register(&service, &me).await?;

@@ -16,7 +16,7 @@ const SEC: u64 = 1_000_000_000;
 
 /// Keeps every email it is given.
 #[derive(Default)]
-struct Mailbox(Mutex<Vec<EmailMessage>>);
+pub(crate) struct Mailbox(Mutex<Vec<EmailMessage>>);
 
 impl Mailer for Mailbox {
     fn send<'a>(&'a self, _from: &'a str, msg: &'a EmailMessage) -> MailFuture<'a> {
@@ -25,16 +25,22 @@ impl Mailer for Mailbox {
     }
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    clock: Arc<ManualClock>,
-    state: AppState,
-    mailbox: Arc<Mailbox>,
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) state: AppState,
+    pub(crate) mailbox: Arc<Mailbox>,
 }
 
 impl Client {
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
         let mut request =
             self.http.request(method, format!("{}{path}", self.base)).header("user-agent", "demo-browser/1.0");
@@ -52,7 +58,7 @@ impl Client {
 
     /// Delivers the outbox and answers the newest email whose subject contains `subject`, waiting (up to five
     /// seconds) for events the service records after answering, such as a recovery link.
-    async fn email(&self, subject: &str) -> anyhow::Result<EmailMessage> {
+    pub(crate) async fn email(&self, subject: &str) -> anyhow::Result<EmailMessage> {
         for _ in 0..250 {
             rampart_server::deliver_outbox_once(&self.state, self.mailbox.as_ref())
                 .await
@@ -69,21 +75,21 @@ impl Client {
         anyhow::bail!("no {subject:?} email")
     }
 
-    fn now_s(&self) -> u64 {
+    pub(crate) fn now_s(&self) -> u64 {
         self.clock.now_ns() / SEC
     }
 }
 
-fn code(body: &Value) -> &str {
+pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-fn token_in(text: &str) -> anyhow::Result<String> {
+pub(crate) fn token_in(text: &str) -> anyhow::Result<String> {
     let at = text.find("token=").context("a link with a token")?;
     Ok(text[at + 6..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
 }
 
-fn totp_secret(base32: &str) -> anyhow::Result<rampart_auth::TotpSecret> {
+pub(crate) fn totp_secret(base32: &str) -> anyhow::Result<rampart_auth::TotpSecret> {
     let bytes = totp_rs::Secret::Encoded(base32.to_owned()).to_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(rampart_auth::TotpSecret::from_bytes(&bytes)?)
 }

@@ -5,13 +5,16 @@ mod bench;
 mod bench_audit;
 mod bench_auth;
 mod bench_custody;
+mod bench_risk;
 mod config;
 mod custodian;
 mod custodian_cmd;
 mod demo;
 mod demo_custody;
 mod demo_identity;
+mod demo_risk;
 mod init;
+mod risk_cmd;
 mod serve;
 mod unseal;
 
@@ -56,6 +59,9 @@ enum Command {
     /// Custody as operators see it.
     #[command(subcommand)]
     Custody(custodian_cmd::CustodyCommand),
+    /// Risk rules: the features they can read, checking a rule file, back-testing it on recorded events.
+    #[command(subcommand)]
+    Risk(risk_cmd::RiskCommand),
 }
 
 /// Where the database is.
@@ -118,5 +124,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => bench::run(command, config).await,
         Command::Custodian(command) => custodian_cmd::run(command).await,
         Command::Custody(command) => custodian_cmd::run_custody(command).await,
+        Command::Risk(command) => risk_cmd::run(command),
     }
 }

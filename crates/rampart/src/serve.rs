@@ -250,6 +250,22 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         Some(c) => state.with_custody(c).map_err(|e| anyhow::anyhow!("invalid [custody] configuration: {e}"))?,
         None => state,
     };
+    let state = if config.risk.enabled {
+        let (risk, replayed) = rampart_server::risk::Risk::load(state.store(), config.risk.runtime())
+            .await
+            .map_err(|e| anyhow::anyhow!("the risk engine cannot start: {e}"))?;
+        let rules = risk.rules();
+        println!(
+            "  risk:            rule set {:?} version {} ({} rules); {} profiles restored, {replayed} events replayed",
+            rules.name,
+            rules.version,
+            rules.rules.len(),
+            risk.users()
+        );
+        state.with_risk(Arc::new(risk)).map_err(|e| anyhow::anyhow!("invalid [risk] configuration: {e}"))?
+    } else {
+        state
+    };
     let mailer = mailer(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -271,6 +287,8 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         Duration::from_millis(config.mail.outbox_interval_ms.max(10)),
         stopped(stop_rx.clone()),
     ));
+    let risk_snapshots =
+        tokio::spawn(rampart_server::risk::run_snapshot_worker(state.clone(), stopped(stop_rx.clone())));
     let custody_worker = state
         .custody_handle()
         .map(|c| tokio::spawn(rampart_server::custody::run_custody_worker(state.clone(), c, stopped(stop_rx))));
@@ -279,6 +297,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     let _ = expiry.await;
     let _ = checkpoints.await;
     let _ = outbox.await;
+    let _ = risk_snapshots.await;
     if let Some(worker) = custody_worker {
         let _ = worker.await;
     }

@@ -27,8 +27,9 @@ use mail_parser::MessageParser;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
-/// How recently a second factor must have been proven for a sensitive action, on the main server.
-const STEP_UP_WINDOW_S: u64 = 2;
+/// How recently a second factor must have been proven for a sensitive action, on the main server: long enough for a
+/// step-up, three changes (two Argon2id hashes among them) and their risk scoring on a loaded debug build.
+const STEP_UP_WINDOW_S: u64 = 4;
 /// Failed sign-ins of one account before each further attempt is delayed, and the count that locks it.
 const ACCOUNT_FREE_FAILURES: u32 = 2;
 /// The first delay after the free failures: long enough that a loaded CI machine still sends the next attempt

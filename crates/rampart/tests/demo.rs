@@ -21,6 +21,9 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "reverses the credit",
         "above_hot_cap",
         "Bitcoin Core's interpreter accepts the spend",
+        "sign_in_confirmation_required",
+        "large_withdrawal_new_ip_after_sign_in",
+        "resolves it: release",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }

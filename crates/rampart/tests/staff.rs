@@ -354,13 +354,13 @@ async fn role_changes_need_four_eyes(db: Db) {
 /// The matrix as the issue states it (independent of `Role::permits`, which it checks): each role's permissions.
 const MATRIX: [(&str, &[&str]); 8] = [
     ("support", &["ledger_read", "customer_recover"]),
-    ("risk_analyst", &["ledger_read"]),
-    ("compliance_l1", &["ledger_read"]),
-    ("compliance_l2", &["ledger_read"]),
-    ("compliance_l3", &["ledger_read"]),
+    ("risk_analyst", &["ledger_read", "risk_read", "risk_review", "risk_rules"]),
+    ("compliance_l1", &["ledger_read", "risk_read"]),
+    ("compliance_l2", &["ledger_read", "risk_read"]),
+    ("compliance_l3", &["ledger_read", "risk_read"]),
     ("treasury_custodian", &["ledger_read", "ledger_write", "custody_read", "custody_ceremony"]),
     ("administrator", &["staff_read", "staff_manage", "staff_approve", "keys_manage", "custody_read"]),
-    ("auditor", &["ledger_read", "staff_read", "audit_read", "audit_verify", "custody_read"]),
+    ("auditor", &["ledger_read", "staff_read", "audit_read", "audit_verify", "custody_read", "risk_read"]),
 ];
 
 /// A protected endpoint, called with a valid request that succeeds when permitted.
@@ -496,6 +496,12 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
         .ok(204),
         Endpoint::new(M::GET, "/v1/custody/status", "custody_read", "custody.status"),
         Endpoint::new(M::GET, "/v1/custody/custodians", "custody_read", "custody.custodian.list"),
+        Endpoint::new(M::GET, "/v1/risk/cases", "risk_read", "risk.cases.list"),
+        Endpoint::new(M::GET, "/v1/risk/rules", "risk_read", "risk.rules.read"),
+        // Permitted, the call reaches the queue and finds no such case.
+        Endpoint::new(M::POST, "/v1/risk/cases/999999/resolve", "risk_review", "risk.cases.resolve")
+            .body(json!({"resolution": "release", "note": "checked"}))
+            .ok(404),
     ];
 
     // Every role calls every endpoint with its own session.
@@ -519,9 +525,9 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
             }
         }
     }
-    // Of 21 endpoints: support is refused 15, the other 4 ledger readers 16 each, the custodian 10, the
-    // administrator 12, the auditor 10.
-    assert_eq!(expected.len(), 15 + 4 * 16 + 10 + 12 + 10, "the matrix differs from the issue's");
+    // Of 24 endpoints: support is refused 18, the risk analyst 16, the 3 compliance levels 17 each, the custodian 13,
+    // the administrator 15, the auditor 11.
+    assert_eq!(expected.len(), 18 + 16 + 3 * 17 + 13 + 15 + 11, "the matrix differs from the issue's");
     // The matrix above is the one the server enforces.
     for (role, permissions) in MATRIX {
         let role = rampart_audit::Role::parse(role).expect("a role");

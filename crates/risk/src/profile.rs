@@ -178,10 +178,10 @@ pub const DESTINATIONS_CAP: usize = 16;
 
 impl Profile {
     /// Whether the hour is one this user signs in at: the hour and its neighbours hold at least a sixteenth of their
-    /// sign-ins (always true before eight sign-ins).
+    /// sign-ins (always true before five sign-ins: too little to tell).
     pub fn hour_usual(&self, hour: usize) -> bool {
         let total: u32 = self.hours.iter().map(|&h| u32::from(h)).sum();
-        if total < 8 {
+        if total < 5 {
             return true;
         }
         let near = u32::from(self.hours[(hour + 23) % 24])

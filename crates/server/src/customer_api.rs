@@ -14,6 +14,7 @@ use rampart_auth::{BackupCodes, BearerSecret, TotpSecret, hash_bearer};
 use rampart_core::AccountId;
 use rampart_ledger::{AccountFlags, NewAccount};
 use rampart_notify::{DeviceInfo, FactorKind, Notification, SecretLink};
+use rampart_risk::{Country, EventKind, Factor};
 use rampart_store::{CustomerRecord, CustomerStatus, Effects, NewCustomer, NewSession, NewTicket, SecurityChange};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -46,13 +47,19 @@ pub const CUSTOMER_ACCOUNT_CODE: u16 = 1;
 pub(crate) struct Client {
     pub ip: IpAddr,
     pub user_agent: String,
+    /// The client's country, when a trusted proxy says it.
+    pub country: Option<Country>,
 }
 
 impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Client { ip: request_ip(state, &parts.headers, &parts.extensions), user_agent: user_agent(&parts.headers) })
+        Ok(Client {
+            ip: request_ip(state, &parts.headers, &parts.extensions),
+            user_agent: user_agent(&parts.headers),
+            country: crate::risk::client_country(state, &parts.headers, &parts.extensions),
+        })
     }
 }
 
@@ -480,10 +487,14 @@ pub(crate) async fn confirm_device(
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<StatusCode, ApiError> {
     let (customer, data) = ticket_customer(&state, &request.token, "device", None).await?;
-    let device_id: i64 = data
-        .and_then(|d| String::from_utf8(d).ok())
+    let data = data.and_then(|d| String::from_utf8(d).ok()).unwrap_or_default();
+    let mut fields = data.split(' ');
+    let device_id: i64 = fields
+        .next()
         .and_then(|d| d.parse().ok())
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_ticket", "the link is invalid or expired"))?;
+    let ip: Option<IpAddr> = fields.next().and_then(|v| v.parse().ok());
+    let country = fields.next().and_then(Country::parse);
     let record = customer_record(
         &state,
         &customer.subject(),
@@ -493,6 +504,11 @@ pub(crate) async fn confirm_device(
         &[("device", device_id.to_string())],
     );
     change_for(&state, customer.id, SecurityChange::DeviceConfirmed(device_id), None, Effects::audit(record)).await?;
+    // The emailed link proves the sign-in was the customer's: the risk engine learns its address, device and country.
+    if let Some(ip) = ip {
+        let event = crate::risk::event(&state, customer.id, ip, Some(device_id), country, EventKind::ChallengePassed);
+        crate::risk::assess(&state, customer.id, event).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -675,6 +691,15 @@ pub(crate) async fn sign_in(
     let customer = match customer {
         Some(c) if ok => c,
         other => {
+            if let Some(c) = other.as_ref() {
+                let kind = EventKind::SignIn { success: false, factor: Factor::Password };
+                crate::risk::assess(
+                    &state,
+                    c.id,
+                    crate::risk::event(&state, c.id, client.ip, None, client.country, kind),
+                )
+                .await?;
+            }
             return Err(sign_in_failed(
                 &state,
                 other.as_ref(),
@@ -701,6 +726,12 @@ pub(crate) async fn sign_in(
             "email_unverified",
             "verify the email address first: follow the link we sent",
         ));
+    }
+    // The password step is scored too: a burst of failures from this address refuses even a right password.
+    let kind = EventKind::SignIn { success: true, factor: Factor::Password };
+    let event = crate::risk::event(&state, customer.id, client.ip, None, client.country, kind);
+    if let Some(refusal) = crate::risk::refusal(&crate::risk::assess(&state, customer.id, event).await?) {
+        return Err(refusal);
     }
     let webauthn = state.store().webauthn_credentials(&customer.subject()).await?.len();
     let backup = state.store().backup_codes_left(customer.id).await?;
@@ -870,6 +901,9 @@ pub(crate) async fn verify_sign_in(
         Ok(kind) => kind,
         Err(("internal", e)) => return Err(e),
         Err((reason, e)) => {
+            let kind = EventKind::SignIn { success: false, factor: attempted_factor(&request.factor) };
+            let event = crate::risk::event(&state, customer.id, client.ip, None, client.country, kind);
+            crate::risk::assess(&state, customer.id, event).await?;
             let failed =
                 sign_in_failed(&state, Some(&customer), &index_hex, client.ip, reason, "auth.customer.sign_in", None)
                     .await?;
@@ -885,8 +919,35 @@ pub(crate) async fn verify_sign_in(
         Some(t) => state.store().device_by_token(customer.id, &hash_bearer(t)).await?,
         None => None,
     };
+    let context = RiskContext { ip: client.ip, country: client.country };
     match device {
         Some(d) if d.confirmed_at_ns.is_some() => {
+            let kind = EventKind::SignIn { success: true, factor: risk_factor(factor) };
+            let event = crate::risk::event(&state, customer.id, client.ip, Some(d.id), client.country, kind);
+            let assessed = crate::risk::assess(&state, customer.id, event).await?;
+            if let Some(refusal) = crate::risk::refusal(&assessed) {
+                return Err(refusal);
+            }
+            if assessed.decision.outcome == rampart_risk::Outcome::Challenge {
+                // Unusual for this customer: a second, out-of-band verification by the emailed link before a session.
+                let details = [("device", d.id.to_string()), ("ip", client.ip.to_string())];
+                let sent = ConfirmationLink {
+                    action: "auth.customer.sign_in_confirmation",
+                    details: &details,
+                    device_id: d.id,
+                    context: &context,
+                };
+                send_confirmation_link(&state, &keyring, &customer, sent, device_info, now).await?;
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    Json(CustomerSessionView {
+                        status: "sign_in_confirmation_required".into(),
+                        token: None,
+                        expires_at_ns: None,
+                        device_token: presented.unwrap_or_default(),
+                    }),
+                ));
+            }
             ensure_ledger_accounts(&state, customer.id).await?;
             let session = BearerSecret::generate("rcs_");
             let expires = now + state.identity().session_absolute_s * NS;
@@ -926,27 +987,14 @@ pub(crate) async fn verify_sign_in(
         }
         Some(d) => {
             // A device seen before but not yet confirmed: send its link again.
-            let link_token = BearerSecret::generate("rdc_");
-            let url = link(&state, "/confirm-device", &link_token.secret);
-            let record = customer_record(
-                &state,
-                &customer.subject(),
-                "auth.customer.device_confirmation",
-                customer.id,
-                Outcome::Success,
-                &[("device", d.id.to_string())],
-            );
-            let effects = Effects::audit(record)
-                .notify(notice(
-                    &keyring,
-                    Notification::NewDeviceConfirmation { link: SecretLink::new(url), device: device_info },
-                    None,
-                ))
-                .ticket(device_ticket(&customer, d.id, link_token.hash, now));
-            state
-                .store()
-                .apply_security_change(customer.id, SecurityChange::None, None, now, &state.auditor(&keyring), effects)
-                .await?;
+            let details = [("device", d.id.to_string())];
+            let sent = ConfirmationLink {
+                action: "auth.customer.device_confirmation",
+                details: &details,
+                device_id: d.id,
+                context: &context,
+            };
+            send_confirmation_link(&state, &keyring, &customer, sent, device_info, now).await?;
             Ok(confirmation_required(presented.unwrap_or_default()))
         }
         None => {
@@ -980,7 +1028,13 @@ pub(crate) async fn verify_sign_in(
                             },
                             None,
                         ))
-                        .ticket(device_ticket(&customer, device_id, link_token.hash, now))
+                        .ticket(device_ticket(
+                            &customer,
+                            device_id,
+                            &context,
+                            link_token.hash,
+                            now,
+                        ))
                     },
                 )
                 .await?;
@@ -989,12 +1043,76 @@ pub(crate) async fn verify_sign_in(
     }
 }
 
-fn device_ticket(customer: &CustomerRecord, device_id: i64, hash: [u8; 32], now: u64) -> NewTicket {
+/// What a confirmation link is for: the audited action and its details, the device and the sign-in's context.
+struct ConfirmationLink<'a> {
+    action: &'static str,
+    details: &'a [(&'a str, String)],
+    device_id: i64,
+    context: &'a RiskContext,
+}
+
+/// Emails a link that confirms a device or an unusual sign-in, with its audit entry and ticket, in one transaction.
+async fn send_confirmation_link(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    customer: &CustomerRecord,
+    sent: ConfirmationLink<'_>,
+    device: DeviceInfo,
+    now: u64,
+) -> Result<(), ApiError> {
+    let link_token = BearerSecret::generate("rdc_");
+    let url = link(state, "/confirm-device", &link_token.secret);
+    let record = customer_record(state, &customer.subject(), sent.action, customer.id, Outcome::Success, sent.details);
+    let effects = Effects::audit(record)
+        .notify(notice(keyring, Notification::NewDeviceConfirmation { link: SecretLink::new(url), device }, None))
+        .ticket(device_ticket(customer, sent.device_id, sent.context, link_token.hash, now));
+    state
+        .store()
+        .apply_security_change(customer.id, SecurityChange::None, None, now, &state.auditor(keyring), effects)
+        .await?;
+    Ok(())
+}
+
+/// Where a sign-in came from, kept in its confirmation link's ticket so that following the link teaches the risk
+/// engine this context as the customer's own.
+struct RiskContext {
+    ip: IpAddr,
+    country: Option<Country>,
+}
+
+/// The risk engine's name of a proven second factor.
+fn risk_factor(kind: &str) -> Factor {
+    match kind {
+        "backup_code" => Factor::BackupCode,
+        "webauthn" => Factor::Passkey,
+        _ => Factor::Totp,
+    }
+}
+
+/// The factor a failed second step tried.
+fn attempted_factor(fields: &SecondFactorFields) -> Factor {
+    if fields.webauthn.is_some() {
+        Factor::Passkey
+    } else if fields.backup_code.is_some() {
+        Factor::BackupCode
+    } else {
+        Factor::Totp
+    }
+}
+
+fn device_ticket(
+    customer: &CustomerRecord,
+    device_id: i64,
+    context: &RiskContext,
+    hash: [u8; 32],
+    now: u64,
+) -> NewTicket {
+    let country = context.country.map_or_else(|| "-".to_owned(), |c| c.to_string());
     NewTicket {
         token_hash: hash,
         purpose: "device",
         owner: customer.subject(),
-        data: Some(device_id.to_string().into_bytes()),
+        data: Some(format!("{device_id} {} {country}", context.ip).into_bytes()),
         expires_at_ns: now + EMAIL_LINK_S * NS,
     }
 }
@@ -1114,6 +1232,16 @@ pub(crate) async fn step_up(
     match prove_second_factor(&state, &customer.record, &factor, ceremony.as_deref()).await {
         Ok(kind) => {
             state.store().session_second_factor(&session.token_hash, kind, state.now_ns()).await?;
+            // A second factor proven in this session's context answers any challenge the risk engine made of it.
+            let event = crate::risk::event(
+                &state,
+                customer.record.id,
+                customer.ip,
+                Some(session.device_id),
+                customer.country,
+                EventKind::ChallengePassed,
+            );
+            crate::risk::assess(&state, customer.record.id, event).await?;
             let record = customer_record(
                 &state,
                 &customer.actor(),
@@ -1193,6 +1321,22 @@ pub(crate) async fn change_password(
     .await
 }
 
+/// The risk engine's name of a security change (`None` for changes it does not score).
+fn risk_change(change: &SecurityChange<'_>) -> Option<rampart_risk::Change> {
+    use rampart_risk::Change;
+    Some(match change {
+        SecurityChange::Password { .. } => Change::Password,
+        SecurityChange::AntiPhishingCode(_) => Change::AntiPhishing,
+        SecurityChange::TotpPending(_) | SecurityChange::TotpConfirmed { .. } | SecurityChange::TotpRemoved => {
+            Change::Totp
+        }
+        SecurityChange::BackupCodes(_) => Change::BackupCodes,
+        SecurityChange::Email { .. } => Change::Email,
+        SecurityChange::WebauthnAdded(_) | SecurityChange::WebauthnRemoved(_) => Change::Passkey,
+        _ => return None,
+    })
+}
+
 /// Applies a sensitive change that a step-up proof authorised, with its audit entry, notification and (for the
 /// changes that warrant it) the security-change lock.
 async fn security_change(
@@ -1204,6 +1348,28 @@ async fn security_change(
     action: &str,
     notification: Notification,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(kind) = risk_change(&change) {
+        let device = customer.session().ok().map(|s| s.device_id);
+        let event = crate::risk::event(
+            state,
+            customer.record.id,
+            customer.ip,
+            device,
+            customer.country,
+            EventKind::SecurityChange { change: kind },
+        );
+        let assessed = crate::risk::assess(state, customer.record.id, event).await?;
+        if let Some(refusal) = crate::risk::refusal(&assessed) {
+            return Err(refusal);
+        }
+        if assessed.decision.outcome == rampart_risk::Outcome::Challenge {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "step_up_required",
+                "this change looks unusual for your account: prove a second factor again (POST /v1/me/step-up), then retry",
+            ));
+        }
+    }
     let keyring = state.keyring()?;
     let lock = lock_reason.map(|r| (lock_until(state, state.identity().security_lock_hours), r));
     let mut details = vec![("step_up_at", proof.proven_at_ns().to_string())];

@@ -419,6 +419,8 @@ pub struct Customer {
     pub via: Via,
     /// The client's address.
     pub ip: IpAddr,
+    /// The client's country, when a trusted proxy says it.
+    pub country: Option<rampart_risk::Country>,
 }
 
 impl Customer {
@@ -624,6 +626,17 @@ pub(crate) async fn authenticate_customer(
         (session_customer(&state, request.headers().clone(), ip).await?, request)
     };
     let mut request = request;
+    let mut customer = customer;
+    customer.country = crate::risk::client_country(&state, request.headers(), request.extensions());
+    // Every API-key request is scored: a flood from one key is refused here, before the handler runs.
+    if let Via::ApiKey { key, .. } = &customer.via {
+        let kind = rampart_risk::EventKind::ApiRequest { key: rampart_risk::profile::hash64(key.id.as_str()) };
+        let event = crate::risk::event(&state, customer.record.id, ip, None, customer.country, kind);
+        let assessed = crate::risk::assess(&state, customer.record.id, event).await?;
+        if let Some(refusal) = crate::risk::refusal(&assessed) {
+            return Err(refusal);
+        }
+    }
     let path = request.uri().path().to_owned();
     let (actor, id) = (customer.actor(), customer.record.id);
     request.extensions_mut().insert(customer);
@@ -691,7 +704,7 @@ async fn session_customer(state: &AppState, headers: HeaderMap, ip: IpAddr) -> R
     if record.status == CustomerStatus::Frozen {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "account_frozen", "the account is frozen: contact support"));
     }
-    Ok(Customer { record, via: Via::Session(session), ip })
+    Ok(Customer { record, via: Via::Session(session), ip, country: None })
 }
 
 async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Result<(Customer, Request), ApiError> {
@@ -772,7 +785,7 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
     }
     let scopes = key.scopes.split(',').filter_map(Scope::parse).collect();
     let request = Request::from_parts(parts, Body::from(bytes));
-    Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip }, request))
+    Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip, country: None }, request))
 }
 
 /// The associated data of an API key's secret.

@@ -17,6 +17,7 @@ mod identity;
 mod outbox;
 mod passkeys;
 mod principal;
+pub mod risk;
 mod staff_api;
 mod telemetry;
 mod vault;
@@ -73,6 +74,7 @@ struct Inner {
     webauthn: Option<rampart_webauthn::Relying>,
     rate_limiter: RateLimiter,
     custody: Option<Arc<custody::Custody>>,
+    risk: Option<Arc<risk::Risk>>,
 }
 
 impl AppState {
@@ -95,6 +97,7 @@ impl AppState {
                 webauthn: None,
                 rate_limiter: RateLimiter::default(),
                 custody: None,
+                risk: None,
             }),
         }
     }
@@ -109,6 +112,19 @@ impl AppState {
         inner.identity = identity;
         inner.webauthn = Some(webauthn);
         Ok(self)
+    }
+
+    /// The same state with the risk engine scoring sign-ins, security changes and API requests. Call before the
+    /// state is shared.
+    pub fn with_risk(mut self, risk: Arc<risk::Risk>) -> Result<AppState, String> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.risk = Some(risk);
+        Ok(self)
+    }
+
+    /// The risk engine, when it runs.
+    pub fn risk(&self) -> Option<&Arc<risk::Risk>> {
+        self.inner.risk.as_ref()
     }
 
     /// The same state with custody running on `custody`'s chain. Call before the state is shared.
@@ -189,6 +205,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/custody/ceremonies/{id}/messages", post(custody_api::post_message))
         .route("/v1/custody/refills", get(custody_api::list_refills).post(custody_api::propose_refill))
         .route("/v1/custody/refills/{id}/approve", post(custody_api::approve_refill))
+        .route("/v1/risk/cases", get(risk::cases))
+        .route("/v1/risk/cases/{id}", get(risk::case))
+        .route("/v1/risk/cases/{id}/assign", post(risk::assign))
+        .route("/v1/risk/cases/{id}/notes", post(risk::note))
+        .route("/v1/risk/cases/{id}/resolve", post(risk::resolve))
+        .route("/v1/risk/rules", get(risk::rules))
+        .route("/v1/risk/rules/reload", post(risk::reload))
+        .route("/v1/risk/events", get(risk::events))
         .route("/v1/dev/chain/mine", post(custody_api::dev_mine))
         .route("/v1/dev/chain/faucet", post(custody_api::dev_faucet))
         .route("/v1/dev/chain/reorg", post(custody_api::dev_reorg))

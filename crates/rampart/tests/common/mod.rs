@@ -43,6 +43,12 @@ impl Db {
         Some(Db { data_dir: tempfile::tempdir().expect("a temporary directory"), database_url: Some(url) })
     }
 
+    /// The database's URL, for tests that open the store themselves.
+    #[allow(dead_code)]
+    pub fn database_url_or_sqlite(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| testing::sqlite_url(self.data_dir.path()))
+    }
+
     /// `sqlite` or `postgres`, as `/readyz` names it.
     pub fn backend(&self) -> &'static str {
         if self.database_url.is_some() { "postgres" } else { "sqlite" }
