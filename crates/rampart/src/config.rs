@@ -53,22 +53,40 @@ pub struct RiskFileConfig {
     /// The header a trusted proxy puts the client's country in (e.g. `cf-ipcountry`), believed only from
     /// `identity.trusted_proxies`.
     pub country_header: Option<String>,
+    /// Reference prices in dollars per whole unit (`BTC = "90000"`), to value deposits for the rules; an asset
+    /// without one is not valued and its deposits are not scored.
+    pub usd_prices: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RiskFileConfig {
     fn default() -> RiskFileConfig {
-        RiskFileConfig { enabled: true, rules: None, snapshot_interval_s: 300, country_header: None }
+        RiskFileConfig {
+            enabled: true,
+            rules: None,
+            snapshot_interval_s: 300,
+            country_header: None,
+            usd_prices: std::collections::BTreeMap::new(),
+        }
     }
 }
 
 impl RiskFileConfig {
-    /// The service's risk configuration.
-    pub fn runtime(&self) -> rampart_server::risk::RiskConfig {
-        rampart_server::risk::RiskConfig {
+    /// The service's risk configuration; a price that is not a decimal of at most six places is refused by name.
+    pub fn runtime(&self) -> anyhow::Result<rampart_server::risk::RiskConfig> {
+        let mut prices = std::collections::BTreeMap::new();
+        for (asset, text) in &self.usd_prices {
+            let micro = rampart_risk::expr::parse_number(text)
+                .ok()
+                .and_then(|v| u64::try_from(v).ok())
+                .with_context(|| format!("[risk] usd_prices.{asset} = {text:?} is not a price in dollars"))?;
+            prices.insert(asset.clone(), micro);
+        }
+        Ok(rampart_server::risk::RiskConfig {
             rules_path: self.rules.clone(),
             snapshot_interval_s: self.snapshot_interval_s,
             country_header: self.country_header.clone(),
-        }
+            usd_micro_per_unit: prices,
+        })
     }
 }
 

@@ -137,6 +137,13 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))?
     .with_custody(custody.clone())
     .map_err(|e| anyhow!(e))?;
+    // Deposits are scored too, valued at a reference price (a deployment would take it from a price feed).
+    let risk_config = rampart_server::risk::RiskConfig {
+        usd_micro_per_unit: [("BTC".to_owned(), 90_000_000_000)].into_iter().collect(),
+        ..rampart_server::risk::RiskConfig::default()
+    };
+    let (risk, _) = rampart_server::risk::Risk::load(state.store(), risk_config).await.map_err(|e| anyhow!(e))?;
+    let state = state.with_risk(Arc::new(risk)).map_err(|e| anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -253,6 +260,15 @@ async fn story(
         "   Two blocks later: credited 0.5 BTC (a ledger transfer whose id is derived from the output, so a watcher"
     );
     println!("   that runs again, or restarts, finds it recorded and credits nothing twice).");
+    let scored = state.store().risk_events_after(0, 1_000).await?;
+    let deposit = scored
+        .iter()
+        .filter_map(|r| serde_json::from_str::<rampart_risk::Event>(&r.event).ok())
+        .find(|e| matches!(e.kind, rampart_risk::EventKind::Deposit { .. }))
+        .context("the credited deposit was scored")?;
+    ensure!(deposit.amount_micro_usd() == 45_000_000_000, "valued at 90 000 USD per BTC: {deposit:?}");
+    println!("   The risk engine scored the credit as a deposit of 45 000 USD (at a reference price of 90 000 USD):");
+    println!("   Erin's profile now knows her usual deposit size.");
     let outpoint = node.faucet(script, bitcoin::Amount::from_sat(2_000_000))?;
     node.mine(3)?;
     watch_once(state, custody).await.map_err(|e| anyhow!("{}", e.message()))?;

@@ -251,7 +251,7 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         None => state,
     };
     let state = if config.risk.enabled {
-        let (risk, replayed) = rampart_server::risk::Risk::load(state.store(), config.risk.runtime())
+        let (risk, replayed) = rampart_server::risk::Risk::load(state.store(), config.risk.runtime()?)
             .await
             .map_err(|e| anyhow::anyhow!("the risk engine cannot start: {e}"))?;
         let rules = risk.rules();

@@ -435,7 +435,7 @@ async fn credit(
     if !result.first().is_some_and(|r| r.is_recorded()) {
         return Err(internal(format!("crediting a deposit: {result:?}")));
     }
-    Ok(state
+    let settled = state
         .store()
         .settle_deposit(
             asset,
@@ -446,7 +446,17 @@ async fn credit(
             &state.auditor(keyring),
             vec![record],
         )
-        .await?)
+        .await?;
+    if settled {
+        // The deposit teaches the customer's profile its amounts; a rule may hold or freeze on it. A failure to score
+        // must not undo the credit, which is final: it is logged and the watcher goes on.
+        if let Err(e) =
+            crate::risk::assess_deposit(state, deposit.customer_id, asset, u128::from(deposit.amount), None).await
+        {
+            tracing::warn!(error = %e.message(), "scoring a deposit failed");
+        }
+    }
+    Ok(settled)
 }
 
 async fn disconnect(

@@ -36,12 +36,51 @@ pub struct RiskConfig {
     /// The header a trusted proxy puts the client's country in (`cf-ipcountry`); believed only from
     /// `trusted_proxies`.
     pub country_header: Option<String>,
+    /// Reference prices in micro-dollars per whole unit, by asset, to value deposits (and withdrawals) for the
+    /// rules; an asset without a price is not valued, and its deposits are not scored.
+    pub usd_micro_per_unit: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for RiskConfig {
     fn default() -> RiskConfig {
-        RiskConfig { rules_path: None, snapshot_interval_s: 300, country_header: None }
+        RiskConfig {
+            rules_path: None,
+            snapshot_interval_s: 300,
+            country_header: None,
+            usd_micro_per_unit: std::collections::BTreeMap::new(),
+        }
     }
+}
+
+/// The value in micro-dollars of `units` of an asset with `decimals`, at `micro_per_unit` micro-dollars per whole
+/// unit, rounded down; saturates rather than overflow.
+pub fn usd_micro(units: u128, decimals: u8, micro_per_unit: u64) -> u64 {
+    let scale = 10u128.checked_pow(u32::from(decimals)).unwrap_or(u128::MAX);
+    let value = units.checked_mul(u128::from(micro_per_unit)).map_or(u128::MAX / scale.max(1), |v| v / scale.max(1));
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// Scores a credited deposit of `units` of `asset` for `customer_id`, when the asset has a reference price.
+pub async fn assess_deposit(
+    state: &AppState,
+    customer_id: i64,
+    asset: &str,
+    units: u128,
+    source: Option<String>,
+) -> Result<Option<Assessed>, ApiError> {
+    let Some(price) = state.risk().and_then(|r| r.config.usd_micro_per_unit.get(asset).copied()) else {
+        return Ok(None);
+    };
+    let decimals = state.assets().lookup(asset).map(|a| a.decimals).unwrap_or(0);
+    let event = Event {
+        at_ns: state.now_ns(),
+        user: UserId(u64::try_from(customer_id).unwrap_or(0)),
+        ip: None,
+        device: None,
+        country: None,
+        kind: EventKind::Deposit { amount_micro_usd: usd_micro(units, decimals, price), source },
+    };
+    assess(state, customer_id, event).await.map(Some)
 }
 
 struct Inner {
@@ -300,6 +339,21 @@ pub(crate) fn refusal(assessed: &Assessed) -> Option<ApiError> {
             "risk_blocked",
             "this request was refused by our security checks",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usd_micro;
+
+    #[test]
+    fn values_are_exact_and_saturate() {
+        // 0.5 BTC (8 decimals) at 90 000 dollars: 45 000 dollars.
+        assert_eq!(usd_micro(50_000_000, 8, 90_000_000_000), 45_000_000_000);
+        // 1 USDT (6 decimals) at one dollar; 1 wei of ETH at 3 000 dollars rounds down to nothing.
+        assert_eq!(usd_micro(1_000_000, 6, 1_000_000), 1_000_000);
+        assert_eq!(usd_micro(1, 18, 3_000_000_000), 0);
+        assert_eq!(usd_micro(u128::MAX, 0, u64::MAX), u64::MAX);
     }
 }
 
