@@ -3,6 +3,7 @@
 //! events that back-tests read. On SQLite and (when configured) PostgreSQL.
 
 #[macro_use]
+#[allow(dead_code)]
 mod common;
 
 use common::{Db, Server};
