@@ -11,6 +11,7 @@
 //! generated before any clock starts: the figures measure the engine, not the generator.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use crate::bench::{grouped, per_second};
 /// Flags of `rampart bench risk`.
 #[derive(Args, Debug)]
 pub struct RiskArgs {
-    /// Users, each with a profile (every one of them is warmed up with a few days of history before timing).
+    /// Users, each with a profile: every one of them gets some of the 30 days of history played before timing.
     #[arg(long, default_value_t = 1_000_000, value_parser = RangedU64ValueParser::<u32>::new().range(2..=50_000_000))]
     users: u32,
     /// Events in the timed stream.
@@ -47,6 +48,10 @@ pub struct RiskArgs {
     /// Rules generated on top of the default rule set.
     #[arg(long, default_value_t = 30)]
     extra_rules: usize,
+    /// Skips the latency phase (which replays the whole stream in real time, `events / rate` seconds, after a warm-up
+    /// of its own): for quick comparisons of throughput.
+    #[arg(long)]
+    skip_latency: bool,
     /// Seeds the population and the stream so that a run can be repeated. Random when absent; printed either way.
     #[arg(long)]
     seed: Option<u64>,
@@ -117,8 +122,10 @@ const ATTACK_IPS: u32 = 30;
 const SHARED_DESTINATIONS: u64 = 500;
 /// A user who is expected to send at least this many events per second is an API trader.
 const TRADER_EVENTS_PER_S: f64 = 1.0;
-/// An API key carries at most about this many requests per second (traders spread their load over keys, as the
-/// exchange's own rate limit of 20 a second per key makes them do).
+/// A trader's own (not their bot's) events per second: someone watching, now and then signing in or withdrawing.
+const HUMAN_EVENTS_PER_S: f64 = 0.05;
+/// An API key carries at most about this many requests per second on average (traders spread their load over keys,
+/// as the default rule `api_key_flood`, 1 200 a minute per key, makes them do).
 const REQUESTS_PER_KEY_PER_S: f64 = 5.0;
 
 /// What is fixed about a user.
@@ -138,8 +145,9 @@ struct UserTraits {
     base_usd: u32,
     /// API keys the user spreads requests over.
     api_keys: u16,
-    /// Mostly API requests.
-    trader: bool,
+    /// Per million events, how many are a person's (a session, a sign-in, a withdrawal…) rather than an API
+    /// trader's bot's requests: all of them for ordinary users.
+    human_ppm: u32,
 }
 
 /// A sampler of Zipf-distributed ranks: inverse CDF over precomputed cumulative weights, by binary search.
@@ -248,7 +256,7 @@ impl Population {
                 n_destinations: rng.random_range(1..=3),
                 base_usd,
                 api_keys: 1,
-                trader: false,
+                human_ppm: 1_000_000,
             });
         }
         let zipf = Zipf::new(n as usize, exponent);
@@ -261,8 +269,8 @@ impl Population {
                 break;
             }
             let u = &mut users[user as usize];
-            u.trader = true;
             u.api_keys = (per_s / REQUESTS_PER_KEY_PER_S).ceil().clamp(1.0, 4_000.0) as u16;
+            u.human_ppm = (HUMAN_EVENTS_PER_S / per_s * 1e6).clamp(1.0, 1e6) as u32;
             traders += 1;
         }
         Ok(Population { users, countries, networks, country_weights, zipf, rank_to_user, traders })
@@ -313,7 +321,7 @@ fn warm_up(pop: &Population, part: Option<(u64, u64)>, engine: &mut Engine) -> u
                 continue;
             }
             let anchor = mix(user) % HISTORY_DAYS;
-            if day != anchor && mix((user << 8) | day) % 8 != 0 {
+            if day != anchor && !mix((user << 8) | day).is_multiple_of(8) {
                 continue;
             }
             let t = &pop.users[user as usize];
@@ -379,7 +387,7 @@ struct Stream<'a> {
     next_device: u64,
 }
 
-/// Event kinds by weight (per ten thousand) for ordinary users and for API traders.
+/// Event kinds by weight (per ten thousand) of people (API traders' bots send only API requests).
 const KINDS_USER: &[(u8, u32)] = &[
     (K_SESSION, 5_250),
     (K_SIGN_IN, 1_800),
@@ -389,15 +397,6 @@ const KINDS_USER: &[(u8, u32)] = &[
     (K_SECURITY, 150),
     (K_WHITELIST, 100),
     (K_CHALLENGE_PASSED, 100),
-];
-const KINDS_TRADER: &[(u8, u32)] = &[
-    (K_API, 9_200),
-    (K_SESSION, 500),
-    (K_DEPOSIT, 130),
-    (K_WITHDRAWAL, 100),
-    (K_SIGN_IN, 50),
-    (K_SECURITY, 10),
-    (K_WHITELIST, 10),
 ];
 const K_SESSION: u8 = 0;
 const K_SIGN_IN: u8 = 1;
@@ -430,16 +429,17 @@ impl Stream<'_> {
         }
         let user = u64::from(pop.rank_to_user[pop.zipf.sample(rng)]);
         let t = pop.users[user as usize];
-        let kinds = if t.trader { KINDS_TRADER } else { KINDS_USER };
-        let total: u32 = kinds.iter().map(|(_, w)| w).sum();
-        let mut x = rng.random_range(0..total);
-        let mut kind_code = kinds[0].0;
-        for &(k, w) in kinds {
-            if x < w {
-                kind_code = k;
-                break;
+        let mut kind_code = K_API;
+        if rng.random_range(0..1_000_000) < t.human_ppm {
+            let total: u32 = KINDS_USER.iter().map(|(_, w)| w).sum();
+            let mut x = rng.random_range(0..total);
+            for &(k, w) in KINDS_USER {
+                if x < w {
+                    kind_code = k;
+                    break;
+                }
+                x -= w;
             }
-            x -= w;
         }
         let amount = |rng: &mut StdRng| {
             let micro = u64::from(t.base_usd) * MICRO_USD_PER_USD * rng.random_range(30..=300) / 100;
@@ -627,6 +627,13 @@ fn generated_rules(count: usize) -> String {
     out
 }
 
+/// A 64-bit digest of bytes (SipHash with fixed keys: the same on every run of the same build).
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
 /// The process's resident memory, from `/proc/self/status`.
 fn rss_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
@@ -677,7 +684,8 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
         grouped(args.rate),
     );
     println!(
-        "size_of::<Profile>() = {} bytes (inline; address, device, country and destination lists are on the heap)",
+        "size_of::<Profile>() = {} bytes (with the first two entries of each address, network, device, country and \
+         destination list; longer lists spill to the heap)",
         size_of::<Profile>()
     );
 
@@ -700,8 +708,8 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
         grouped(engine.users() as u64),
     );
     println!(
-        "memory: resident {} MiB in all, {} MiB more than before the engine existed: {} bytes a profile (goal ≤ 1 GiB \
-         for 1,000,000 profiles: {})",
+        "memory: resident {} MiB in all, {} MiB more than before the engine existed (profiles and the counters of \
+         addresses, devices, destinations and API keys): {} bytes a user (goal ≤ 1 GiB for 1,000,000 profiles: {})",
         rss >> 20,
         engine_bytes >> 20,
         bytes_per_profile,
@@ -710,10 +718,15 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
 
     // What the service's snapshot worker costs at this size (it holds the engine while the snapshot is taken).
     let started = Instant::now();
-    let snapshot_bytes = engine.snapshot().len();
+    let snapshot = engine.snapshot();
     let snapshot_elapsed = started.elapsed();
+    let snapshot_bytes = snapshot.len();
+    // Equal digests on two builds mean their engines reached exactly the same state on the same history (same seed,
+    // users and rate): a check that a performance change changed nothing else.
+    let state_digest = digest(&snapshot);
+    drop(snapshot);
     println!(
-        "snapshot: {} MiB in {} ms (taken after the memory was measured)",
+        "snapshot: {} MiB in {} ms (taken after the memory was measured); state digest {state_digest:016x}",
         snapshot_bytes >> 20,
         snapshot_elapsed.as_millis()
     );
@@ -798,25 +811,77 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
     drop(engines);
     drop(parts);
 
-    // 3. Latency at a sustained rate: each event is due at its time in the stream; it is scored when the thread is
-    // free and not before it is due, and its latency runs from when it was due, so a slow decision delays the ones
-    // behind it and they count it (no coordinated omission).
-    let mut engine = Engine::new(Arc::clone(&rules));
-    warm_up(&pop, None, &mut engine);
+    let latency = if args.skip_latency { None } else { Some(latency(&pop, &rules, &events, args.rate)?) };
+    let outcomes_json: serde_json::Map<String, serde_json::Value> =
+        OUTCOMES.iter().zip(outcomes).map(|(o, n)| (o.name().to_owned(), n.into())).collect();
+    Ok(serde_json::json!({
+        "bench": "risk",
+        "seed": seed,
+        "users": pop.len(),
+        "events": events.len(),
+        "rate": args.rate,
+        "rules": n_rules,
+        "events_per_s_1_thread": one_rate,
+        "events_per_s": two_rate,
+        "p50_us": latency.as_ref().map(|l| micros(l.p50)),
+        "p99_us": latency.as_ref().map(|l| micros(l.p99)),
+        "p999_us": latency.as_ref().map(|l| micros(l.p999)),
+        "max_us": latency.as_ref().map(|l| micros(l.max)),
+        "stalls_over_1ms": latency.as_ref().map(|l| l.stalls),
+        "rss_bytes": rss,
+        "engine_rss_bytes": engine_bytes,
+        "bytes_per_profile": bytes_per_profile,
+        "profile_size": size_of::<Profile>(),
+        "snapshot_bytes": snapshot_bytes,
+        "state_digest": format!("{state_digest:016x}"),
+        "decisions_digest": latency.as_ref().map(|l| format!("{:016x}", l.decisions_digest)),
+        "snapshot_ms": u64::try_from(snapshot_elapsed.as_millis()).unwrap_or(u64::MAX),
+        "outcomes": outcomes_json,
+    }))
+}
+
+/// What the latency phase measured.
+struct Latency {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    /// Decisions that alone took over a millisecond.
+    stalls: usize,
+    decisions_digest: u64,
+}
+
+/// Latency at a sustained rate, on a fresh engine warmed up like the others: each event is due at its time in the
+/// stream; it is scored when the thread is free and not before it is due, and its latency runs from when it was due,
+/// so a slow decision delays the ones behind it and they count it (no coordinated omission). Latencies in
+/// nanoseconds.
+fn latency(pop: &Population, rules: &Arc<RuleSet>, events: &[Event], rate: u64) -> anyhow::Result<Latency> {
+    let mut engine = Engine::new(Arc::clone(rules));
+    warm_up(pop, None, &mut engine);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut fired: BTreeMap<Arc<str>, (u64, bool)> = BTreeMap::new();
-    let interval_ns = 1_000_000_000 / u128::from(args.rate);
+    let interval_ns = 1_000_000_000 / u128::from(rate);
+    // The decisions that alone took longer than a millisecond (service time, without waiting): what stalls are.
+    let mut slow: Vec<(Duration, usize)> = Vec::new();
+    let mut decisions = std::hash::DefaultHasher::new();
     let t0 = Instant::now() + Duration::from_millis(10);
     for (i, e) in events.iter().enumerate() {
         let due = t0 + Duration::from_nanos(u64::try_from(i as u128 * interval_ns).unwrap_or(u64::MAX));
-        while Instant::now() < due {
+        let mut now = Instant::now();
+        while now < due {
             std::hint::spin_loop();
+            now = Instant::now();
         }
         let d = engine.evaluate(e);
         let done = Instant::now();
         histogram.saturating_record(u64::try_from(done.duration_since(due).as_nanos()).unwrap_or(u64::MAX).max(1));
+        if done - now > Duration::from_millis(1) {
+            slow.push((done - now, i));
+        }
+        (d.outcome.name(), d.score).hash(&mut decisions);
         for r in &d.reasons {
             fired.entry(Arc::clone(&r.rule)).or_insert((0, r.shadow)).0 += 1;
+            (&*r.rule, r.shadow, &r.values).hash(&mut decisions);
         }
     }
     let behind = Instant::now().saturating_duration_since(
@@ -831,7 +896,7 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
     println!(
         "latency at {} events/s on 1 thread: p50 {} µs, p99 {} µs (goal ≤ 1000 µs: {}), p99.9 {} µs, max {} µs; \
          finished {} ms after the last event was due",
-        grouped(args.rate),
+        grouped(rate),
         micros(p50),
         micros(p99),
         met(p99 <= GOAL_P99_NS),
@@ -839,6 +904,23 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
         micros(max),
         behind.as_millis(),
     );
+    let decisions_digest = decisions.finish();
+    println!(
+        "           decisions digest {decisions_digest:016x} (outcomes, scores, reasons and the values they read)"
+    );
+    slow.sort_unstable_by(|a, b| b.cmp(a));
+    let slow_total: Duration = slow.iter().map(|(d, _)| *d).sum();
+    println!(
+        "           {} decisions took over 1 ms on their own ({} ms in all); the longest: {}",
+        slow.len(),
+        slow_total.as_millis(),
+        slow.iter()
+            .take(8)
+            .map(|(d, i)| format!("{} ms (event {i}, {})", d.as_millis(), events[*i].kind().name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let n_rules = rules.rules.len();
     let mut by_count: Vec<_> = fired.into_iter().collect();
     by_count.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
     println!("rules that matched ({} of {n_rules}), most often first:", by_count.len());
@@ -846,29 +928,7 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
         println!("  {:>10}  {name}{}", grouped(*n), if *shadow { " (shadow)" } else { "" });
     }
 
-    let outcomes_json: serde_json::Map<String, serde_json::Value> =
-        OUTCOMES.iter().zip(outcomes).map(|(o, n)| (o.name().to_owned(), n.into())).collect();
-    Ok(serde_json::json!({
-        "bench": "risk",
-        "seed": seed,
-        "users": pop.len(),
-        "events": events.len(),
-        "rate": args.rate,
-        "rules": n_rules,
-        "events_per_s_1_thread": one_rate,
-        "events_per_s": two_rate,
-        "p50_us": micros(p50),
-        "p99_us": micros(p99),
-        "p999_us": micros(p999),
-        "max_us": micros(max),
-        "rss_bytes": rss,
-        "engine_rss_bytes": engine_bytes,
-        "bytes_per_profile": bytes_per_profile,
-        "profile_size": size_of::<Profile>(),
-        "snapshot_bytes": snapshot_bytes,
-        "snapshot_ms": u64::try_from(snapshot_elapsed.as_millis()).unwrap_or(u64::MAX),
-        "outcomes": outcomes_json,
-    }))
+    Ok(Latency { p50, p99, p999, max, stalls: slow.len(), decisions_digest })
 }
 
 /// A share (0 to 1) as a percentage, for people.

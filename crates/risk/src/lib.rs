@@ -12,6 +12,8 @@ pub mod features;
 pub mod geo;
 pub mod profile;
 pub mod rules;
+mod sharded;
+mod small;
 pub mod window;
 
 pub use engine::{Decision, Engine, Reason, SnapshotError};

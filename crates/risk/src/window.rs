@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::small::Small;
+
 /// The windows, in seconds, in the order features name them (`_1m`, `_1h`, `_24h`).
 pub const WINDOWS_S: [u32; 3] = [60, 3_600, 86_400];
 
@@ -110,9 +112,10 @@ impl Sums {
 }
 
 /// The distinct users seen with one address, device or destination, each with when they were last seen; at most
-/// [`Accounts::CAP`] are kept (the least recently seen is forgotten), so counts saturate there.
+/// [`Accounts::CAP`] are kept (the least recently seen is forgotten), so counts saturate there. The first two are kept
+/// inline: most addresses and devices are seen with one user.
 #[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Accounts(Vec<(u64, u32)>);
+pub struct Accounts(Small<(u64, u32), 2>);
 
 impl Accounts {
     /// How many distinct users are remembered at most.
