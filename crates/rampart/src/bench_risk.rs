@@ -716,6 +716,18 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
         met(engine_bytes.saturating_mul(1_000_000) / pop.len() <= GOAL_BYTES),
     );
 
+    let sizes = engine.sizes();
+    println!(
+        "           {} profiles ({} with busy counters), counters of {} addresses, {} devices, {} destinations, {} \
+         API keys",
+        grouped(sizes.profiles as u64),
+        grouped(sizes.busy_profiles as u64),
+        grouped(sizes.ips as u64),
+        grouped(sizes.devices as u64),
+        grouped(sizes.destinations as u64),
+        grouped(sizes.api_keys as u64),
+    );
+
     // What the service's snapshot worker costs at this size (it holds the engine while the snapshot is taken).
     let started = Instant::now();
     let snapshot = engine.snapshot();
@@ -764,7 +776,11 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
         .collect::<Vec<_>>()
         .join(", ");
     println!("outcomes:  {outcome_line}");
-    println!("           after the stream the process holds {} MiB", rss_bytes()? >> 20);
+    println!(
+        "           after the stream the process holds {} MiB; {} profiles have busy counters",
+        rss_bytes()? >> 20,
+        grouped(engine.sizes().busy_profiles as u64)
+    );
     drop(engine);
 
     // 2. Two threads: users partitioned between two engines, each on its own thread.

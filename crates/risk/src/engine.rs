@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Change, Country, Event, EventKind, Factor, Kind};
 use crate::features::{self, COUNT, Features, NEVER_S, SCALE, VELOCITY, f, velocity_index};
 use crate::geo;
-use crate::profile::{self, Profile, hash64, ip_key, network_key};
+use crate::profile::{self, Profile, hash64, ip_key, metric, network_key};
 use crate::rules::{Mode, Outcome, RuleSet};
 use crate::sharded::Sharded;
-use crate::window::{Accounts, Counts, Sums, WINDOWS_S};
+use crate::window::{Accounts, Tally, WINDOWS_S};
 
 /// Why a decision is what it is: one matching rule, with the features it read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,26 +78,43 @@ impl Decision {
     }
 }
 
+/// An address's counters: its tally's metrics are the `ip.*` velocity features' order (events, sign-ins, failed
+/// sign-ins, API requests).
 #[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct IpStats {
-    events: Counts,
-    sign_ins: Counts,
-    failed_sign_ins: Counts,
-    api_requests: Counts,
+    tally: Tally<()>,
     accounts: Accounts,
 }
 
+/// A device's counters: events, failed sign-ins.
 #[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct DeviceStats {
-    events: Counts,
-    failed_sign_ins: Counts,
+    tally: Tally<()>,
     accounts: Accounts,
 }
 
+/// A destination's counters: withdrawals, with their values.
 #[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct DestinationStats {
-    withdrawals: Sums,
+    tally: Tally<u64>,
     accounts: Accounts,
+}
+
+/// How many of each thing an engine holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Users' profiles.
+    pub profiles: usize,
+    /// Profiles whose counters have moved to rings (more events within a day than a quiet user's log holds).
+    pub busy_profiles: usize,
+    /// Addresses with counters.
+    pub ips: usize,
+    /// Devices with counters.
+    pub devices: usize,
+    /// Withdrawal destinations with counters.
+    pub destinations: usize,
+    /// API keys with counters.
+    pub api_keys: usize,
 }
 
 /// The engine's whole state, as a snapshot stores it (read back).
@@ -108,7 +125,7 @@ struct State {
     ips: Vec<(u64, IpStats)>,
     devices: Vec<(u64, DeviceStats)>,
     destinations: Vec<(u64, DestinationStats)>,
-    api_keys: Vec<(u64, Counts)>,
+    api_keys: Vec<(u64, Tally<()>)>,
 }
 
 /// The same, borrowed from the engine to be written: serialises to exactly the bytes [`State`] reads, without
@@ -120,10 +137,11 @@ struct StateRef<'a> {
     ips: Vec<(u64, &'a IpStats)>,
     devices: Vec<(u64, &'a DeviceStats)>,
     destinations: Vec<(u64, &'a DestinationStats)>,
-    api_keys: Vec<(u64, &'a Counts)>,
+    api_keys: Vec<(u64, &'a Tally<()>)>,
 }
 
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: velocity counters keep a quiet key's events one by one ([`Tally`]).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// An error restoring a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +164,7 @@ pub struct Engine {
     ips: Sharded<IpStats>,
     devices: Sharded<DeviceStats>,
     destinations: Sharded<DestinationStats>,
-    api_keys: Sharded<Counts>,
+    api_keys: Sharded<Tally<()>>,
 }
 
 fn since(now_s: u32, then_s: u32) -> i64 {
@@ -208,6 +226,18 @@ impl Engine {
         self.profiles.len()
     }
 
+    /// How much the engine holds.
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            profiles: self.profiles.len(),
+            busy_profiles: self.profiles.iter().filter(|(_, p)| p.counters.is_busy()).count(),
+            ips: self.ips.len(),
+            devices: self.devices.len(),
+            destinations: self.destinations.len(),
+            api_keys: self.api_keys.len(),
+        }
+    }
+
     /// Scores `event`, decides, and learns from it.
     pub fn evaluate(&mut self, event: &Event) -> Decision {
         let mut features = [0i64; COUNT];
@@ -244,45 +274,34 @@ impl Engine {
         let profile = profiles.get_or_default(user);
 
         // 1. Count the event.
-        let c = &mut profile.counters;
-        c.events.add(now_s);
-        match &event.kind {
-            EventKind::SignIn { success: false, .. } => c.failed_sign_ins.add(now_s),
-            EventKind::SignIn { success: true, factor } if *factor != Factor::Password => c.sign_ins.add(now_s),
-            EventKind::ApiRequest { .. } => c.api_requests.add(now_s),
-            EventKind::SecurityChange { .. } => c.security_changes.add(now_s),
-            EventKind::Withdrawal { .. } => c.withdrawals.add(now_s, amount),
-            EventKind::Deposit { .. } => c.deposits.add(now_s, amount),
-            _ => {}
-        }
+        let user_metric = match &event.kind {
+            EventKind::SignIn { success: false, .. } => Some(metric::FAILED_SIGN_INS),
+            EventKind::SignIn { success: true, factor } if *factor != Factor::Password => Some(metric::SIGN_INS),
+            EventKind::ApiRequest { .. } => Some(metric::API_REQUESTS),
+            EventKind::SecurityChange { .. } => Some(metric::SECURITY_CHANGES),
+            EventKind::Withdrawal { .. } => Some(metric::WITHDRAWALS),
+            EventKind::Deposit { .. } => Some(metric::DEPOSITS),
+            _ => None,
+        };
+        let bits = 1 << metric::EVENTS | user_metric.map_or(0, |m| 1 << m);
+        profile.counters.add(now_s, bits, if matches!(kind, Kind::Withdrawal | Kind::Deposit) { amount } else { 0 });
         let ip_stats = ip.map(|k| {
             let s = ips.get_or_default(k);
-            s.events.add(now_s);
-            if failed {
-                s.failed_sign_ins.add(now_s);
-            }
-            if signed_in {
-                s.sign_ins.add(now_s);
-            }
-            if kind == Kind::ApiRequest {
-                s.api_requests.add(now_s);
-            }
+            let bits = 1 | u8::from(signed_in) << 1 | u8::from(failed) << 2 | u8::from(kind == Kind::ApiRequest) << 3;
+            s.tally.add(now_s, bits, ());
             s.accounts.see(user, now_s);
             &*s
         });
         let device_stats = event.device.map(|k| {
             let s = devices.get_or_default(k);
-            s.events.add(now_s);
-            if failed {
-                s.failed_sign_ins.add(now_s);
-            }
+            s.tally.add(now_s, 1 | u8::from(failed) << 1, ());
             s.accounts.see(user, now_s);
             &*s
         });
         let destination_stats = destination.map(|k| {
             let s = destinations.get_or_default(k);
             if kind == Kind::Withdrawal {
-                s.withdrawals.add(now_s, amount);
+                s.tally.add(now_s, 1, amount);
             }
             s.accounts.see(user, now_s);
             &*s
@@ -290,7 +309,7 @@ impl Engine {
         let key_counts = match event.kind {
             EventKind::ApiRequest { key } => {
                 let s = api_keys.get_or_default(key);
-                s.add(now_s);
+                s.add(now_s, 1, ());
                 Some(&*s)
             }
             _ => None,
@@ -390,15 +409,15 @@ impl Engine {
                 let i = velocity_index(0, m, w);
                 if wanted(i) {
                     fv[i] = match m {
-                        0 => count(c.events.get(w, now_s)),
-                        1 => count(c.sign_ins.get(w, now_s)),
-                        2 => count(c.failed_sign_ins.get(w, now_s)),
-                        3 => count(c.api_requests.get(w, now_s)),
-                        4 => count(c.security_changes.get(w, now_s)),
-                        5 => count(c.withdrawals.count(w, now_s)),
-                        6 => usd(c.withdrawals.sum(w, now_s)),
-                        7 => count(c.deposits.count(w, now_s)),
-                        _ => usd(c.deposits.sum(w, now_s)),
+                        0 => count(c.count(metric::EVENTS, w, now_s)),
+                        1 => count(c.count(metric::SIGN_INS, w, now_s)),
+                        2 => count(c.count(metric::FAILED_SIGN_INS, w, now_s)),
+                        3 => count(c.count(metric::API_REQUESTS, w, now_s)),
+                        4 => count(c.count(metric::SECURITY_CHANGES, w, now_s)),
+                        5 => count(c.count(metric::WITHDRAWALS, w, now_s)),
+                        6 => usd(c.sum(metric::WITHDRAWALS, w, now_s)),
+                        7 => count(c.count(metric::DEPOSITS, w, now_s)),
+                        _ => usd(c.sum(metric::DEPOSITS, w, now_s)),
                     };
                 }
             }
@@ -406,13 +425,7 @@ impl Engine {
                 for m in 0..VELOCITY[1].1.len() {
                     let i = velocity_index(1, m, w);
                     if wanted(i) {
-                        fv[i] = count(match m {
-                            0 => s.events.get(w, now_s),
-                            1 => s.sign_ins.get(w, now_s),
-                            2 => s.failed_sign_ins.get(w, now_s),
-                            3 => s.api_requests.get(w, now_s),
-                            _ => s.accounts.count(w, now_s),
-                        });
+                        fv[i] = count(if m < 4 { s.tally.count(m, w, now_s) } else { s.accounts.count(w, now_s) });
                     }
                 }
             }
@@ -420,11 +433,7 @@ impl Engine {
                 for m in 0..VELOCITY[2].1.len() {
                     let i = velocity_index(2, m, w);
                     if wanted(i) {
-                        fv[i] = count(match m {
-                            0 => s.events.get(w, now_s),
-                            1 => s.failed_sign_ins.get(w, now_s),
-                            _ => s.accounts.count(w, now_s),
-                        });
+                        fv[i] = count(if m < 2 { s.tally.count(m, w, now_s) } else { s.accounts.count(w, now_s) });
                     }
                 }
             }
@@ -433,8 +442,8 @@ impl Engine {
                     let i = velocity_index(3, m, w);
                     if wanted(i) {
                         fv[i] = match m {
-                            0 => count(s.withdrawals.count(w, now_s)),
-                            1 => usd(s.withdrawals.sum(w, now_s)),
+                            0 => count(s.tally.count(0, w, now_s)),
+                            1 => usd(s.tally.sum(0, w, now_s)),
                             _ => count(s.accounts.count(w, now_s)),
                         };
                     }
@@ -443,7 +452,7 @@ impl Engine {
             if let Some(s) = key_counts {
                 let i = velocity_index(4, 0, w);
                 if wanted(i) {
-                    fv[i] = count(s.get(w, now_s));
+                    fv[i] = count(s.count(0, w, now_s));
                 }
             }
         }
@@ -523,12 +532,16 @@ impl Engine {
         decision
     }
 
-    /// Forgets counters of addresses, devices, destinations and API keys idle for more than a day (profiles are
-    /// kept: they are the history).
+    /// Forgets counters of addresses, devices, destinations and API keys idle for more than a day, and frees the
+    /// rings of users no longer busy (profiles are kept: they are the history). The service runs it with each
+    /// snapshot.
     pub fn prune(&mut self, now_s: u32) {
         let horizon = now_s.saturating_sub(WINDOWS_S[2] + WINDOWS_S[1]);
-        self.ips.retain(|_, s| s.events.idle_since_s() >= horizon || s.accounts.idle_since_s() >= horizon);
-        self.devices.retain(|_, s| s.events.idle_since_s() >= horizon || s.accounts.idle_since_s() >= horizon);
+        for p in self.profiles.values_mut() {
+            p.counters.settle(now_s);
+        }
+        self.ips.retain(|_, s| s.tally.idle_since_s() >= horizon || s.accounts.idle_since_s() >= horizon);
+        self.devices.retain(|_, s| s.tally.idle_since_s() >= horizon || s.accounts.idle_since_s() >= horizon);
         self.destinations.retain(|_, s| s.accounts.idle_since_s() >= horizon);
         self.api_keys.retain(|_, s| s.idle_since_s() >= horizon);
     }

@@ -16,7 +16,7 @@ mod sharded;
 mod small;
 pub mod window;
 
-pub use engine::{Decision, Engine, Reason, SnapshotError};
+pub use engine::{Decision, Engine, Reason, Sizes, SnapshotError};
 pub use event::{Change, Country, Event, EventKind, Factor, Kind, MICRO_USD_PER_USD, UserId};
 pub use expr::{Condition, ExprError};
 pub use profile::Profile;

@@ -51,6 +51,11 @@ impl<V> Sharded<V> {
         }
     }
 
+    /// Every value, to change in place, in no particular order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.shards.iter_mut().flat_map(|s| s.values_mut())
+    }
+
     /// Every entry, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &V)> {
         self.shards.iter().flat_map(|s| s.iter())

@@ -15,25 +15,27 @@ pub struct Small<T, const N: usize> {
     /// How many of `inline` are used; the heap part is used only when it is `N`.
     len: u8,
     inline: [T; N],
-    spill: Vec<T>,
+    /// Boxed twice so that the common case, nothing spilled, costs 8 bytes here rather than a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    spill: Option<Box<Vec<T>>>,
 }
 
 impl<T: Copy + Default, const N: usize> Default for Small<T, N> {
     fn default() -> Self {
         const { assert!(N > 0 && N < 256, "inline length must fit in a u8") };
-        Small { len: 0, inline: [T::default(); N], spill: Vec::new() }
+        Small { len: 0, inline: [T::default(); N], spill: None }
     }
 }
 
 impl<T: Copy + Default, const N: usize> Small<T, N> {
     /// The elements, in order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.inline[..usize::from(self.len)].iter().chain(self.spill.iter())
+        self.inline[..usize::from(self.len)].iter().chain(self.spill.iter().flat_map(|v| v.iter()))
     }
 
     /// The elements, in order, to change in place.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.inline[..usize::from(self.len)].iter_mut().chain(self.spill.iter_mut())
+        self.inline[..usize::from(self.len)].iter_mut().chain(self.spill.iter_mut().flat_map(|v| v.iter_mut()))
     }
 
     /// Appends `x`.
@@ -43,13 +45,13 @@ impl<T: Copy + Default, const N: usize> Small<T, N> {
             self.inline[len] = x;
             self.len += 1;
         } else {
-            self.spill.push(x);
+            self.spill.get_or_insert_default().push(x);
         }
     }
 
     /// How many elements there are.
     pub fn len(&self) -> usize {
-        usize::from(self.len) + self.spill.len()
+        usize::from(self.len) + self.spill.as_ref().map_or(0, |v| v.len())
     }
 
     /// Whether there are none.
@@ -75,7 +77,12 @@ impl<T: Copy + Default + fmt::Debug, const N: usize> fmt::Debug for Small<T, N> 
 impl<T: Copy + Default + Serialize, const N: usize> Serialize for Small<T, N> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // A sequence with its length first, exactly as a `Vec<T>` serialises.
-        s.collect_seq(self.iter())
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for x in self.iter() {
+            seq.serialize_element(x)?;
+        }
+        seq.end()
     }
 }
 

@@ -179,7 +179,8 @@ fn a_burst_of_failed_sign_ins_from_one_address_is_blocked_at_the_twentieth() {
     }
     let d = w.run(event(at(0, 12, 19), 200, ("192.0.2.1", 70, "NL"), failed.clone()));
     assert_eq!(d.outcome, Outcome::Block, "{d:?}");
-    assert_eq!(rules_of(&d), ["failed_sign_in_burst_ip"]);
+    // The twentieth account tried from the address within the hour: the scored rule matches too.
+    assert_eq!(rules_of(&d), ["failed_sign_in_burst_ip", "many_accounts_one_ip"]);
     // Another address is unaffected; two minutes later the first is too.
     assert_eq!(w.run(event(at(0, 12, 20), 201, ("192.0.2.2", 71, "NL"), failed.clone())).outcome, Outcome::Allow);
     assert_eq!(w.run(event(at(0, 12, 200), 202, ("192.0.2.1", 72, "NL"), failed)).outcome, Outcome::Allow);
@@ -225,6 +226,22 @@ fn many_accounts_from_one_device_reach_the_challenge_score() {
     let d = w.run(event(at(0, 12, 9), 20, ("192.0.2.9", 555, "FR"), SIGNED_IN));
     assert_eq!((d.outcome, d.score), (Outcome::Challenge, 60), "{d:?}");
     assert_eq!(rules_of(&d), ["many_accounts_one_device"]);
+}
+
+#[test]
+fn twenty_accounts_from_one_address_within_an_hour_are_scored() {
+    let mut w = World::new();
+    // Nineteen customers behind one address (an office, a carrier's NAT), a few minutes apart: nothing to see.
+    for user in 0..19 {
+        let d = w.run(event(at(0, 12, user * 180), 10 + user, ("198.51.100.77", 600 + user, "FR"), SIGNED_IN));
+        assert_eq!(d.outcome, Outcome::Allow, "user {user}: {d:?}");
+    }
+    let d = w.run(event(at(0, 12, 19 * 180), 40, ("198.51.100.77", 700, "FR"), SIGNED_IN));
+    assert_eq!((d.outcome, d.score), (Outcome::Allow, 30), "{d:?}");
+    assert_eq!(rules_of(&d), ["many_accounts_one_ip"]);
+    // An hour after the first ones have gone, the count is below twenty again.
+    let d = w.run(event(at(0, 14, 0), 41, ("198.51.100.77", 701, "FR"), SIGNED_IN));
+    assert!(d.reasons.is_empty(), "{d:?}");
 }
 
 #[test]

@@ -114,7 +114,14 @@ impl Risk {
     pub async fn load(store: &rampart_store::Store, config: RiskConfig) -> Result<(Risk, u64), String> {
         let rules = Arc::new(load_rules(&config)?);
         let (mut engine, mut last) = match store.latest_risk_snapshot().await.map_err(|e| e.to_string())? {
-            Some((seq, bytes)) => (Engine::restore(rules.clone(), &bytes).map_err(|e| e.to_string())?, seq),
+            Some((seq, bytes)) => match Engine::restore(rules.clone(), &bytes) {
+                Ok(engine) => (engine, seq),
+                // The log holds every event: a snapshot this build cannot read (an older format) only costs time.
+                Err(e) => {
+                    tracing::warn!(error = %e, "rebuilding the risk engine from the whole event log");
+                    (Engine::new(rules.clone()), 0)
+                }
+            },
             None => (Engine::new(rules.clone()), 0),
         };
         let mut replayed = 0u64;
@@ -162,9 +169,11 @@ impl Risk {
         Ok((old, new))
     }
 
-    /// The engine's state and the last event it includes.
-    pub fn snapshot(&self) -> (i64, Vec<u8>) {
-        let inner = self.lock();
+    /// The engine's state and the last event it includes, after forgetting what can no longer count at `now_s`
+    /// (idle addresses' and devices' counters, stale rings: nothing a decision could read).
+    pub fn snapshot(&self, now_s: u32) -> (i64, Vec<u8>) {
+        let mut inner = self.lock();
+        inner.engine.prune(now_s);
         (inner.next_seq - 1, inner.engine.snapshot())
     }
 
@@ -177,7 +186,8 @@ impl Risk {
 /// Writes a snapshot now (the worker does it every `snapshot_interval_s`).
 pub async fn snapshot_once(state: &AppState) -> Result<(), ApiError> {
     let Some(risk) = state.risk() else { return Ok(()) };
-    let (seq, bytes) = risk.snapshot();
+    let now_s = u32::try_from(state.now_ns() / 1_000_000_000).unwrap_or(u32::MAX);
+    let (seq, bytes) = risk.snapshot(now_s);
     state.store().save_risk_snapshot(seq, &bytes, state.now_ns()).await?;
     Ok(())
 }
