@@ -756,10 +756,8 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
     // 1. One thread, one engine.
     let mut outcomes = [0u64; 5];
     let started = Instant::now();
-    for e in &events {
-        let d = engine.evaluate(e);
-        outcomes[d.outcome as usize] += 1;
-    }
+    // In groups, as a stream consumer scores (the decisions are those of one-by-one scoring).
+    engine.evaluate_batch(&events, |_, d| outcomes[d.outcome as usize] += 1);
     let one_elapsed = started.elapsed();
     let one_rate = per_second(events.len() as u64, one_elapsed);
     println!(
@@ -800,9 +798,9 @@ fn in_process(args: RiskArgs) -> anyhow::Result<serde_json::Value> {
             .map(|(engine, part)| {
                 s.spawn(move || {
                     let t0 = Instant::now();
-                    for e in part {
-                        std::hint::black_box(engine.evaluate(e));
-                    }
+                    engine.evaluate_batch(part, |_, d| {
+                        std::hint::black_box(d);
+                    });
                     t0.elapsed()
                 })
             })

@@ -11,6 +11,7 @@
 //! The engine is deterministic: it reads no clock (time is the event's) and no randomness, so the same events in the
 //! same order give the same decisions.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,9 @@ struct DestinationStats {
     tally: Tally<u64>,
     accounts: Accounts,
 }
+
+/// How many events [`Engine::evaluate_batch`] prepares at once.
+pub const AHEAD: usize = 8;
 
 /// How many of each thing an engine holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,6 +249,35 @@ impl Engine {
         // decision, and reading every counter of the user, address and device is much of an event's cost.
         let needed = self.needed[event.kind() as usize];
         self.evaluate_with(event, &mut features, needed)
+    }
+
+    /// Scores `events` in order, exactly as [`Engine::evaluate`] on each would (the same decisions, the same state
+    /// after), handing each decision to `decided` with the event's index. Faster on a stream: before scoring each
+    /// group of [`AHEAD`] events it reads the profile, address and device state they will need, so that their cache
+    /// misses (a million profiles do not fit in any cache) are waited for together rather than one after another.
+    pub fn evaluate_batch<E: Borrow<Event>>(&mut self, events: &[E], mut decided: impl FnMut(usize, Decision)) {
+        for (c, chunk) in events.chunks(AHEAD).enumerate() {
+            let touched = chunk.iter().fold(0u64, |t, e| t.wrapping_add(self.touch(e.borrow())));
+            std::hint::black_box(touched);
+            for (i, e) in chunk.iter().enumerate() {
+                decided(c * AHEAD + i, self.evaluate(e.borrow()));
+            }
+        }
+    }
+
+    /// Reads a little of each part of the state `event` will use (the answer is meaningless: it only makes the reads
+    /// happen).
+    fn touch(&self, event: &Event) -> u64 {
+        let mut t = self.profiles.get(event.user.0).map_or(0, |p| {
+            u64::from(p.events) ^ u64::from(p.counters.idle_since_s()) ^ p.ips.len() as u64 ^ p.devices.len() as u64
+        });
+        if let Some(ip) = event.ip {
+            t ^= self.ips.get(ip_key(ip)).map_or(0, |s| u64::from(s.tally.idle_since_s()));
+        }
+        if let Some(device) = event.device {
+            t ^= self.devices.get(device).map_or(0, |s| u64::from(s.tally.idle_since_s()));
+        }
+        t
     }
 
     /// Like [`Engine::evaluate`], leaving every feature computed for the event in `features`.

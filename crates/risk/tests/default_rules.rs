@@ -349,3 +349,17 @@ fn the_same_events_give_the_same_decisions_across_a_snapshot_and_restore() {
     assert_eq!(restored.snapshot(), straight.snapshot());
     assert!(Engine::restore(rules, &bytes[..bytes.len() / 2]).is_err(), "a truncated snapshot is refused");
 }
+
+#[test]
+fn scoring_in_batches_decides_as_one_by_one() {
+    let events = stream(0xba7c4, 5_003);
+    let rules = Arc::new(RuleSet::default_rules());
+    let mut one_by_one = Engine::new(rules.clone());
+    let expected: Vec<_> = events.iter().map(|e| one_by_one.evaluate(e)).collect();
+    let mut batched = Engine::new(rules);
+    let mut got = Vec::new();
+    batched.evaluate_batch(&events, |i, d| got.push((i, d)));
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..events.len()).collect::<Vec<_>>());
+    assert!(got.into_iter().map(|(_, d)| d).eq(expected));
+    assert_eq!(batched.snapshot(), one_by_one.snapshot());
+}

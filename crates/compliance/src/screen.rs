@@ -1,0 +1,222 @@
+//! Name screening: every name of every entry (primary and aliases) in an index, queries answered with the entries
+//! whose names score highest.
+//!
+//! Retrieval: each word of a name is indexed three ways, by its spelling, its rough sound ([`names::sound`]) and, for
+//! words of four letters or more, its first three letters; a query's words find candidate names through the same
+//! keys, so a typo, a transliteration or a missing word still finds the name through its other words. The candidates
+//! that share the most words with the query are then scored.
+//!
+//! Scoring is on words, in any order: each word of the query is matched with the most similar word of the candidate
+//! (Jaro-Winkler), weighted by its length; so is each word of the candidate with the query's. The name score is 85 %
+//! the query's side and 15 % the candidate's, so that a missing middle name costs a little and an extra word in the
+//! query costs more. A date of birth or a country, when both sides have one, moves the score up when they agree and
+//! down when they do not.
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use crate::names::{self, sound};
+use crate::ofac::Entry;
+use crate::similarity::{ONE, jaro_winkler};
+
+/// The default threshold (parts per million) above which a match is a hit.
+pub const DEFAULT_THRESHOLD: u32 = 920_000;
+
+/// Candidates scored at most per query: those sharing the most words with it.
+const MAX_CANDIDATES: usize = 150;
+
+struct EntryInfo {
+    id: u32,
+    name: String,
+    birth_years: Vec<u16>,
+    countries: Vec<String>,
+}
+
+struct Name {
+    entry: u32,
+    text: String,
+    words: Vec<String>,
+    letters: u32,
+}
+
+/// What to screen.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Query<'a> {
+    /// The name, in any form.
+    pub name: &'a str,
+    /// The person's country (ISO code), when known.
+    pub country: Option<&'a str>,
+    /// Their year of birth, when known.
+    pub birth_year: Option<u16>,
+}
+
+/// One entry that matched, with its best-matching name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Match {
+    /// The entry's number in its list.
+    pub entry: u32,
+    /// The entry's primary name.
+    pub primary: String,
+    /// The name of the entry that matched best (the primary name or an alias).
+    pub matched: String,
+    /// The score, in parts per million: the name's similarity moved by date of birth and country.
+    pub score: u32,
+    /// The names' similarity alone.
+    pub name_score: u32,
+}
+
+/// An index of a list's names.
+pub struct Screener {
+    entries: Vec<EntryInfo>,
+    names: Vec<Name>,
+    index: FxHashMap<String, Vec<u32>>,
+}
+
+/// The index keys of a word, with how much a match through each says: its spelling, its sound, its first letters.
+fn keys(word: &str) -> impl Iterator<Item = (String, u32)> {
+    let mut keys = vec![(format!("w:{word}"), 4)];
+    if word.len() >= 3 {
+        keys.push((format!("s:{}", sound(word)), 2));
+    }
+    if word.len() >= 4 {
+        keys.push((format!("p:{}", &word[..3]), 1));
+    }
+    keys.into_iter()
+}
+
+/// How much a key that `postings` names share says: a key of a few names says much, one of thousands little.
+fn rarity(postings: usize) -> u32 {
+    16 - (usize::BITS - postings.leading_zeros()).min(15)
+}
+
+fn letters(words: &[String]) -> u32 {
+    words.iter().map(|w| w.len() as u32).sum::<u32>().max(1)
+}
+
+/// How well the words `from` are covered by `to`, in parts per million, weighted by word length.
+fn coverage(from: &[String], to: &[String], from_letters: u32) -> u32 {
+    let mut sum = 0u64;
+    for a in from {
+        let best = to.iter().map(|b| jaro_winkler(a.as_bytes(), b.as_bytes())).max().unwrap_or(0);
+        sum += u64::from(best) * a.len() as u64;
+    }
+    u32::try_from(sum / u64::from(from_letters)).unwrap_or(ONE)
+}
+
+impl Screener {
+    /// Indexes the names of `entries`.
+    pub fn new(entries: &[Entry]) -> Screener {
+        let mut screener = Screener { entries: Vec::new(), names: Vec::new(), index: FxHashMap::default() };
+        for e in entries {
+            let entry = screener.entries.len() as u32;
+            screener.entries.push(EntryInfo {
+                id: e.id,
+                name: e.name.clone(),
+                birth_years: e.birth_years.clone(),
+                countries: e.countries.clone(),
+            });
+            for text in std::iter::once(&e.name).chain(e.aliases.iter().map(|a| &a.name)) {
+                let words = names::words(text);
+                if words.is_empty() {
+                    continue;
+                }
+                let id = screener.names.len() as u32;
+                for w in &words {
+                    for (k, _) in keys(w) {
+                        let postings = screener.index.entry(k).or_default();
+                        if postings.last() != Some(&id) {
+                            postings.push(id);
+                        }
+                    }
+                }
+                screener.names.push(Name { entry, text: text.clone(), letters: letters(&words), words });
+            }
+        }
+        screener
+    }
+
+    /// How many entries and names are indexed.
+    pub fn size(&self) -> (usize, usize) {
+        (self.entries.len(), self.names.len())
+    }
+
+    /// The entries best matching `query`, best first: `limit` of them, and any more that tie with the last.
+    pub fn screen(&self, query: &Query<'_>, limit: usize) -> Vec<Match> {
+        let words = names::words(query.name);
+        if words.is_empty() {
+            return Vec::new();
+        }
+        let query_letters = letters(&words);
+        // Candidates, weighed by how many of the query's words found them, how closely and through how rare a key.
+        let mut weight: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut found: Vec<(u32, u32)> = Vec::new();
+        for w in &words {
+            found.clear();
+            for (k, strength) in keys(w) {
+                if let Some(postings) = self.index.get(&k) {
+                    let weight = strength * rarity(postings.len());
+                    found.extend(postings.iter().map(|&n| (n, weight)));
+                }
+            }
+            // Each name counts once for this word, through its best key.
+            found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            found.dedup_by_key(|f| f.0);
+            for &(n, w) in &found {
+                *weight.entry(n).or_default() += w;
+            }
+        }
+        let mut candidates: Vec<(u32, u32)> = weight.into_iter().collect();
+        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        candidates.truncate(MAX_CANDIDATES);
+
+        let mut best: FxHashMap<u32, Match> = FxHashMap::default();
+        for (n, _) in candidates {
+            let name = &self.names[n as usize];
+            let q = coverage(&words, &name.words, query_letters);
+            let c = coverage(&name.words, &words, name.letters);
+            let name_score = (u64::from(q) * 85 + u64::from(c) * 15) / 100;
+            let name_score = u32::try_from(name_score).unwrap_or(ONE);
+            let entry = &self.entries[name.entry as usize];
+            let score = adjust(name_score, entry, query);
+            let better = best.get(&name.entry).is_none_or(|m| score > m.score);
+            if better {
+                best.insert(
+                    name.entry,
+                    Match {
+                        entry: entry.id,
+                        primary: entry.name.clone(),
+                        matched: name.text.clone(),
+                        score,
+                        name_score,
+                    },
+                );
+            }
+        }
+        let mut matches: Vec<Match> = best.into_values().collect();
+        matches.sort_unstable_by(|a, b| b.score.cmp(&a.score).then(a.entry.cmp(&b.entry)));
+        // Entries tied with the last one kept are kept too: nothing tells them apart, and dropping one would hide an
+        // entry that matches exactly as well as one shown (six entries of the SDN list share the alias "AL-AQSA
+        // FOUNDATION").
+        let cut = matches.get(limit.saturating_sub(1)).map(|m| m.score);
+        let keep = matches.iter().position(|m| limit == 0 || Some(m.score) < cut).unwrap_or(matches.len());
+        matches.truncate(keep);
+        matches
+    }
+}
+
+/// Moves a name score by what else is known: a year of birth within one of the entry's raises it by 0.03, any other
+/// lowers it by 0.10; a country among the entry's raises it by 0.02, any other lowers it by 0.05.
+fn adjust(score: u32, entry: &EntryInfo, query: &Query<'_>) -> u32 {
+    let mut s = i64::from(score);
+    if let Some(year) = query.birth_year
+        && !entry.birth_years.is_empty()
+    {
+        s += if entry.birth_years.iter().any(|y| y.abs_diff(year) <= 1) { 30_000 } else { -100_000 };
+    }
+    if let Some(country) = query.country
+        && !entry.countries.is_empty()
+    {
+        s += if entry.countries.iter().any(|c| c.eq_ignore_ascii_case(country)) { 20_000 } else { -50_000 };
+    }
+    u32::try_from(s.clamp(0, i64::from(ONE))).unwrap_or(0)
+}
