@@ -93,14 +93,32 @@ fn letters(words: &[String]) -> u32 {
     words.iter().map(|w| w.len() as u32).sum::<u32>().max(1)
 }
 
-/// How well the words `from` are covered by `to`, in parts per million, weighted by word length.
-fn coverage(from: &[String], to: &[String], from_letters: u32) -> u32 {
-    let mut sum = 0u64;
-    for a in from {
-        let best = to.iter().map(|b| jaro_winkler(a.as_bytes(), b.as_bytes())).max().unwrap_or(0);
-        sum += u64::from(best) * a.len() as u64;
+/// How well each side's words are covered by the other's, in parts per million, weighted by word length: the query's
+/// side and the candidate's. Each pair of words is compared once, and a pair met in an earlier candidate of the same
+/// query is not compared again (`memo`, by query word and candidate word).
+fn coverage<'a>(
+    query: &[String],
+    query_letters: u32,
+    name: &'a Name,
+    memo: &mut FxHashMap<(usize, &'a str), u32>,
+) -> (u32, u32) {
+    let mut column_best = vec![0u32; name.words.len()];
+    let mut query_sum = 0u64;
+    for (i, q) in query.iter().enumerate() {
+        let mut row_best = 0;
+        for (j, c) in name.words.iter().enumerate() {
+            let similarity = *memo.entry((i, c.as_str())).or_insert_with(|| jaro_winkler(q.as_bytes(), c.as_bytes()));
+            row_best = row_best.max(similarity);
+            if let Some(best) = column_best.get_mut(j) {
+                *best = (*best).max(similarity);
+            }
+        }
+        query_sum += u64::from(row_best) * q.len() as u64;
     }
-    u32::try_from(sum / u64::from(from_letters)).unwrap_or(ONE)
+    let name_sum: u64 = name.words.iter().zip(&column_best).map(|(c, best)| u64::from(*best) * c.len() as u64).sum();
+    let q = u32::try_from(query_sum / u64::from(query_letters)).unwrap_or(ONE);
+    let c = u32::try_from(name_sum / u64::from(name.letters)).unwrap_or(ONE);
+    (q, c)
 }
 
 impl Screener {
@@ -170,10 +188,10 @@ impl Screener {
         candidates.truncate(MAX_CANDIDATES);
 
         let mut best: FxHashMap<u32, Match> = FxHashMap::default();
+        let mut memo = FxHashMap::default();
         for (n, _) in candidates {
             let name = &self.names[n as usize];
-            let q = coverage(&words, &name.words, query_letters);
-            let c = coverage(&name.words, &words, name.letters);
+            let (q, c) = coverage(&words, query_letters, name, &mut memo);
             let name_score = (u64::from(q) * 85 + u64::from(c) * 15) / 100;
             let name_score = u32::try_from(name_score).unwrap_or(ONE);
             let entry = &self.entries[name.entry as usize];
