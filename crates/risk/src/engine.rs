@@ -22,7 +22,7 @@ use crate::geo;
 use crate::profile::{self, Profile, hash64, ip_key, metric, network_key};
 use crate::rules::{Mode, Outcome, RuleSet};
 use crate::sharded::Sharded;
-use crate::window::{Accounts, Tally, WINDOWS_S};
+use crate::window::{Accounts, Amount, Tally, WINDOWS_S};
 
 /// Why a decision is what it is: one matching rule, with the features it read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,26 +79,19 @@ impl Decision {
     }
 }
 
-/// An address's counters: its tally's metrics are the `ip.*` velocity features' order (events, sign-ins, failed
-/// sign-ins, API requests).
-#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct IpStats {
-    tally: Tally<()>,
+/// The counters of an address, a device or a destination, and the users seen with it. The tally's metrics follow
+/// the scope's velocity features: an address's are events, sign-ins, failed sign-ins and API requests; a device's
+/// events and failed sign-ins; a destination's withdrawals, with their values (`A = u64`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct KeyStats<A> {
+    tally: Tally<A>,
     accounts: Accounts,
 }
 
-/// A device's counters: events, failed sign-ins.
-#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct DeviceStats {
-    tally: Tally<()>,
-    accounts: Accounts,
-}
-
-/// A destination's counters: withdrawals, with their values.
-#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct DestinationStats {
-    tally: Tally<u64>,
-    accounts: Accounts,
+impl<A: Amount> Default for KeyStats<A> {
+    fn default() -> Self {
+        KeyStats { tally: Tally::default(), accounts: Accounts::default() }
+    }
 }
 
 /// How many events [`Engine::evaluate_batch`] prepares at once.
@@ -126,9 +119,9 @@ pub struct Sizes {
 struct State {
     format: u32,
     profiles: Vec<(u64, Profile)>,
-    ips: Vec<(u64, IpStats)>,
-    devices: Vec<(u64, DeviceStats)>,
-    destinations: Vec<(u64, DestinationStats)>,
+    ips: Vec<(u64, KeyStats<()>)>,
+    devices: Vec<(u64, KeyStats<()>)>,
+    destinations: Vec<(u64, KeyStats<u64>)>,
     api_keys: Vec<(u64, Tally<()>)>,
 }
 
@@ -138,9 +131,9 @@ struct State {
 struct StateRef<'a> {
     format: u32,
     profiles: Vec<(u64, &'a Profile)>,
-    ips: Vec<(u64, &'a IpStats)>,
-    devices: Vec<(u64, &'a DeviceStats)>,
-    destinations: Vec<(u64, &'a DestinationStats)>,
+    ips: Vec<(u64, &'a KeyStats<()>)>,
+    devices: Vec<(u64, &'a KeyStats<()>)>,
+    destinations: Vec<(u64, &'a KeyStats<u64>)>,
     api_keys: Vec<(u64, &'a Tally<()>)>,
 }
 
@@ -165,9 +158,9 @@ pub struct Engine {
     /// inline cost about twice their size (2.1 GB instead of 1.2 GB for a million). Every map is sharded, so that
     /// growing one never stalls a decision for long (see [`Sharded`]).
     profiles: Sharded<Box<Profile>>,
-    ips: Sharded<IpStats>,
-    devices: Sharded<DeviceStats>,
-    destinations: Sharded<DestinationStats>,
+    ips: Sharded<KeyStats<()>>,
+    devices: Sharded<KeyStats<()>>,
+    destinations: Sharded<KeyStats<u64>>,
     api_keys: Sharded<Tally<()>>,
 }
 

@@ -66,39 +66,42 @@ impl<T: Copy + Default + std::iter::Sum<T>> Ring<T> {
     }
 }
 
-/// One metric's counts over the three windows.
+/// One metric's counts (`u32`) or sums (`u64`) over the three windows.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Counts([Ring<u32>; 3]);
+struct Windows<T>([Ring<T>; 3]);
 
-impl Counts {
-    fn add(&mut self, now_s: u32) {
+impl<T: Copy + Default + std::iter::Sum<T> + Saturating> Windows<T> {
+    fn add(&mut self, now_s: u32, value: T) {
         for (i, ring) in self.0.iter_mut().enumerate() {
             let slot = ring.advance(now_s / slot_s(i));
-            *slot = slot.saturating_add(1);
+            *slot = slot.saturating_plus(value);
         }
     }
 
-    fn get(&self, i: usize, now_s: u32) -> u64 {
-        u64::from(self.0[i].total(now_s / slot_s(i)))
-    }
-}
-
-/// One metric's sums over the three windows.
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Sums([Ring<u64>; 3]);
-
-impl Sums {
-    fn add(&mut self, now_s: u32, value: u64) {
-        for (i, ring) in self.0.iter_mut().enumerate() {
-            let slot = ring.advance(now_s / slot_s(i));
-            *slot = slot.saturating_add(value);
-        }
-    }
-
-    fn get(&self, i: usize, now_s: u32) -> u64 {
+    fn get(&self, i: usize, now_s: u32) -> T {
         self.0[i].total(now_s / slot_s(i))
     }
 }
+
+/// Addition that stops at the type's maximum.
+trait Saturating {
+    fn saturating_plus(self, other: Self) -> Self;
+}
+
+impl Saturating for u32 {
+    fn saturating_plus(self, other: u32) -> u32 {
+        self.saturating_add(other)
+    }
+}
+
+impl Saturating for u64 {
+    fn saturating_plus(self, other: u64) -> u64 {
+        self.saturating_add(other)
+    }
+}
+
+type Counts = Windows<u32>;
+type Sums = Windows<u64>;
 
 /// What an event adds to the sums: `u64` (micro-dollars) for tallies that sum, `()` for those that only count.
 pub trait Amount: Copy + Default + Eq + std::fmt::Debug + Serialize + DeserializeOwned {
@@ -178,7 +181,7 @@ impl Rings {
         while bits != 0 {
             let m = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            self.counts[m].add(now_s);
+            self.counts[m].add(now_s, 1);
             if amount > 0 {
                 self.sums[m].add(now_s, amount);
             }
@@ -241,7 +244,7 @@ impl<A: Amount> Tally<A> {
     pub fn count(&self, m: usize, i: usize, now_s: u32) -> u64 {
         match self {
             Tally::Log(log) => log.within(m, i, now_s).count() as u64,
-            Tally::Rings(rings) => rings.counts.get(m).map_or(0, |c| c.get(i, now_s)),
+            Tally::Rings(rings) => rings.counts.get(m).map_or(0, |c| u64::from(c.get(i, now_s))),
         }
     }
 
