@@ -1,10 +1,11 @@
 //! Name screening: every name of every entry (primary and aliases) in an index, queries answered with the entries
 //! whose names score highest.
 //!
-//! Retrieval: each word of a name is indexed three ways, by its spelling, its rough sound ([`names::sound`]) and, for
-//! words of four letters or more, its first three letters; a query's words find candidate names through the same
-//! keys, so a typo, a transliteration or a missing word still finds the name through its other words. The candidates
-//! that share the most words with the query are then scored.
+//! Retrieval: each word of a name is indexed by its spelling, its rough sound ([`names::sound`]), its first three
+//! letters (words of four or more) and its last three (words of six or more); a query's words find candidate names
+//! through the same keys, so a typo, a transliteration or a missing word still finds the name through its other words
+//! and keys. The 64 candidates that share the most with the query (rare keys and exact spellings weigh more) are then
+//! scored.
 //!
 //! Scoring is on words, in any order: each word of the query is matched with the most similar word of the candidate
 //! (Jaro-Winkler), weighted by its length; so is each word of the candidate with the query's. The name score is 85 %
@@ -23,7 +24,7 @@ use crate::similarity::{ONE, jaro_winkler};
 pub const DEFAULT_THRESHOLD: u32 = 920_000;
 
 /// Candidates scored at most per query: those sharing the most words with it.
-const MAX_CANDIDATES: usize = 150;
+const MAX_CANDIDATES: usize = 64;
 
 struct EntryInfo {
     id: u32,
@@ -65,6 +66,32 @@ pub struct Match {
     pub name_score: u32,
 }
 
+/// Per-thread working memory of candidate retrieval, one slot a name, left zeroed after each query: a query touches
+/// thousands of postings, and counting them in arrays is several times faster than in a hash map.
+#[derive(Default)]
+struct Scratch {
+    /// The summed weight of each name found so far.
+    total: Vec<u32>,
+    /// The best weight of each name for the current query word.
+    word: Vec<u32>,
+    /// The names with a non-zero `total`, and with a non-zero `word`.
+    touched: Vec<u32>,
+    word_touched: Vec<u32>,
+}
+
+impl Scratch {
+    fn size(&mut self, names: usize) {
+        if self.total.len() < names {
+            self.total.resize(names, 0);
+            self.word.resize(names, 0);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// An index of a list's names.
 pub struct Screener {
     entries: Vec<EntryInfo>,
@@ -81,6 +108,10 @@ fn keys(word: &str) -> impl Iterator<Item = (String, u32)> {
     if word.len() >= 4 {
         keys.push((format!("p:{}", &word[..3]), 1));
     }
+    // A typo in the middle of a long word leaves its start or its end.
+    if word.len() >= 6 {
+        keys.push((format!("e:{}", &word[word.len() - 3..]), 1));
+    }
     keys.into_iter()
 }
 
@@ -94,20 +125,14 @@ fn letters(words: &[String]) -> u32 {
 }
 
 /// How well each side's words are covered by the other's, in parts per million, weighted by word length: the query's
-/// side and the candidate's. Each pair of words is compared once, and a pair met in an earlier candidate of the same
-/// query is not compared again (`memo`, by query word and candidate word).
-fn coverage<'a>(
-    query: &[String],
-    query_letters: u32,
-    name: &'a Name,
-    memo: &mut FxHashMap<(usize, &'a str), u32>,
-) -> (u32, u32) {
+/// side and the candidate's. Each pair of words is compared once.
+fn coverage(query: &[String], query_letters: u32, name: &Name) -> (u32, u32) {
     let mut column_best = vec![0u32; name.words.len()];
     let mut query_sum = 0u64;
-    for (i, q) in query.iter().enumerate() {
+    for q in query {
         let mut row_best = 0;
         for (j, c) in name.words.iter().enumerate() {
-            let similarity = *memo.entry((i, c.as_str())).or_insert_with(|| jaro_winkler(q.as_bytes(), c.as_bytes()));
+            let similarity = jaro_winkler(q.as_bytes(), c.as_bytes());
             row_best = row_best.max(similarity);
             if let Some(best) = column_best.get_mut(j) {
                 *best = (*best).max(similarity);
@@ -158,6 +183,43 @@ impl Screener {
         (self.entries.len(), self.names.len())
     }
 
+    /// The names that share the most with `words`, best first: each query word adds, for each name it finds, the
+    /// weight of the best key that found it (spelling over sound over first letters, rare keys over common ones).
+    fn candidates(&self, words: &[String], s: &mut Scratch) -> Vec<(u32, u32)> {
+        s.size(self.names.len());
+        for w in words {
+            for (k, strength) in keys(w) {
+                let Some(postings) = self.index.get(&k) else { continue };
+                let weight = strength * rarity(postings.len());
+                for &n in postings {
+                    let best = &mut s.word[n as usize];
+                    if *best == 0 {
+                        s.word_touched.push(n);
+                    }
+                    *best = (*best).max(weight);
+                }
+            }
+            for &n in &s.word_touched {
+                let total = &mut s.total[n as usize];
+                if *total == 0 {
+                    s.touched.push(n);
+                }
+                *total += std::mem::take(&mut s.word[n as usize]);
+            }
+            s.word_touched.clear();
+        }
+        let mut candidates: Vec<(u32, u32)> =
+            s.touched.iter().map(|&n| (n, std::mem::take(&mut s.total[n as usize]))).collect();
+        s.touched.clear();
+        let order = |a: &(u32, u32), b: &(u32, u32)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if candidates.len() > MAX_CANDIDATES {
+            candidates.select_nth_unstable_by(MAX_CANDIDATES, order);
+            candidates.truncate(MAX_CANDIDATES);
+        }
+        candidates.sort_unstable_by(order);
+        candidates
+    }
+
     /// The entries best matching `query`, best first: `limit` of them, and any more that tie with the last.
     pub fn screen(&self, query: &Query<'_>, limit: usize) -> Vec<Match> {
         let words = names::words(query.name);
@@ -166,59 +228,46 @@ impl Screener {
         }
         let query_letters = letters(&words);
         // Candidates, weighed by how many of the query's words found them, how closely and through how rare a key.
-        let mut weight: FxHashMap<u32, u32> = FxHashMap::default();
-        let mut found: Vec<(u32, u32)> = Vec::new();
-        for w in &words {
-            found.clear();
-            for (k, strength) in keys(w) {
-                if let Some(postings) = self.index.get(&k) {
-                    let weight = strength * rarity(postings.len());
-                    found.extend(postings.iter().map(|&n| (n, weight)));
-                }
-            }
-            // Each name counts once for this word, through its best key.
-            found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            found.dedup_by_key(|f| f.0);
-            for &(n, w) in &found {
-                *weight.entry(n).or_default() += w;
-            }
-        }
-        let mut candidates: Vec<(u32, u32)> = weight.into_iter().collect();
-        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        candidates.truncate(MAX_CANDIDATES);
+        let candidates = SCRATCH.with_borrow_mut(|scratch| self.candidates(&words, scratch));
 
-        let mut best: FxHashMap<u32, Match> = FxHashMap::default();
-        let mut memo = FxHashMap::default();
+        // Each entry's best name: (score, name score, name).
+        let mut best: FxHashMap<u32, (u32, u32, u32)> = FxHashMap::default();
         for (n, _) in candidates {
             let name = &self.names[n as usize];
-            let (q, c) = coverage(&words, query_letters, name, &mut memo);
+            let (q, c) = coverage(&words, query_letters, name);
             let name_score = (u64::from(q) * 85 + u64::from(c) * 15) / 100;
             let name_score = u32::try_from(name_score).unwrap_or(ONE);
-            let entry = &self.entries[name.entry as usize];
-            let score = adjust(name_score, entry, query);
-            let better = best.get(&name.entry).is_none_or(|m| score > m.score);
-            if better {
-                best.insert(
-                    name.entry,
-                    Match {
-                        entry: entry.id,
-                        primary: entry.name.clone(),
-                        matched: name.text.clone(),
-                        score,
-                        name_score,
-                    },
-                );
+            let score = adjust(name_score, &self.entries[name.entry as usize], query);
+            let kept = best.entry(name.entry).or_insert((score, name_score, n));
+            if score > kept.0 {
+                *kept = (score, name_score, n);
             }
         }
-        let mut matches: Vec<Match> = best.into_values().collect();
-        matches.sort_unstable_by(|a, b| b.score.cmp(&a.score).then(a.entry.cmp(&b.entry)));
+        // Best first; ties by entry number.
+        let mut ranked: Vec<(u32, u32, u32, u32)> = best
+            .into_iter()
+            .map(|(e, (score, name_score, n))| (score, self.entries[e as usize].id, name_score, n))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         // Entries tied with the last one kept are kept too: nothing tells them apart, and dropping one would hide an
         // entry that matches exactly as well as one shown (six entries of the SDN list share the alias "AL-AQSA
         // FOUNDATION").
-        let cut = matches.get(limit.saturating_sub(1)).map(|m| m.score);
-        let keep = matches.iter().position(|m| limit == 0 || Some(m.score) < cut).unwrap_or(matches.len());
-        matches.truncate(keep);
-        matches
+        let cut = ranked.get(limit.saturating_sub(1)).map(|r| r.0);
+        let keep = ranked.iter().position(|r| limit == 0 || Some(r.0) < cut).unwrap_or(ranked.len());
+        ranked.truncate(keep);
+        ranked
+            .into_iter()
+            .map(|(score, id, name_score, n)| {
+                let name = &self.names[n as usize];
+                Match {
+                    entry: id,
+                    primary: self.entries[name.entry as usize].name.clone(),
+                    matched: name.text.clone(),
+                    score,
+                    name_score,
+                }
+            })
+            .collect()
     }
 }
 

@@ -32,38 +32,34 @@ pub fn jaro(a: &[u8], b: &[u8]) -> u32 {
     if a.is_empty() || b.is_empty() {
         return 0;
     }
+    if a == b {
+        return ONE;
+    }
     let window = (a.len().max(b.len()) / 2).saturating_sub(1);
-    let mut a_matched = [false; MAX];
-    let mut b_matched = [false; MAX];
-    let mut matches = 0u64;
+    // Which letters of each word are matched, as bit sets (words are at most 64 bytes here).
+    let (mut a_matched, mut b_matched) = (0u64, 0u64);
     for (i, &x) in a.iter().enumerate() {
         let lo = i.saturating_sub(window);
         let hi = (i + window + 1).min(b.len());
-        for j in lo..hi {
-            if !b_matched[j] && b[j] == x {
-                a_matched[i] = true;
-                b_matched[j] = true;
-                matches += 1;
-                break;
-            }
+        if let Some(j) = (lo..hi).find(|&j| b_matched & (1 << j) == 0 && b[j] == x) {
+            a_matched |= 1 << i;
+            b_matched |= 1 << j;
         }
     }
+    let matches = u64::from(a_matched.count_ones());
     if matches == 0 {
         return 0;
     }
     // Transpositions: matched letters of a and b, taken in order, that differ, halved.
     let mut out_of_order = 0u64;
-    let mut j = 0;
-    for (i, &x) in a.iter().enumerate() {
-        if a_matched[i] {
-            while !b_matched[j] {
-                j += 1;
-            }
-            if b[j] != x {
-                out_of_order += 1;
-            }
-            j += 1;
+    let (mut ai, mut bi) = (a_matched, b_matched);
+    while ai != 0 {
+        let (i, j) = (ai.trailing_zeros() as usize, bi.trailing_zeros() as usize);
+        if a[i] != b[j] {
+            out_of_order += 1;
         }
+        ai &= ai - 1;
+        bi &= bi - 1;
     }
     let t = out_of_order / 2;
     let one = u64::from(ONE);
