@@ -190,6 +190,10 @@ impl Screener {
         for w in words {
             for (k, strength) in keys(w) {
                 let Some(postings) = self.index.get(&k) else { continue };
+                // A sound or a few letters that a thousand names share says almost nothing, and costs the most.
+                if strength < 4 && postings.len() > 1_000 {
+                    continue;
+                }
                 let weight = strength * rarity(postings.len());
                 for &n in postings {
                     let best = &mut s.word[n as usize];

@@ -46,6 +46,9 @@ pub enum BenchCommand {
     /// Risk decisions per second on one thread and on two (users partitioned between two engines), decision latency
     /// at a sustained rate, and the memory of a million user profiles, on a generated stream of realistic events.
     Risk(crate::bench_risk::RiskArgs),
+    /// Sanctions screening: name queries against the whole SDN list (rate and latency on one thread), address
+    /// lookups, and re-screening a million customers on every core.
+    Screening(crate::bench_screening::ScreeningArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -97,6 +100,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Auth(args) => crate::bench_auth::run(args).await,
         BenchCommand::Custody(args) => crate::bench_custody::run(args).await,
         BenchCommand::Risk(args) => crate::bench_risk::run(args).await,
+        BenchCommand::Screening(args) => crate::bench_screening::run(args).await,
     }
 }
 

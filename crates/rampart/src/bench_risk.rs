@@ -643,7 +643,7 @@ fn rss_bytes() -> anyhow::Result<u64> {
 }
 
 /// Nanoseconds as microseconds with three decimals, for the JSON line.
-fn micros(ns: u64) -> serde_json::Value {
+pub(crate) fn micros(ns: u64) -> serde_json::Value {
     format!("{}.{:03}", ns / 1000, ns % 1000).parse::<serde_json::Number>().map_or(serde_json::Value::Null, Into::into)
 }
 

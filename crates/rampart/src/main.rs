@@ -6,6 +6,7 @@ mod bench_audit;
 mod bench_auth;
 mod bench_custody;
 mod bench_risk;
+mod bench_screening;
 mod config;
 mod custodian;
 mod custodian_cmd;
@@ -15,6 +16,7 @@ mod demo_identity;
 mod demo_risk;
 mod init;
 mod risk_cmd;
+mod sanctions_cmd;
 mod serve;
 mod unseal;
 
@@ -62,6 +64,9 @@ enum Command {
     /// Risk rules: the features they can read, checking a rule file, back-testing it on recorded events.
     #[command(subcommand)]
     Risk(risk_cmd::RiskCommand),
+    /// Sanctions lists: reading the OFAC SDN files, screening a name or a digital-currency address against them.
+    #[command(subcommand)]
+    Sanctions(sanctions_cmd::SanctionsCommand),
 }
 
 /// Where the database is.
@@ -125,5 +130,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Custodian(command) => custodian_cmd::run(command).await,
         Command::Custody(command) => custodian_cmd::run_custody(command).await,
         Command::Risk(command) => risk_cmd::run(command),
+        Command::Sanctions(command) => sanctions_cmd::run(command),
     }
 }
