@@ -1,12 +1,13 @@
 //! Compliance for Rampart: sanctions lists (the OFAC SDN list in its CSV form, per-asset lists of sanctioned
-//! addresses), screening of names with fuzzy matching, screening of digital-currency addresses, and the country names
-//! the lists use.
+//! addresses), screening of names with fuzzy matching, screening of digital-currency addresses, the country names the
+//! lists use, and geofencing (IP ranges to countries, blocked jurisdictions).
 //!
 //! Pure: nothing here reads a clock or does I/O beyond the bytes it is given. The service stores lists, screens
 //! customers and keeps the cases.
 
 pub mod addresses;
 pub mod countries;
+pub mod geo;
 pub mod names;
 pub mod ofac;
 pub mod screen;
