@@ -38,6 +38,28 @@ pub struct Config {
     pub custody: CustodyFileConfig,
     /// The risk engine: its rule file, snapshots, where the client's country comes from.
     pub risk: RiskFileConfig,
+    /// Compliance: geofencing.
+    pub compliance: ComplianceFileConfig,
+}
+
+/// The `[compliance]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceFileConfig {
+    /// A directory with the `geoip` and `geoip6` range files of Debian's `tor-geoipdb` package (`/usr/share/tor`), to
+    /// locate clients when no trusted proxy gives their country; none by default.
+    pub geoip_dir: Option<PathBuf>,
+    /// The jurisdictions (ISO 3166-1 alpha-2) from which sign-up and sign-in are refused.
+    pub blocked_countries: Vec<String>,
+}
+
+impl Default for ComplianceFileConfig {
+    fn default() -> ComplianceFileConfig {
+        ComplianceFileConfig {
+            geoip_dir: None,
+            blocked_countries: rampart_compliance::geo::DEFAULT_BLOCKED.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
 }
 
 /// The `[risk]` table.
@@ -268,6 +290,7 @@ impl fmt::Debug for Config {
             .field("mail", &self.mail)
             .field("custody", &self.custody)
             .field("risk", &self.risk)
+            .field("compliance", &self.compliance)
             .finish()
     }
 }
@@ -287,6 +310,7 @@ impl Default for Config {
             mail: MailConfig::default(),
             custody: CustodyFileConfig::default(),
             risk: RiskFileConfig::default(),
+            compliance: ComplianceFileConfig::default(),
         }
     }
 }

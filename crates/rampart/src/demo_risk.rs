@@ -1,16 +1,18 @@
 //! The risk chapters of `rampart demo`: the real service with the risk engine and its default rules, clients behind
 //! a trusted proxy that tells their address and country, a customer whose habits the engine learns, a sign-in unlike
 //! them challenged, a large withdrawal from a new address right after sign-in frozen with its reasons, and a
-//! reviewer who resolves the case.
+//! reviewer who resolves the case; then sign-up and sign-in from a sanctioned jurisdiction refused (geofencing).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, ensure};
 use rampart_audit::Role;
+use rampart_compliance::geo::DEFAULT_BLOCKED;
 use rampart_core::{AssetRegistry, ManualClock};
 use rampart_crypto::Keyring;
 use rampart_risk::{EventKind, MICRO_USD_PER_USD, Outcome};
+use rampart_server::geofence::Geofencing;
 use rampart_server::risk::{Risk, RiskConfig};
 use rampart_server::{AppState, IdentityConfig, VaultState};
 use rampart_store::{AuditFilter, Store};
@@ -105,6 +107,7 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     };
     let config = RiskConfig { country_header: Some("x-country".into()), ..RiskConfig::default() };
     let (risk, _) = Risk::load(&store, config).await.map_err(|e| anyhow!(e))?;
+    let blocked: Vec<String> = DEFAULT_BLOCKED.iter().map(|c| (*c).to_owned()).collect();
     let root = "demo-root-token-risk";
     let state = AppState::new(
         store,
@@ -116,6 +119,8 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     .with_identity(identity)
     .map_err(|e| anyhow!(e))?
     .with_risk(Arc::new(risk))
+    .map_err(|e| anyhow!(e))?
+    .with_geofencing(Arc::new(Geofencing::new(None, &blocked).map_err(|e| anyhow!(e))?))
     .map_err(|e| anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -286,5 +291,38 @@ async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyho
             .await?
             .len()
     );
+
+    chapter("28. Geofencing: sign-up and sign-in from a sanctioned jurisdiction are refused");
+    let (status, body) = c
+        .call(
+            "POST",
+            "/v1/customers/sign-in",
+            Some(&json!({"email": "finn@example.com", "password": finn.password})),
+            &[("x-forwarded-for", "192.0.2.77"), ("x-country", "IR")],
+        )
+        .await;
+    ensure!(status == 403 && body["error"]["code"] == "jurisdiction_blocked", "from Iran: {status} {body}");
+    println!("   Finn's password, but the proxy says the client is in Iran: {status} {}:", body["error"]["code"]);
+    println!("   \"{}\"", body["error"]["message"].as_str().unwrap_or(""));
+    let (status, body) = c
+        .call(
+            "POST",
+            "/v1/customers/sign-up",
+            Some(&json!({"email": "kim@example.com", "password": "Slate-Orchid-Pylon-47"})),
+            &[("x-forwarded-for", "192.0.2.78"), ("x-country", "KP")],
+        )
+        .await;
+    ensure!(status == 403 && body["error"]["code"] == "jurisdiction_blocked", "from North Korea: {status} {body}");
+    let details = last_audit(&store, "auth.customer.sign_up").await?;
+    ensure!(details.get("country").is_some_and(|c| c == "KP"), "{details:?}");
+    println!(
+        "   A sign-up from North Korea: {status} {}, and the refusal is in the audit log with",
+        body["error"]["code"]
+    );
+    println!(
+        "   the address and the country. Blocked by default: {} (`[compliance] blocked_countries`); without a",
+        DEFAULT_BLOCKED.join(", ")
+    );
+    println!("   proxy's header the country comes from IP ranges (`[compliance] geoip_dir`, Debian's tor-geoipdb).");
     Ok(())
 }

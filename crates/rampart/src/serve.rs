@@ -266,6 +266,18 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     } else {
         state
     };
+    let geo = match &config.compliance.geoip_dir {
+        Some(dir) => Some(rampart_server::geofence::Geofencing::read_ranges(dir).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let fencing = rampart_server::geofence::Geofencing::new(geo, &config.compliance.blocked_countries)
+        .map_err(|e| anyhow::anyhow!("invalid [compliance] blocked_countries: {e}"))?;
+    let (v4, v6) = fencing.ranges();
+    println!(
+        "  geofencing:      sign-up and sign-in refused from {}; {v4} IPv4 and {v6} IPv6 ranges locate clients",
+        config.compliance.blocked_countries.join(", ")
+    );
+    let state = state.with_geofencing(Arc::new(fencing)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mailer = mailer(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -47,7 +47,7 @@ pub const CUSTOMER_ACCOUNT_CODE: u16 = 1;
 pub(crate) struct Client {
     pub ip: IpAddr,
     pub user_agent: String,
-    /// The client's country, when a trusted proxy says it.
+    /// The client's country, when a trusted proxy says it or geofencing's address ranges know it.
     pub country: Option<Country>,
 }
 
@@ -55,11 +55,11 @@ impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Client {
-            ip: request_ip(state, &parts.headers, &parts.extensions),
-            user_agent: user_agent(&parts.headers),
-            country: crate::risk::client_country(state, &parts.headers, &parts.extensions),
-        })
+        let ip = request_ip(state, &parts.headers, &parts.extensions);
+        // A trusted proxy's word first, then the address ranges when geofencing has them.
+        let country = crate::risk::client_country(state, &parts.headers, &parts.extensions)
+            .or_else(|| state.geofencing().and_then(|g| g.country(ip)));
+        Ok(Client { ip, user_agent: user_agent(&parts.headers), country })
     }
 }
 
@@ -207,6 +207,7 @@ pub(crate) async fn sign_up(
     client: Client,
     ApiJson(request): ApiJson<SignUpRequest>,
 ) -> Result<(StatusCode, Json<SignUpView>), ApiError> {
+    crate::geofence::check(&state, &client, "auth.customer.sign_up").await?;
     let keyring = state.keyring()?;
     let email = normalise_email(&request.email)?;
     check_new_password(&request.password, &email)?;
@@ -657,6 +658,7 @@ pub(crate) async fn sign_in(
     client: Client,
     ApiJson(request): ApiJson<CustomerSignInRequest>,
 ) -> Result<Json<SignInTicketView>, ApiError> {
+    crate::geofence::check(&state, &client, "auth.customer.sign_in").await?;
     let keyring = state.keyring()?;
     // An address that cannot be an email is still counted and timed like any other attempt.
     let email = normalise_email(&request.email).unwrap_or_else(|_| request.email.trim().to_lowercase());

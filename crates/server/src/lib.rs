@@ -12,6 +12,7 @@ pub mod custody_api;
 mod customer_api;
 mod dto;
 mod error;
+pub mod geofence;
 mod handlers;
 mod identity;
 mod outbox;
@@ -75,6 +76,7 @@ struct Inner {
     rate_limiter: RateLimiter,
     custody: Option<Arc<custody::Custody>>,
     risk: Option<Arc<risk::Risk>>,
+    geofencing: Option<Arc<geofence::Geofencing>>,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
                 rate_limiter: RateLimiter::default(),
                 custody: None,
                 risk: None,
+                geofencing: None,
             }),
         }
     }
@@ -120,6 +123,19 @@ impl AppState {
         let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
         inner.risk = Some(risk);
         Ok(self)
+    }
+
+    /// The same state refusing sign-up and sign-in from the jurisdictions `geofencing` blocks, and locating clients
+    /// with its address ranges. Call before the state is shared.
+    pub fn with_geofencing(mut self, geofencing: Arc<geofence::Geofencing>) -> Result<AppState, String> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.geofencing = Some(geofencing);
+        Ok(self)
+    }
+
+    /// Geofencing, when configured.
+    pub fn geofencing(&self) -> Option<&Arc<geofence::Geofencing>> {
+        self.inner.geofencing.as_ref()
     }
 
     /// The risk engine, when it runs.
