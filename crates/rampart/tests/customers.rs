@@ -1351,7 +1351,10 @@ async fn a_burst_of_guesses_gets_no_more_tries_than_the_limit(ctx: Ctx) {
         )),
         "{statuses:?}"
     );
-    assert!(statuses.iter().any(|(s, _)| *s == 403), "the burst locked the account: {statuses:?}");
+    // Whether the burst also reaches the lock depends on how many guesses pass the delay check before the first
+    // failures are recorded: on a loaded machine the requests trickle in, the first failures impose a delay, and the
+    // rest wait (429) without being counted. Either way no more than the lock's worth are checked, which is the point;
+    // the lock itself is shown by `credential_stuffing_locks_the_account_and_the_owner_recovers`.
 }
 
 async fn credential_stuffing_locks_the_account_and_the_owner_recovers(ctx: Ctx) {
