@@ -57,6 +57,17 @@ pub enum Permission {
     RiskReview,
     /// Put a new version of the rule file in force.
     RiskRules,
+    /// Read compliance: cases, list versions, the address block and risk lists, KYC submissions (masked), Travel
+    /// Rule records (masked) and large-transfer reviews.
+    ComplianceRead,
+    /// Work compliance cases and KYC submissions (approve, reject, resolve) and decide large-transfer reviews at the
+    /// levels one's roles cover.
+    ComplianceReview,
+    /// Import sanctions lists and manage the exchange's own address block and risk lists.
+    ComplianceLists,
+    /// See customers' personal data (KYC submissions and documents, Travel Rule parties) unmasked; every access is
+    /// audited.
+    PersonalData,
 }
 
 impl Role {
@@ -100,9 +111,19 @@ impl Role {
             Role::RiskAnalyst => {
                 matches!(permission, P::LedgerRead | P::RiskRead | P::RiskReview | P::RiskRules)
             }
-            Role::ComplianceL1 | Role::ComplianceL2 | Role::ComplianceL3 => {
-                matches!(permission, P::LedgerRead | P::RiskRead)
-            }
+            Role::ComplianceL1 => matches!(
+                permission,
+                P::LedgerRead | P::RiskRead | P::ComplianceRead | P::ComplianceReview | P::PersonalData
+            ),
+            Role::ComplianceL2 | Role::ComplianceL3 => matches!(
+                permission,
+                P::LedgerRead
+                    | P::RiskRead
+                    | P::ComplianceRead
+                    | P::ComplianceReview
+                    | P::ComplianceLists
+                    | P::PersonalData
+            ),
             Role::TreasuryCustodian => {
                 matches!(permission, P::LedgerRead | P::LedgerWrite | P::CustodyRead | P::CustodyCeremony)
             }
@@ -111,7 +132,13 @@ impl Role {
             }
             Role::Auditor => matches!(
                 permission,
-                P::LedgerRead | P::StaffRead | P::AuditRead | P::AuditVerify | P::CustodyRead | P::RiskRead
+                P::LedgerRead
+                    | P::StaffRead
+                    | P::AuditRead
+                    | P::AuditVerify
+                    | P::CustodyRead
+                    | P::RiskRead
+                    | P::ComplianceRead
             ),
         }
     }
@@ -133,6 +160,8 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
         Permission::CustodyCeremony,
         Permission::RiskReview,
         Permission::RiskRules,
+        Permission::ComplianceReview,
+        Permission::ComplianceLists,
     ];
     if roles.contains(&Role::Auditor) && writes.into_iter().any(may) {
         return Some("an auditor may not also hold a role that changes anything");
@@ -142,7 +171,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 18] = [
         Permission::LedgerRead,
         Permission::LedgerWrite,
         Permission::StaffRead,
@@ -157,6 +186,10 @@ impl Permission {
         Permission::RiskRead,
         Permission::RiskReview,
         Permission::RiskRules,
+        Permission::ComplianceRead,
+        Permission::ComplianceReview,
+        Permission::ComplianceLists,
+        Permission::PersonalData,
     ];
 
     /// A stable name.
@@ -176,6 +209,10 @@ impl Permission {
             Permission::RiskRead => "risk_read",
             Permission::RiskReview => "risk_review",
             Permission::RiskRules => "risk_rules",
+            Permission::ComplianceRead => "compliance_read",
+            Permission::ComplianceReview => "compliance_review",
+            Permission::ComplianceLists => "compliance_lists",
+            Permission::PersonalData => "personal_data",
         }
     }
 

@@ -8,10 +8,13 @@
 pub mod addresses;
 pub mod countries;
 pub mod geo;
+pub mod kyc;
 pub mod names;
 pub mod ofac;
+pub mod review;
 pub mod screen;
 pub mod similarity;
+pub mod travel;
 
 pub use addresses::{AddressBook, Category, Listing, canonical};
 pub use ofac::{Entry, EntryKind, Files, Parsed, Problem};

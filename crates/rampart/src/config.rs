@@ -51,6 +51,37 @@ pub struct ComplianceFileConfig {
     pub geoip_dir: Option<PathBuf>,
     /// The jurisdictions (ISO 3166-1 alpha-2) from which sign-up and sign-in are refused.
     pub blocked_countries: Vec<String>,
+    /// Name-screening score, in parts per million, at or above which a customer matches the sanctions list.
+    pub name_threshold: u32,
+    /// Withdrawal limits in whole USD per KYC level 0, 1, 2: `[daily, monthly]`.
+    pub kyc_limits_usd: [[u64; 2]; 3],
+    /// Transfers of at least this many USD carry Travel Rule data.
+    pub travel_rule_usd: u64,
+    /// Transfers above this many USD pass the three-level compliance review.
+    pub review_usd: u64,
+}
+
+impl ComplianceFileConfig {
+    /// The service's compliance configuration.
+    pub fn runtime(&self) -> anyhow::Result<rampart_server::compliance::ComplianceConfig> {
+        use rampart_compliance::kyc::{LevelLimits, Limits, USD};
+        if !(500_000..=1_000_000).contains(&self.name_threshold) {
+            anyhow::bail!("[compliance] name_threshold is between 500000 and 1000000 (parts per million)");
+        }
+        let usd = |v: u64| v.checked_mul(USD).ok_or_else(|| anyhow::anyhow!("[compliance] an amount is too large"));
+        let mut limits = [Limits { daily: 0, monthly: 0 }; 3];
+        for (l, [d, m]) in limits.iter_mut().zip(self.kyc_limits_usd) {
+            *l = Limits { daily: usd(d)?, monthly: usd(m)? };
+        }
+        let kyc_limits = LevelLimits(limits);
+        kyc_limits.validate().map_err(|e| anyhow::anyhow!("[compliance] kyc_limits_usd: {e}"))?;
+        Ok(rampart_server::compliance::ComplianceConfig {
+            name_threshold: self.name_threshold,
+            kyc_limits,
+            travel_rule_usd: usd(self.travel_rule_usd)?,
+            review_usd: usd(self.review_usd)?,
+        })
+    }
 }
 
 impl Default for ComplianceFileConfig {
@@ -58,6 +89,10 @@ impl Default for ComplianceFileConfig {
         ComplianceFileConfig {
             geoip_dir: None,
             blocked_countries: rampart_compliance::geo::DEFAULT_BLOCKED.iter().map(|c| (*c).to_owned()).collect(),
+            name_threshold: rampart_compliance::DEFAULT_THRESHOLD,
+            kyc_limits_usd: [[1_000, 5_000], [50_000, 500_000], [2_000_000, 20_000_000]],
+            travel_rule_usd: 1_000,
+            review_usd: 10_000,
         }
     }
 }

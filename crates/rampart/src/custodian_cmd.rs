@@ -21,10 +21,10 @@ pub struct KeyFileArgs {
 pub struct ServiceArgs {
     /// The service's base URL.
     #[arg(long, env = "RAMPART_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    pub server: String,
     /// A staff session token (from `POST /v1/staff/sign-in`).
     #[arg(long, env = "RAMPART_TOKEN", hide_env_values = true)]
-    token: String,
+    pub token: String,
 }
 
 #[derive(Subcommand, Debug)]

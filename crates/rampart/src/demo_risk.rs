@@ -324,5 +324,8 @@ async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyho
         DEFAULT_BLOCKED.join(", ")
     );
     println!("   proxy's header the country comes from IP ranges (`[compliance] geoip_dir`, Debian's tor-geoipdb).");
-    Ok(())
+    println!(
+        "   Finn's account exists, so the attempt from Iran also opens a case flagging it for off-boarding review."
+    );
+    crate::demo_compliance::story(c, staff, keyring, &in_session).await
 }

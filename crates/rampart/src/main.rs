@@ -11,6 +11,7 @@ mod config;
 mod custodian;
 mod custodian_cmd;
 mod demo;
+mod demo_compliance;
 mod demo_custody;
 mod demo_identity;
 mod demo_risk;
@@ -130,6 +131,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Custodian(command) => custodian_cmd::run(command).await,
         Command::Custody(command) => custodian_cmd::run_custody(command).await,
         Command::Risk(command) => risk_cmd::run(command),
-        Command::Sanctions(command) => sanctions_cmd::run(command),
+        Command::Sanctions(command) => sanctions_cmd::run(command).await,
     }
 }

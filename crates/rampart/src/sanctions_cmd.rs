@@ -21,6 +21,18 @@ pub enum SanctionsCommand {
     Check(ListArgs),
     /// Screens a name: prints the best matches (entry, matched name, score) as JSON lines, best first.
     Screen(ScreenArgs),
+    /// Imports the list's files and the per-asset address lists into the service as a new version: prints what it
+    /// holds, what was added, removed and changed, and the rows that could not be read. Every customer is then
+    /// re-screened against it.
+    Import {
+        #[command(flatten)]
+        list: ListArgs,
+        /// A directory of per-asset lists (`sanctioned_addresses_<ASSET>.txt`).
+        #[arg(long, default_value = DEFAULT_ADDRESSES)]
+        addresses: PathBuf,
+        #[command(flatten)]
+        service: crate::custodian_cmd::ServiceArgs,
+    },
     /// Screens a digital-currency address: prints its listings as JSON lines (none: not listed).
     Address {
         /// The address.
@@ -75,6 +87,32 @@ pub fn read_list(dir: &Path) -> anyhow::Result<Parsed> {
     Ok(ofac::parse(&Files { sdn: &sdn, alt: &alt, add: &add, comments: &comments }))
 }
 
+/// The body of `POST /v1/compliance/lists/ofac` for the files of `list` and the per-asset lists of `addresses`.
+pub fn import_body(list: &Path, addresses: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut files = serde_json::Map::new();
+    for (name, required) in [("sdn.csv", true), ("alt.csv", true), ("add.csv", true), ("sdn_comments.csv", false)] {
+        let path = list.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                files.insert(name.into(), json!(String::from_utf8_lossy(&bytes)));
+            }
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    let mut assets = serde_json::Map::new();
+    let entries = std::fs::read_dir(addresses).with_context(|| format!("cannot read {}", addresses.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(asset) = name.strip_prefix("sanctioned_addresses_").and_then(|n| n.strip_suffix(".txt")) {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            assets.insert(asset.to_owned(), json!(text));
+        }
+    }
+    Ok(json!({"files": files, "addresses": assets}))
+}
+
 /// Adds every `sanctioned_addresses_<ASSET>.txt` of `dir` to `book`; answers how many addresses.
 pub fn read_address_lists(dir: &Path, book: &mut AddressBook) -> anyhow::Result<usize> {
     let mut n = 0;
@@ -100,8 +138,38 @@ fn birth_year(dob: &str) -> anyhow::Result<u16> {
 }
 
 /// Runs a `rampart sanctions` command.
-pub fn run(command: SanctionsCommand) -> anyhow::Result<()> {
+pub async fn run(command: SanctionsCommand) -> anyhow::Result<()> {
     match command {
+        SanctionsCommand::Import { list, addresses, service } => {
+            let body = import_body(&list.list, &addresses)?;
+            let service = crate::custodian::Service::new(&service.server, &service.token);
+            let answer = service.post("/v1/compliance/lists/ofac", &body).await?;
+            let report = &answer["report"];
+            println!(
+                "{}",
+                json!({
+                    "version": answer["version"],
+                    "entries": report["entries"],
+                    "aliases": report["aliases"],
+                    "digital_currency_addresses": report["crypto_addresses"],
+                    "asset_list_addresses": report["asset_list_addresses"],
+                    "added": report["added"].as_array().map_or(0, Vec::len),
+                    "removed": report["removed"].as_array().map_or(0, Vec::len),
+                    "changed": report["changed"].as_array().map_or(0, Vec::len),
+                    "problems": report["problems"].as_array().map_or(0, Vec::len),
+                    "rescreen": answer["rescreen"],
+                })
+            );
+            for p in report["problems"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "{}:{}: {}",
+                    p["file"].as_str().unwrap_or(""),
+                    p["line"],
+                    p["message"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         SanctionsCommand::Check(args) => {
             let parsed = read_list(&args.list)?;
             let count = |f: fn(&ofac::Entry) -> usize| parsed.entries.iter().map(f).sum::<usize>();

@@ -278,6 +278,14 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         config.compliance.blocked_countries.join(", ")
     );
     let state = state.with_geofencing(Arc::new(fencing)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compliance = rampart_server::compliance::Compliance::new(config.compliance.runtime()?);
+    let state = state.with_compliance(compliance).map_err(|e| anyhow::anyhow!("invalid [compliance]: {e}"))?;
+    state.compliance().load(state.store()).await.map_err(|e| anyhow::anyhow!("loading the sanctions lists: {e}"))?;
+    let lists = state.compliance().lists();
+    match lists.version {
+        Some(v) => println!("  sanctions:       OFAC SDN version {v}, {} entries", lists.entries()),
+        None => println!("  sanctions:       no list imported yet (rampart sanctions import)"),
+    }
     let mailer = mailer(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

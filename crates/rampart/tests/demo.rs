@@ -24,6 +24,11 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "sign_in_confirmation_required",
         "large_withdrawal_new_ip_after_sign_in",
         "resolves it: release",
+        "409 list_unchanged",
+        "his account is frozen",
+        "His account is frozen: GET /v1/me 403",
+        "403 destination_refused",
+        "approve in order: \"approved\"",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }

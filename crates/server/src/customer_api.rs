@@ -104,7 +104,7 @@ pub fn mask_email(email: &str) -> String {
     }
 }
 
-fn email_index(keyring: &rampart_crypto::Keyring, email: &str) -> [u8; 32] {
+pub(crate) fn email_index(keyring: &rampart_crypto::Keyring, email: &str) -> [u8; 32] {
     keyring.blind_index("customer.email", email.as_bytes())
 }
 
@@ -163,6 +163,44 @@ pub struct SignUpRequest {
     /// The password: 12 to 128 characters, not common, not guessable.
     #[schema(value_type = String)]
     pub password: SecretString,
+    /// The full legal name, screened against the sanctions list (a match freezes the account for review).
+    #[serde(default)]
+    pub legal_name: Option<String>,
+    /// Nationality or residence (ISO 3166-1 alpha-2), which sharpens screening.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Date of birth (`YYYY-MM-DD`), which sharpens screening.
+    #[serde(default)]
+    pub date_of_birth: Option<String>,
+}
+
+/// The screening data of a sign-up, checked: a name of 1 to 200 printable characters, an ISO country code, a date.
+fn sign_up_screening(request: &SignUpRequest) -> Result<Option<crate::compliance::ScreeningData>, ApiError> {
+    let Some(name) = request.legal_name.as_deref().map(str::trim) else {
+        if request.country.is_some() || request.date_of_birth.is_some() {
+            return Err(ApiError::bad_request("missing_field", "legal_name is required with country or date_of_birth"));
+        }
+        return Ok(None);
+    };
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid_name", "legal_name is 1 to 200 printable characters"));
+    }
+    let country = match request.country.as_deref().map(|c| c.trim().to_ascii_uppercase()) {
+        Some(c) if !rampart_compliance::countries::is_code(&c) => {
+            return Err(ApiError::bad_request("invalid_country", "country is an ISO 3166-1 alpha-2 code such as GB"));
+        }
+        other => other,
+    };
+    if let Some(d) = request.date_of_birth.as_deref()
+        && rampart_compliance::kyc::parse_date(d).is_none()
+    {
+        return Err(ApiError::bad_request("invalid_date_of_birth", "date_of_birth is a date YYYY-MM-DD"));
+    }
+    Ok(Some(crate::compliance::ScreeningData {
+        name: name.to_owned(),
+        country,
+        date_of_birth: request.date_of_birth.clone(),
+    }))
 }
 
 /// A TOTP secret to load into an authenticator app; shown once.
@@ -211,6 +249,7 @@ pub(crate) async fn sign_up(
     let keyring = state.keyring()?;
     let email = normalise_email(&request.email)?;
     check_new_password(&request.password, &email)?;
+    let screening = sign_up_screening(&request)?;
     let password_hash = hash_password_blocking(request.password).await?;
     let handle: [u8; 16] = uuid::Uuid::new_v4().into_bytes();
     let index = email_index(&keyring, &email);
@@ -274,6 +313,10 @@ pub(crate) async fn sign_up(
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email exists"));
     };
     ensure_ledger_accounts(&state, id).await?;
+    if let Some(data) = &screening {
+        // A match freezes the account and opens a compliance case; the answer does not say so.
+        crate::compliance::screen_customer(&state, id, &handle, data, "sign_up").await?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(SignUpView {
@@ -658,7 +701,10 @@ pub(crate) async fn sign_in(
     client: Client,
     ApiJson(request): ApiJson<CustomerSignInRequest>,
 ) -> Result<Json<SignInTicketView>, ApiError> {
-    crate::geofence::check(&state, &client, "auth.customer.sign_in").await?;
+    if let Err(refused) = crate::geofence::check(&state, &client, "auth.customer.sign_in").await {
+        crate::geofence::flag_for_offboarding(&state, &client, &request.email).await?;
+        return Err(refused);
+    }
     let keyring = state.keyring()?;
     // An address that cannot be an email is still counted and timed like any other attempt.
     let email = normalise_email(&request.email).unwrap_or_else(|_| request.email.trim().to_lowercase());

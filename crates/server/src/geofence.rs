@@ -70,3 +70,29 @@ pub(crate) async fn check(state: &AppState, client: &Client, action: &str) -> Re
         format!("Rampart is not available in {country}: sign-up and sign-in from there are refused"),
     ))
 }
+
+/// An existing customer seen signing in from a blocked jurisdiction: a case flags the account for off-boarding (one
+/// open case per customer; the account keeps working until compliance decides).
+pub(crate) async fn flag_for_offboarding(state: &AppState, client: &Client, email: &str) -> Result<(), ApiError> {
+    let (Ok(keyring), Some(country)) = (state.keyring(), client.country) else { return Ok(()) };
+    let Ok(email) = crate::customer_api::normalise_email(email) else { return Ok(()) };
+    let index = crate::customer_api::email_index(&keyring, &email);
+    let Some(customer) = state.store().customer_by_email_index(&index).await? else { return Ok(()) };
+    let details = serde_json::json!({"country": country.as_str(), "ip": client.ip.to_string(), "seen": "sign_in"});
+    let mut record = state.record(
+        "system",
+        "compliance.offboarding.flagged",
+        &format!("customer:{}", customer.id),
+        Outcome::Success,
+    );
+    record.details.insert("country".into(), country.as_str().into());
+    record.details.insert("ip".into(), client.ip.to_string());
+    let new = rampart_store::NewCase {
+        customer_id: customer.id,
+        kind: "offboarding",
+        outcome: "flag",
+        details: &details.to_string(),
+    };
+    state.store().open_compliance_case(new, state.now_ns(), &state.auditor(&keyring), vec![record]).await?;
+    Ok(())
+}

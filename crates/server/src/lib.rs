@@ -7,6 +7,8 @@
 //! roles; every refusal is audited. Plus `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 
 mod audit_api;
+pub mod compliance;
+mod compliance_api;
 pub mod custody;
 pub mod custody_api;
 mod customer_api;
@@ -54,6 +56,10 @@ pub use vault::{SealStatus, VaultState};
 
 /// The largest request body accepted: a full batch of transfers with room to spare.
 pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// The largest sanctions-list import (the SDN list's CSV files are about 3.5 MB today).
+pub const IMPORT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The largest KYC submission (documents base64-encoded).
+pub const KYC_BYTES_MAX: usize = 48 * 1024 * 1024;
 
 /// How long a request may take before it is answered 408.
 pub const REQUEST_TIMEOUT_S: u64 = 30;
@@ -77,6 +83,7 @@ struct Inner {
     custody: Option<Arc<custody::Custody>>,
     risk: Option<Arc<risk::Risk>>,
     geofencing: Option<Arc<geofence::Geofencing>>,
+    compliance: Arc<compliance::Compliance>,
 }
 
 impl AppState {
@@ -101,6 +108,7 @@ impl AppState {
                 custody: None,
                 risk: None,
                 geofencing: None,
+                compliance: Arc::new(compliance::Compliance::new(compliance::ComplianceConfig::default())),
             }),
         }
     }
@@ -131,6 +139,19 @@ impl AppState {
         let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
         inner.geofencing = Some(geofencing);
         Ok(self)
+    }
+
+    /// The same state with this compliance set-up (configuration, KYC provider). Call before the state is shared.
+    pub fn with_compliance(mut self, compliance: compliance::Compliance) -> Result<AppState, String> {
+        compliance.config().kyc_limits.validate()?;
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.compliance = Arc::new(compliance);
+        Ok(self)
+    }
+
+    /// Compliance: the lists in force, the configuration, the KYC provider.
+    pub fn compliance(&self) -> &compliance::Compliance {
+        &self.inner.compliance
     }
 
     /// Geofencing, when configured.
@@ -229,6 +250,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/risk/rules", get(risk::rules))
         .route("/v1/risk/rules/reload", post(risk::reload))
         .route("/v1/risk/events", get(risk::events))
+        .route("/v1/compliance/lists/ofac", post(compliance_api::import).layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX)))
+        .route("/v1/compliance/lists", get(compliance_api::lists))
+        .route("/v1/compliance/screen", post(compliance_api::screen))
+        .route("/v1/compliance/addresses", get(compliance_api::addresses).post(compliance_api::add_address))
+        .route("/v1/compliance/addresses/screen", post(compliance_api::screen_address))
+        .route("/v1/compliance/addresses/{id}", delete(compliance_api::remove_address))
+        .route("/v1/compliance/cases", get(compliance_api::cases))
+        .route("/v1/compliance/cases/{id}", get(compliance_api::case))
+        .route("/v1/compliance/cases/{id}/assign", post(compliance_api::assign))
+        .route("/v1/compliance/cases/{id}/notes", post(compliance_api::note))
+        .route("/v1/compliance/cases/{id}/resolve", post(compliance_api::resolve))
+        .route("/v1/compliance/kyc", get(compliance_api::kyc_queue))
+        .route("/v1/compliance/kyc/{id}", get(compliance_api::kyc_submission))
+        .route("/v1/compliance/kyc/{id}/decide", post(compliance_api::decide_kyc))
+        .route("/v1/compliance/kyc/documents/{id}", get(compliance_api::kyc_document))
+        .route("/v1/compliance/travel-rule", get(compliance_api::travel_rule).post(compliance_api::record_travel_rule))
+        .route("/v1/compliance/reviews", get(compliance_api::reviews).post(compliance_api::open_review))
+        .route("/v1/compliance/reviews/{id}/decide", post(compliance_api::decide_review))
         .route("/v1/dev/chain/mine", post(custody_api::dev_mine))
         .route("/v1/dev/chain/faucet", post(custody_api::dev_faucet))
         .route("/v1/dev/chain/reorg", post(custody_api::dev_reorg))
@@ -259,6 +298,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me/webauthn/{id}", delete(passkeys::remove))
         .route("/v1/me/deposit-address", get(custody_api::get_deposit_address).post(custody_api::new_deposit_address))
         .route("/v1/me/deposits", get(custody_api::deposits))
+        .route(
+            "/v1/me/kyc",
+            get(compliance_api::my_kyc).post(compliance_api::submit_kyc).layer(DefaultBodyLimit::max(KYC_BYTES_MAX)),
+        )
+        .route("/v1/me/destinations/screen", post(compliance_api::check_destination))
         .route_layer(middleware::from_fn_with_state(state.clone(), identity::authenticate_customer));
     Router::new()
         .route("/healthz", get(handlers::healthz))

@@ -13,6 +13,7 @@
 #[macro_use]
 mod backend;
 mod audit;
+mod compliance;
 mod custody;
 mod customers;
 mod flow;
@@ -27,6 +28,10 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use audit::{AuditFilter, AuditSigner, AuditedBy, Auditor};
+pub use compliance::{
+    AddressListing, ComplianceCase, ComplianceResolution, ComplianceResolved, KycDecided, KycDocument, KycSubmission,
+    ListVersion, NewCase, NewDocument, ReviewDecided, ScreeningRecord, TransferReview, TravelRuleRecord,
+};
 pub use custody::{
     BlockFindings, CeremonyMessage, CeremonyRecord, ChainDeposit, CustodianRecord, CustodyBalances, CustodyTx,
     DepositAddress, KeyOutcome, Member, NewCeremony, PostOutcome, RefillDecision, RefillProposal, Utxo, WalletRecord,

@@ -394,13 +394,10 @@ impl Store {
                     } else {
                         let mut unfrozen = false;
                         if resolution == CaseResolution::Release && c.outcome == "freeze" {
-                            let others: i64 = sqlx::query_scalar(&sql(
-                                "SELECT COUNT(*) FROM risk_cases WHERE customer_id = $1 AND state = 'open' \
-                                 AND outcome = 'freeze'",
-                            ))
-                            .bind(c.customer_id)
-                            .fetch_one(&mut *tx.0)
-                            .await?;
+                            let others: i64 = sqlx::query_scalar(&sql(crate::compliance::OPEN_FREEZES))
+                                .bind(c.customer_id)
+                                .fetch_one(&mut *tx.0)
+                                .await?;
                             if others == 0 {
                                 unfrozen = sqlx::query(&sql(
                                     "UPDATE customers SET status = 'active' WHERE id = $1 AND status = 'frozen'",
