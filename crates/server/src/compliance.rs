@@ -515,18 +515,30 @@ pub(crate) fn install_import(state: &AppState, mut lists: Lists, version: i64) {
     state.compliance().install(lists);
 }
 
+/// A transfer as compliance sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer<'a> {
+    /// Whose.
+    pub customer_id: i64,
+    /// Its reference (a withdrawal's id).
+    pub reference: &'a str,
+    /// The asset.
+    pub asset: &'a str,
+    /// The amount in the asset's units, as text.
+    pub amount: &'a str,
+    /// Its value in USD micro-dollars.
+    pub amount_usd: u64,
+}
+
 /// Records a transfer's Travel Rule data, sealed (AAD `travel_rule:<reference>`); `false` when the reference has
 /// a record already.
 pub async fn record_travel_rule(
     state: &AppState,
     actor: &str,
-    customer_id: i64,
-    reference: &str,
-    asset: &str,
-    amount: &str,
-    amount_usd: u64,
+    transfer: Transfer<'_>,
     data: &travel::TravelRule,
 ) -> Result<bool, ApiError> {
+    let Transfer { customer_id, reference, asset, amount, amount_usd } = transfer;
     data.validate().map_err(|e| ApiError::bad_request(e.code, e.message))?;
     let keyring = state.keyring()?;
     let plain = serde_json::to_vec(data).expect("travel rule data serialises");
@@ -551,12 +563,9 @@ pub async fn record_travel_rule(
 pub async fn open_transfer_review(
     state: &AppState,
     requested_by: &str,
-    customer_id: i64,
-    reference: &str,
-    asset: &str,
-    amount: &str,
-    amount_usd: u64,
+    transfer: Transfer<'_>,
 ) -> Result<Option<i64>, ApiError> {
+    let Transfer { customer_id, reference, asset, amount, amount_usd } = transfer;
     if !review::needed(amount_usd, state.compliance().config.review_usd) {
         return Ok(None);
     }

@@ -971,17 +971,14 @@ pub(crate) async fn record_travel_rule(
     if state.store().customer_by_id(body.customer).await?.is_none() {
         return Err(ApiError::bad_request("unknown_customer", format!("no customer {}", body.customer)));
     }
-    let fresh = compliance::record_travel_rule(
-        &state,
-        &principal.actor(),
-        body.customer,
-        &body.reference,
-        &body.asset,
-        &body.amount,
-        body.amount_usd_micros,
-        &body.data,
-    )
-    .await?;
+    let transfer = compliance::Transfer {
+        customer_id: body.customer,
+        reference: &body.reference,
+        asset: &body.asset,
+        amount: &body.amount,
+        amount_usd: body.amount_usd_micros,
+    };
+    let fresh = compliance::record_travel_rule(&state, &principal.actor(), transfer, &body.data).await?;
     if fresh {
         Ok(StatusCode::CREATED)
     } else {
@@ -1071,17 +1068,16 @@ pub(crate) async fn open_review(
             format!("only transfers above USD {} are reviewed", usd(state.compliance().config().review_usd)),
         ));
     }
-    let id = compliance::open_transfer_review(
-        &state,
-        &principal.actor(),
-        body.customer,
-        &body.reference,
-        &body.asset,
-        &body.amount,
-        body.amount_usd_micros,
-    )
-    .await?
-    .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "this transfer is under review already"))?;
+    let transfer = compliance::Transfer {
+        customer_id: body.customer,
+        reference: &body.reference,
+        asset: &body.asset,
+        amount: &body.amount,
+        amount_usd: body.amount_usd_micros,
+    };
+    let id = compliance::open_transfer_review(&state, &principal.actor(), transfer)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "this transfer is under review already"))?;
     let r = state.store().transfer_review(id).await?.ok_or_else(|| ApiError::not_found("review vanished"))?;
     Ok((StatusCode::CREATED, Json(review_view(&r))))
 }

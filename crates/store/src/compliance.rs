@@ -4,6 +4,7 @@
 //! never sees it in the clear.
 
 #![allow(clippy::too_many_arguments)] // each audited command takes its auditor and records besides its data
+#![allow(clippy::type_complexity)] // rows arrive as the tuples sqlx decodes; each is named where it is used
 
 use rampart_audit::AuditRecord;
 use rampart_compliance::review::{self, Decision, Refused};
