@@ -355,12 +355,21 @@ async fn role_changes_need_four_eyes(db: Db) {
 const MATRIX: [(&str, &[&str]); 8] = [
     ("support", &["ledger_read", "customer_recover"]),
     ("risk_analyst", &["ledger_read", "risk_read", "risk_review", "risk_rules"]),
-    ("compliance_l1", &["ledger_read", "risk_read"]),
-    ("compliance_l2", &["ledger_read", "risk_read"]),
-    ("compliance_l3", &["ledger_read", "risk_read"]),
+    ("compliance_l1", &["ledger_read", "risk_read", "compliance_read", "compliance_review", "personal_data"]),
+    (
+        "compliance_l2",
+        &["ledger_read", "risk_read", "compliance_read", "compliance_review", "compliance_lists", "personal_data"],
+    ),
+    (
+        "compliance_l3",
+        &["ledger_read", "risk_read", "compliance_read", "compliance_review", "compliance_lists", "personal_data"],
+    ),
     ("treasury_custodian", &["ledger_read", "ledger_write", "custody_read", "custody_ceremony"]),
     ("administrator", &["staff_read", "staff_manage", "staff_approve", "keys_manage", "custody_read"]),
-    ("auditor", &["ledger_read", "staff_read", "audit_read", "audit_verify", "custody_read", "risk_read"]),
+    (
+        "auditor",
+        &["ledger_read", "staff_read", "audit_read", "audit_verify", "custody_read", "risk_read", "compliance_read"],
+    ),
 ];
 
 /// A protected endpoint, called with a valid request that succeeds when permitted.
@@ -502,6 +511,14 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
         Endpoint::new(M::POST, "/v1/risk/cases/999999/resolve", "risk_review", "risk.cases.resolve")
             .body(json!({"resolution": "release", "note": "checked"}))
             .ok(404),
+        Endpoint::new(M::GET, "/v1/compliance/cases", "compliance_read", "compliance.cases.list"),
+        Endpoint::new(M::POST, "/v1/compliance/cases/999999/resolve", "compliance_review", "compliance.cases.resolve")
+            .body(json!({"resolution": "release", "note": "checked"}))
+            .ok(404),
+        Endpoint::new(M::DELETE, "/v1/compliance/addresses/999999", "compliance_lists", "compliance.addresses.remove")
+            .ok(404),
+        Endpoint::new(M::GET, "/v1/compliance/kyc/documents/999999", "personal_data", "compliance.kyc.document")
+            .ok(404),
     ];
 
     // Every role calls every endpoint with its own session.
@@ -525,9 +542,9 @@ async fn every_role_may_do_exactly_what_the_matrix_says(db: Db) {
             }
         }
     }
-    // Of 24 endpoints: support is refused 18, the risk analyst 16, the 3 compliance levels 17 each, the custodian 13,
-    // the administrator 15, the auditor 11.
-    assert_eq!(expected.len(), 18 + 16 + 3 * 17 + 13 + 15 + 11, "the matrix differs from the issue's");
+    // Of 28 endpoints: support is refused 22, the risk analyst 20, compliance level 1 18 and levels 2 and 3 17 each,
+    // the custodian 17, the administrator 19, the auditor 14.
+    assert_eq!(expected.len(), 22 + 20 + 18 + 2 * 17 + 17 + 19 + 14, "the matrix differs from the issue's");
     // The matrix above is the one the server enforces.
     for (role, permissions) in MATRIX {
         let role = rampart_audit::Role::parse(role).expect("a role");

@@ -204,14 +204,11 @@ impl Compliance {
     }
 
     /// What screening `address` for a withdrawal or deposit decides.
-    pub fn screen_address(&self, asset: &str, address: &str) -> AddressVerdict {
+    pub fn screen_address(&self, address: &str) -> AddressVerdict {
         let lists = self.lists();
-        let worst = lists
-            .address(address)
-            .iter()
-            .filter(|l| l.asset.is_empty() || l.asset.eq_ignore_ascii_case(asset) || l.source == "ofac-sdn")
-            .max_by_key(|l| l.category)
-            .cloned();
+        // Every listing of the address counts, whatever asset it was listed for: a token on Ethereum shares the
+        // addresses of ether, and a holder who is sanctioned is sanctioned for every asset.
+        let worst = lists.address(address).iter().max_by_key(|l| l.category).cloned();
         match worst {
             None => AddressVerdict::Clear,
             Some(l) if l.category == Category::Risk => AddressVerdict::Review(l),

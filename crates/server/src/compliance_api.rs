@@ -446,7 +446,7 @@ pub(crate) async fn check_destination(
     customer.require(Scope::Read)?;
     let address = valid_address(&body.address)?;
     let asset = body.asset.clone().unwrap_or_else(|| "BTC".into());
-    match state.compliance().screen_address(&asset, &address) {
+    match state.compliance().screen_address(&address) {
         AddressVerdict::Clear | AddressVerdict::Review(_) => Ok(Json(serde_json::json!({"allowed": true}))),
         AddressVerdict::Refuse(listing) => {
             let keyring = state.keyring()?;
