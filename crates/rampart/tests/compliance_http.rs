@@ -8,11 +8,10 @@
 #[allow(dead_code)]
 mod common;
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Db, Server};
+use common::{Db, Server, address_in};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -39,20 +38,6 @@ fn list_files(sdn_edit: impl Fn(String) -> String) -> Value {
             "sdn_comments.csv": read("sdn_comments.csv")},
         "addresses": {"ETH": eth},
     })
-}
-
-/// The first address of the first IPv4 range of `country` in the tor-geoipdb file.
-fn address_in(country: &str) -> String {
-    let text = std::fs::read_to_string("/usr/share/tor/geoip").expect("Debian's tor-geoipdb is installed");
-    let from = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() == 3 && f[2].trim() == country).then(|| f[0].parse::<u32>().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no range of {country}"));
-    Ipv4Addr::from(from).to_string()
 }
 
 async fn rescreened(server: &Server, version: i64) -> Value {

@@ -5,9 +5,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::net::Ipv4Addr;
-
-use common::{Db, Server};
+use common::{Db, Server, address_in};
 use reqwest::Method;
 use serde_json::json;
 
@@ -19,20 +17,6 @@ client_ip_header = "x-forwarded-for"
 geoip_dir = "/usr/share/tor"
 blocked_countries = ["IR", "KP", "CU", "SY"]
 "#;
-
-/// The first address of the first IPv4 range of `country` in the tor-geoipdb file.
-fn address_in(country: &str) -> String {
-    let text = std::fs::read_to_string("/usr/share/tor/geoip").expect("Debian's tor-geoipdb is installed");
-    let from = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() == 3 && f[2].trim() == country).then(|| f[0].parse::<u32>().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no range of {country}"));
-    Ipv4Addr::from(from).to_string()
-}
 
 async fn sign_up_and_sign_in_are_refused_from_blocked_jurisdictions(db: Db) {
     let server = Server::start_with_config(&db, CONFIG).await;

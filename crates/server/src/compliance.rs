@@ -53,21 +53,67 @@ impl Default for ComplianceConfig {
 pub struct Lists {
     /// The SDN list's version (none imported yet: `None`).
     pub version: Option<i64>,
-    entries: Vec<Entry>,
-    screener: Screener,
-    asset_files: Vec<(String, String)>,
+    entries: Arc<Vec<Entry>>,
+    screener: Arc<Screener>,
+    asset_files: Arc<Vec<(String, String)>>,
+    /// Addresses the per-asset lists hold.
+    asset_addresses: usize,
     book: AddressBook,
 }
 
 impl Lists {
-    fn empty() -> Lists {
-        Lists {
-            version: None,
-            entries: Vec::new(),
-            screener: Screener::new(&[]),
-            asset_files: Vec::new(),
+    /// The lists of `entries` and `asset_files` (per-asset address lists, by asset) with the exchange's `own`
+    /// listings: the name index is built here, once per version.
+    fn build(
+        version: Option<i64>,
+        entries: Vec<Entry>,
+        asset_files: Vec<(String, String)>,
+        own: &[rampart_store::AddressListing],
+    ) -> Lists {
+        let screener = Arc::new(Screener::new(&entries));
+        let mut lists = Lists {
+            version,
+            entries: Arc::new(entries),
+            screener,
+            asset_files: Arc::new(asset_files),
+            asset_addresses: 0,
             book: AddressBook::default(),
+        };
+        (lists.book, lists.asset_addresses) = lists.address_book(own);
+        lists
+    }
+
+    /// The same lists with the exchange's listings `own` instead: the name index is shared, not rebuilt.
+    fn with_own(&self, own: &[rampart_store::AddressListing]) -> Lists {
+        Lists {
+            version: self.version,
+            entries: Arc::clone(&self.entries),
+            screener: Arc::clone(&self.screener),
+            asset_files: Arc::clone(&self.asset_files),
+            asset_addresses: self.asset_addresses,
+            book: self.address_book(own).0,
         }
+    }
+
+    /// Every listed address: the SDN remarks, the per-asset lists and `own`; with how many the per-asset lists gave.
+    fn address_book(&self, own: &[rampart_store::AddressListing]) -> (AddressBook, usize) {
+        let mut book = AddressBook::default();
+        rampart_compliance::sdn_addresses(&self.entries, &mut book);
+        let from_files =
+            self.asset_files.iter().map(|(asset, text)| book.add_list(asset, "ofac-asset-list", text)).sum();
+        for l in own {
+            let category = if l.category == "blocked" { Category::Blocked } else { Category::Risk };
+            book.add(
+                &l.address,
+                Listing {
+                    asset: l.asset.clone().unwrap_or_default(),
+                    source: "exchange".into(),
+                    category,
+                    reason: l.reason.clone(),
+                },
+            );
+        }
+        (book, from_files)
     }
 
     /// Entries in the list.
@@ -91,25 +137,21 @@ impl Lists {
     }
 }
 
-fn book(entries: &[Entry], asset_files: &[(String, String)], own: &[rampart_store::AddressListing]) -> AddressBook {
-    let mut book = AddressBook::default();
-    rampart_compliance::sdn_addresses(entries, &mut book);
-    for (asset, text) in asset_files {
-        book.add_list(asset, "ofac-asset-list", text);
-    }
-    for l in own {
-        let category = if l.category == "blocked" { Category::Blocked } else { Category::Risk };
-        book.add(
-            &l.address,
-            Listing {
-                asset: l.asset.clone().unwrap_or_default(),
-                source: "exchange".into(),
-                category,
-                reason: l.reason.clone(),
-            },
-        );
-    }
-    book
+/// Reads an import's files (by name: the SDN CSV files, `addresses/<ASSET>` lists): the parsed list and the
+/// per-asset address lists.
+fn read_files(files: &[(String, Vec<u8>)]) -> (ofac::Parsed, Vec<(String, String)>) {
+    let file = |name: &str| files.iter().find(|(n, _)| n == name).map_or(&[][..], |(_, b)| b.as_slice());
+    let parsed = ofac::parse(&ofac::Files {
+        sdn: file("sdn.csv"),
+        alt: file("alt.csv"),
+        add: file("add.csv"),
+        comments: file("sdn_comments.csv"),
+    });
+    let asset_files = files
+        .iter()
+        .filter_map(|(n, b)| Some((n.strip_prefix("addresses/")?.to_owned(), String::from_utf8_lossy(b).into_owned())))
+        .collect();
+    (parsed, asset_files)
 }
 
 /// Compliance's state in the service.
@@ -122,7 +164,8 @@ pub struct Compliance {
 impl Compliance {
     /// Compliance with `config`, no list yet, KYC reviewed by the exchange's own staff.
     pub fn new(config: ComplianceConfig) -> Compliance {
-        Compliance { config, lists: RwLock::new(Arc::new(Lists::empty())), provider: Box::new(ManualReview) }
+        let lists = Lists::build(None, Vec::new(), Vec::new(), &[]);
+        Compliance { config, lists: RwLock::new(Arc::new(lists)), provider: Box::new(ManualReview) }
     }
 
     /// The same with another KYC provider.
@@ -154,32 +197,12 @@ impl Compliance {
     pub async fn load(&self, store: &rampart_store::Store) -> Result<(), String> {
         let own = store.address_listings().await.map_err(|e| e.to_string())?;
         let Some((version, files)) = store.latest_sanctions_list(OFAC_SDN).await.map_err(|e| e.to_string())? else {
-            let mut lists = Lists::empty();
-            lists.book = book(&[], &[], &own);
-            self.install(lists);
+            self.install(Lists::build(None, Vec::new(), Vec::new(), &own));
             return Ok(());
         };
         let lists = tokio::task::spawn_blocking(move || {
-            let file = |name: &str| files.iter().find(|(n, _)| n == name).map_or(&[][..], |(_, b)| b.as_slice());
-            let parsed = ofac::parse(&ofac::Files {
-                sdn: file("sdn.csv"),
-                alt: file("alt.csv"),
-                add: file("add.csv"),
-                comments: file("sdn_comments.csv"),
-            });
-            let asset_files: Vec<(String, String)> = files
-                .iter()
-                .filter_map(|(n, b)| {
-                    Some((n.strip_prefix("addresses/")?.to_owned(), String::from_utf8_lossy(b).into_owned()))
-                })
-                .collect();
-            Lists {
-                version: Some(version.version),
-                screener: Screener::new(&parsed.entries),
-                book: book(&parsed.entries, &asset_files, &own),
-                entries: parsed.entries,
-                asset_files,
-            }
+            let (parsed, asset_files) = read_files(&files);
+            Lists::build(Some(version.version), parsed.entries, asset_files, &own)
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -191,14 +214,7 @@ impl Compliance {
     /// Rebuilds the address book after the exchange's own lists changed.
     pub async fn reload_own_lists(&self, store: &rampart_store::Store) -> Result<(), ApiError> {
         let own = store.address_listings().await?;
-        let current = self.lists();
-        let lists = Lists {
-            version: current.version,
-            entries: current.entries.clone(),
-            screener: Screener::new(&current.entries),
-            asset_files: current.asset_files.clone(),
-            book: book(&current.entries, &current.asset_files, &own),
-        };
+        let lists = self.lists().with_own(&own);
         self.install(lists);
         Ok(())
     }
@@ -457,13 +473,7 @@ pub(crate) fn prepare_import(
     current: &Lists,
     own: &[rampart_store::AddressListing],
 ) -> (ImportReport, Vec<u8>, Lists) {
-    let file = |name: &str| files.iter().find(|(n, _)| n == name).map_or(&[][..], |(_, b)| b.as_slice());
-    let parsed = ofac::parse(&ofac::Files {
-        sdn: file("sdn.csv"),
-        alt: file("alt.csv"),
-        add: file("add.csv"),
-        comments: file("sdn_comments.csv"),
-    });
+    let (parsed, asset_files) = read_files(files);
     let mut digest = Sha256::new();
     for (name, body) in files {
         digest.update((name.len() as u64).to_be_bytes());
@@ -471,37 +481,24 @@ pub(crate) fn prepare_import(
         digest.update((body.len() as u64).to_be_bytes());
         digest.update(body);
     }
-    let asset_files: Vec<(String, String)> = files
-        .iter()
-        .filter_map(|(n, b)| Some((n.strip_prefix("addresses/")?.to_owned(), String::from_utf8_lossy(b).into_owned())))
-        .collect();
     let diff = rampart_compliance::diff(&current.entries, &parsed.entries);
-    let new_book = book(&parsed.entries, &asset_files, own);
-    let asset_list_addresses = asset_files
+    let problems = parsed
+        .problems
         .iter()
-        .map(|(_, t)| t.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count())
-        .sum();
+        .map(|p| ProblemView { file: p.file.clone(), line: p.line, message: p.message.clone() })
+        .collect();
+    let lists = Lists::build(None, parsed.entries, asset_files, own);
+    let entries = &lists.entries;
     let report = ImportReport {
-        entries: parsed.entries.len(),
-        aliases: parsed.entries.iter().map(|e| e.aliases.len()).sum(),
-        addresses: parsed.entries.iter().map(|e| e.addresses.len()).sum(),
-        crypto_addresses: parsed.entries.iter().map(|e| e.crypto.len()).sum(),
-        asset_list_addresses,
+        entries: entries.len(),
+        aliases: entries.iter().map(|e| e.aliases.len()).sum(),
+        addresses: entries.iter().map(|e| e.addresses.len()).sum(),
+        crypto_addresses: entries.iter().map(|e| e.crypto.len()).sum(),
+        asset_list_addresses: lists.asset_addresses,
         added: diff.added,
         removed: diff.removed,
         changed: diff.changed,
-        problems: parsed
-            .problems
-            .iter()
-            .map(|p| ProblemView { file: p.file.clone(), line: p.line, message: p.message.clone() })
-            .collect(),
-    };
-    let lists = Lists {
-        version: None,
-        screener: Screener::new(&parsed.entries),
-        book: new_book,
-        entries: parsed.entries,
-        asset_files,
+        problems,
     };
     (report, digest.finalize().to_vec(), lists)
 }

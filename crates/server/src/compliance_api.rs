@@ -260,10 +260,10 @@ pub(crate) async fn screen(
     Ok(Json(serde_json::json!({"list_version": lists.version, "threshold": threshold, "matches": shown})))
 }
 
-fn valid_country(c: Option<&str>) -> Result<Option<String>, ApiError> {
+pub(crate) fn valid_country(c: Option<&str>) -> Result<Option<String>, ApiError> {
     match c {
         None => Ok(None),
-        Some(c) if countries::is_code(&c.to_ascii_uppercase()) => Ok(Some(c.to_ascii_uppercase())),
+        Some(c) if countries::is_code(&c.trim().to_ascii_uppercase()) => Ok(Some(c.trim().to_ascii_uppercase())),
         Some(_) => Err(ApiError::bad_request("invalid_country", "country is an ISO 3166-1 alpha-2 code such as GB")),
     }
 }
@@ -937,6 +937,17 @@ pub(crate) async fn decide_kyc(
 /// `POST /v1/compliance/travel-rule`: a transfer's originator and beneficiary.
 #[derive(Deserialize)]
 pub struct TravelRuleRequest {
+    /// The transfer.
+    #[serde(flatten)]
+    pub transfer: TransferBody,
+    /// The parties.
+    #[serde(flatten)]
+    pub data: travel::TravelRule,
+}
+
+/// A transfer named in a staff request.
+#[derive(Deserialize)]
+pub struct TransferBody {
     /// The transfer's reference.
     pub reference: String,
     /// The customer (internal id).
@@ -947,9 +958,23 @@ pub struct TravelRuleRequest {
     pub amount: String,
     /// Value in USD micro-dollars.
     pub amount_usd_micros: u64,
-    /// The parties.
-    #[serde(flatten)]
-    pub data: travel::TravelRule,
+}
+
+impl TransferBody {
+    /// The transfer, once its reference is well formed and its customer exists.
+    async fn checked(&self, state: &AppState) -> Result<compliance::Transfer<'_>, ApiError> {
+        valid_reference(&self.reference)?;
+        if state.store().customer_by_id(self.customer).await?.is_none() {
+            return Err(ApiError::bad_request("unknown_customer", format!("no customer {}", self.customer)));
+        }
+        Ok(compliance::Transfer {
+            customer_id: self.customer,
+            reference: &self.reference,
+            asset: &self.asset,
+            amount: &self.amount,
+            amount_usd: self.amount_usd_micros,
+        })
+    }
 }
 
 fn valid_reference(r: &str) -> Result<(), ApiError> {
@@ -966,18 +991,9 @@ pub(crate) async fn record_travel_rule(
     principal: Principal,
     ApiJson(body): ApiJson<TravelRuleRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&principal, Permission::ComplianceReview, "compliance.travel_rule.record", &body.reference).await?;
-    valid_reference(&body.reference)?;
-    if state.store().customer_by_id(body.customer).await?.is_none() {
-        return Err(ApiError::bad_request("unknown_customer", format!("no customer {}", body.customer)));
-    }
-    let transfer = compliance::Transfer {
-        customer_id: body.customer,
-        reference: &body.reference,
-        asset: &body.asset,
-        amount: &body.amount,
-        amount_usd: body.amount_usd_micros,
-    };
+    let reference = &body.transfer.reference;
+    state.authorize(&principal, Permission::ComplianceReview, "compliance.travel_rule.record", reference).await?;
+    let transfer = body.transfer.checked(&state).await?;
     let fresh = compliance::record_travel_rule(&state, &principal.actor(), transfer, &body.data).await?;
     if fresh {
         Ok(StatusCode::CREATED)
@@ -1003,6 +1019,9 @@ pub(crate) async fn travel_rule(
             .decrypt(&r.data, format!("travel_rule:{}", r.reference).as_bytes())
             .ok()
             .and_then(|p| serde_json::from_slice(&p).ok());
+        if parties.is_none() {
+            tracing::error!(reference = %r.reference, "a Travel Rule record does not decrypt");
+        }
         let show = |p: &travel::Party| {
             if unmasked {
                 serde_json::json!({"name": p.name, "account": p.account, "institution": p.institution, "details": p.details})
@@ -1025,21 +1044,6 @@ pub(crate) async fn travel_rule(
     Ok(Json(out))
 }
 
-/// `POST /v1/compliance/reviews`: a large transfer to review.
-#[derive(Deserialize)]
-pub struct ReviewRequest {
-    /// The transfer's reference.
-    pub reference: String,
-    /// The customer (internal id).
-    pub customer: i64,
-    /// Asset.
-    pub asset: String,
-    /// Amount in the asset's units, as text.
-    pub amount: String,
-    /// Value in USD micro-dollars.
-    pub amount_usd_micros: u64,
-}
-
 fn review_view(r: &rampart_store::TransferReview) -> serde_json::Value {
     serde_json::json!({
         "id": r.id, "reference": r.reference, "customer": r.customer_id, "requested_by": r.requested_by,
@@ -1055,26 +1059,16 @@ fn review_view(r: &rampart_store::TransferReview) -> serde_json::Value {
 pub(crate) async fn open_review(
     State(state): State<AppState>,
     principal: Principal,
-    ApiJson(body): ApiJson<ReviewRequest>,
+    ApiJson(body): ApiJson<TransferBody>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     state.authorize(&principal, Permission::ComplianceReview, "compliance.reviews.open", &body.reference).await?;
-    valid_reference(&body.reference)?;
-    if state.store().customer_by_id(body.customer).await?.is_none() {
-        return Err(ApiError::bad_request("unknown_customer", format!("no customer {}", body.customer)));
-    }
+    let transfer = body.checked(&state).await?;
     if !review::needed(body.amount_usd_micros, state.compliance().config().review_usd) {
         return Err(ApiError::bad_request(
             "review_not_needed",
             format!("only transfers above USD {} are reviewed", usd(state.compliance().config().review_usd)),
         ));
     }
-    let transfer = compliance::Transfer {
-        customer_id: body.customer,
-        reference: &body.reference,
-        asset: &body.asset,
-        amount: &body.amount,
-        amount_usd: body.amount_usd_micros,
-    };
     let id = compliance::open_transfer_review(&state, &principal.actor(), transfer)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "this transfer is under review already"))?;

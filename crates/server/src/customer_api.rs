@@ -185,12 +185,7 @@ fn sign_up_screening(request: &SignUpRequest) -> Result<Option<crate::compliance
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid_name", "legal_name is 1 to 200 printable characters"));
     }
-    let country = match request.country.as_deref().map(|c| c.trim().to_ascii_uppercase()) {
-        Some(c) if !rampart_compliance::countries::is_code(&c) => {
-            return Err(ApiError::bad_request("invalid_country", "country is an ISO 3166-1 alpha-2 code such as GB"));
-        }
-        other => other,
-    };
+    let country = crate::compliance_api::valid_country(request.country.as_deref())?;
     if let Some(d) = request.date_of_birth.as_deref()
         && rampart_compliance::kyc::parse_date(d).is_none()
     {

@@ -324,3 +324,11 @@ pub(crate) fn finish(
     }
     report
 }
+
+/// `records`, each with `key` = `id` among its details (the id a command's insert just assigned).
+pub(crate) fn tagged(mut records: Vec<AuditRecord>, key: &str, id: i64) -> Vec<AuditRecord> {
+    for r in &mut records {
+        r.details.insert(key.into(), id.to_string());
+    }
+    records
+}

@@ -422,14 +422,7 @@ impl Store {
                         .execute(&mut *tx.0)
                         .await?;
                 }
-                let records = records
-                    .into_iter()
-                    .map(|mut r| {
-                        r.details.insert("version".into(), version.to_string());
-                        r
-                    })
-                    .collect();
-                audit::append(&mut tx, records, auditor).await?;
+                audit::append(&mut tx, audit::tagged(records, "version", version), auditor).await?;
                 Some(version)
             }
         })
@@ -544,14 +537,7 @@ impl Store {
                         .execute(&mut *tx.0)
                         .await?;
                 }
-                let records = records
-                    .into_iter()
-                    .map(|mut r| {
-                        r.details.insert("case".into(), id.to_string());
-                        r
-                    })
-                    .collect();
-                audit::append(&mut tx, records, auditor).await?;
+                audit::append(&mut tx, audit::tagged(records, "case", id), auditor).await?;
             }
             id
         })
@@ -643,21 +629,14 @@ impl Store {
                         .bind(ts(now_ns))
                         .execute(&mut *tx.0)
                         .await?;
-                        let mut unfrozen = false;
-                        if resolution == ComplianceResolution::Release && outcome == "freeze" {
-                            let others: i64 =
-                                sqlx::query_scalar(&sql(OPEN_FREEZES)).bind(customer).fetch_one(&mut *tx.0).await?;
-                            if others == 0 {
-                                unfrozen = sqlx::query(&sql(
-                                    "UPDATE customers SET status = 'active' WHERE id = $1 AND status = 'frozen'",
-                                ))
+                        let unfrozen = resolution == ComplianceResolution::Release
+                            && outcome == "freeze"
+                            && sqlx::query(&sql(crate::compliance::UNFREEZE_IF_CLEAR))
                                 .bind(customer)
                                 .execute(&mut *tx.0)
                                 .await?
                                 .rows_affected()
-                                    == 1;
-                            }
-                        }
+                                == 1;
                         audit::append(&mut tx, records, auditor).await?;
                         ComplianceResolved::Done { unfrozen }
                     }
@@ -856,14 +835,7 @@ impl Store {
                         .execute(&mut *tx.0)
                         .await?;
                 }
-                let records = records
-                    .into_iter()
-                    .map(|mut r| {
-                        r.details.insert("submission".into(), id.to_string());
-                        r
-                    })
-                    .collect();
-                audit::append(&mut tx, records, auditor).await?;
+                audit::append(&mut tx, audit::tagged(records, "submission", id), auditor).await?;
             }
             id
         })
@@ -1075,14 +1047,7 @@ impl Store {
             .fetch_optional(&mut *tx.0)
             .await?;
             if let Some(id) = id {
-                let records = records
-                    .into_iter()
-                    .map(|mut r| {
-                        r.details.insert("review".into(), id.to_string());
-                        r
-                    })
-                    .collect();
-                audit::append(&mut tx, records, auditor).await?;
+                audit::append(&mut tx, audit::tagged(records, "review", id), auditor).await?;
             }
             id
         })
@@ -1237,7 +1202,7 @@ impl Store {
     }
 }
 
-/// Open freezes of a customer, risk and compliance together (`$1` the customer).
-pub(crate) const OPEN_FREEZES: &str = "SELECT (SELECT COUNT(*) FROM risk_cases WHERE customer_id = $1 AND state = 'open' \
-     AND outcome = 'freeze') + (SELECT COUNT(*) FROM compliance_cases WHERE customer_id = $1 AND state = 'open' \
-     AND outcome = 'freeze')";
+/// Unfreezes a frozen customer (`$1`) unless an open risk or compliance case still freezes the account.
+pub(crate) const UNFREEZE_IF_CLEAR: &str = "UPDATE customers SET status = 'active' WHERE id = $1 AND status = 'frozen' \
+     AND NOT EXISTS (SELECT 1 FROM risk_cases WHERE customer_id = $1 AND state = 'open' AND outcome = 'freeze') \
+     AND NOT EXISTS (SELECT 1 FROM compliance_cases WHERE customer_id = $1 AND state = 'open' AND outcome = 'freeze')";

@@ -251,14 +251,7 @@ impl Store {
                     .execute(&mut *tx.0)
                     .await?;
             }
-            let records = records
-                .into_iter()
-                .map(|mut r| {
-                    r.details.insert("case".into(), id.to_string());
-                    r
-                })
-                .collect();
-            audit::append(&mut tx, records, auditor).await?;
+            audit::append(&mut tx, audit::tagged(records, "case", id), auditor).await?;
             id
         })
         .pipe(Ok)
@@ -392,23 +385,14 @@ impl Store {
                     if n == 0 {
                         CaseResolved::AlreadyResolved
                     } else {
-                        let mut unfrozen = false;
-                        if resolution == CaseResolution::Release && c.outcome == "freeze" {
-                            let others: i64 = sqlx::query_scalar(&sql(crate::compliance::OPEN_FREEZES))
-                                .bind(c.customer_id)
-                                .fetch_one(&mut *tx.0)
-                                .await?;
-                            if others == 0 {
-                                unfrozen = sqlx::query(&sql(
-                                    "UPDATE customers SET status = 'active' WHERE id = $1 AND status = 'frozen'",
-                                ))
+                        let unfrozen = resolution == CaseResolution::Release
+                            && c.outcome == "freeze"
+                            && sqlx::query(&sql(crate::compliance::UNFREEZE_IF_CLEAR))
                                 .bind(c.customer_id)
                                 .execute(&mut *tx.0)
                                 .await?
                                 .rows_affected()
-                                    == 1;
-                            }
-                        }
+                                == 1;
                         audit::append(&mut tx, records, auditor).await?;
                         c.state = "resolved".into();
                         c.resolution = Some(resolution.as_str().into());

@@ -946,3 +946,18 @@ pub mod production {
         }
     }
 }
+
+/// The first address of the first IPv4 range of `country` in the tor-geoipdb file.
+#[allow(dead_code)] // the geofencing tests use it; http.rs, which uses everything else here, does not
+pub fn address_in(country: &str) -> String {
+    let text = std::fs::read_to_string("/usr/share/tor/geoip").expect("Debian's tor-geoipdb is installed");
+    let from = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() == 3 && f[2].trim() == country).then(|| f[0].parse::<u32>().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no range of {country}"));
+    std::net::Ipv4Addr::from(from).to_string()
+}
