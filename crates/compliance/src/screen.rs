@@ -127,7 +127,14 @@ fn letters(words: &[String]) -> u32 {
 /// How well each side's words are covered by the other's, in parts per million, weighted by word length: the query's
 /// side and the candidate's. Each pair of words is compared once.
 fn coverage(query: &[String], query_letters: u32, name: &Name) -> (u32, u32) {
-    let mut column_best = vec![0u32; name.words.len()];
+    // Each of the candidate's words' best similarity; on the stack for the names of sixteen words or fewer.
+    let (mut small, mut large) = ([0u32; 16], Vec::new());
+    let column_best: &mut [u32] = if name.words.len() <= small.len() {
+        &mut small[..name.words.len()]
+    } else {
+        large.resize(name.words.len(), 0);
+        &mut large
+    };
     let mut query_sum = 0u64;
     for q in query {
         let mut row_best = 0;
@@ -140,7 +147,8 @@ fn coverage(query: &[String], query_letters: u32, name: &Name) -> (u32, u32) {
         }
         query_sum += u64::from(row_best) * q.len() as u64;
     }
-    let name_sum: u64 = name.words.iter().zip(&column_best).map(|(c, best)| u64::from(*best) * c.len() as u64).sum();
+    let name_sum: u64 =
+        name.words.iter().zip(column_best.iter()).map(|(c, best)| u64::from(*best) * c.len() as u64).sum();
     let q = u32::try_from(query_sum / u64::from(query_letters)).unwrap_or(ONE);
     let c = u32::try_from(name_sum / u64::from(name.letters)).unwrap_or(ONE);
     (q, c)
