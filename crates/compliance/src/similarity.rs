@@ -118,7 +118,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let mut word = |next: &mut dyn FnMut() -> u64| -> String {
+        let word = |next: &mut dyn FnMut() -> u64| -> String {
             let len = 1 + (next() % 40) as usize;
             (0..len).map(|_| b"aeinorst"[(next() % 8) as usize] as char).collect()
         };
