@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bitcoin::{Amount, Block, BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin::{Amount, Block, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 use rampart_custody::devchain::{DevChain, LogDecodeError, LogRecord};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -299,5 +299,18 @@ impl Chain for DevChainNode {
 
     async fn fee_rate(&self) -> Result<u64, ChainError> {
         Ok(self.state().chain.min_fee_rate_sat_vb().max(1))
+    }
+
+    async fn previous_outputs(&self, tx: &Transaction) -> Result<Vec<Option<TxOut>>, ChainError> {
+        let state = self.state();
+        Ok(tx
+            .input
+            .iter()
+            .map(|input| {
+                let spent = input.previous_output;
+                let funding = state.chain.transaction(&spent.txid)?;
+                funding.output.get(usize::try_from(spent.vout).ok()?).cloned()
+            })
+            .collect())
     }
 }

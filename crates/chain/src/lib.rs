@@ -11,7 +11,7 @@ mod dev;
 mod rpc;
 
 use async_trait::async_trait;
-use bitcoin::{Block, BlockHash, Network, Transaction, Txid};
+use bitcoin::{Block, BlockHash, Network, Transaction, TxOut, Txid};
 use rampart_custody::devchain::BlockError;
 
 pub use dev::DevChainNode;
@@ -81,4 +81,8 @@ pub trait Chain: Send + Sync {
 
     /// A fee rate, in satoshis per virtual byte, that should confirm within a few blocks (at least 1).
     async fn fee_rate(&self) -> Result<u64, ChainError>;
+
+    /// The outputs that `tx`'s inputs spend, in input order: what funded it, so that its sources can be screened.
+    /// `None` for an input that creates coins (a coinbase) or whose transaction the chain cannot find.
+    async fn previous_outputs(&self, tx: &Transaction) -> Result<Vec<Option<TxOut>>, ChainError>;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
-use bitcoin::{Block, BlockHash, Network, Transaction, Txid};
+use bitcoin::{Block, BlockHash, Network, Transaction, TxOut, Txid};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -256,6 +256,49 @@ impl Chain for BitcoinCoreRpc {
             return Err(ChainError::Invalid(format!("sendrawtransaction answered {txid} for {}", tx.compute_txid())));
         }
         Ok(txid)
+    }
+
+    /// `getrawtransaction` for each transaction the inputs spend (once each): Bitcoin Core finds a confirmed one only
+    /// with `-txindex=1`, so a deployment that screens deposit sources runs its node with it; without, the sources are
+    /// `None` and the watcher logs that it could not screen them.
+    async fn previous_outputs(&self, tx: &Transaction) -> Result<Vec<Option<TxOut>>, ChainError> {
+        let mut funding: std::collections::HashMap<Txid, Option<Transaction>> = std::collections::HashMap::new();
+        let mut outputs = Vec::with_capacity(tx.input.len());
+        for input in &tx.input {
+            let spent = input.previous_output;
+            if spent.is_null() {
+                outputs.push(None);
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = funding.entry(spent.txid) {
+                let found = match self.call("getrawtransaction", json!([spent.txid.to_string(), false])).await {
+                    Ok(result) => {
+                        let hex: String = parse("getrawtransaction", result)?;
+                        let found: Transaction = deserialize_hex(&hex).map_err(|e| {
+                            ChainError::Invalid(format!("getrawtransaction: the transaction does not decode: {e}"))
+                        })?;
+                        if found.compute_txid() != spent.txid {
+                            return Err(ChainError::Invalid(format!(
+                                "getrawtransaction: asked for {}, got {}",
+                                spent.txid,
+                                found.compute_txid()
+                            )));
+                        }
+                        Some(found)
+                    }
+                    // "No such mempool or blockchain transaction" (no transaction index, or truly unknown).
+                    Err(ChainError::Rpc { code: RPC_INVALID_ADDRESS_OR_KEY, .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                slot.insert(found);
+            }
+            let output = funding
+                .get(&spent.txid)
+                .and_then(Option::as_ref)
+                .and_then(|t| t.output.get(usize::try_from(spent.vout).ok()?).cloned());
+            outputs.push(output);
+        }
+        Ok(outputs)
     }
 
     /// `estimatesmartfee 6`, converted from BTC/kvB to sat/vB and rounded up; 1 sat/vB while Core has too little data.

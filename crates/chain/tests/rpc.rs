@@ -243,3 +243,63 @@ async fn broken_answers_and_an_absent_node_are_clear_errors() {
     let absent = BitcoinCoreRpc::new(url, user_pass(PASSWORD), Network::Regtest).unwrap();
     assert!(matches!(absent.tip().await, Err(ChainError::Unavailable(_))));
 }
+
+/// An answer made in the test: a result, or Core's RPC error with its code and status 500.
+fn answer(method: &'static str, params: Value, result: Result<Value, (i64, &str)>) -> Route {
+    let (status, body) = match result {
+        Ok(result) => (200, json!({"result": result, "error": null, "id": 1})),
+        Err((code, message)) => (500, json!({"result": null, "error": {"code": code, "message": message}, "id": 1})),
+    };
+    Route { method, params, status, content_type: "application/json", body: body.to_string() }
+}
+
+#[tokio::test]
+async fn a_transactions_funding_outputs_come_from_getrawtransaction() {
+    let (block, funding) = recorded_block();
+    let unknown = bitcoin::Txid::from_str(&"11".repeat(32)).unwrap();
+    let input = |txid: bitcoin::Txid, vout: u32| bitcoin::TxIn {
+        previous_output: bitcoin::OutPoint { txid, vout },
+        ..bitcoin::TxIn::default()
+    };
+    // A deposit paid from the recorded spend's output, from an output the node cannot find, and the coinbase's
+    // kind of input that spends nothing.
+    let deposit = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![
+            input(funding.compute_txid(), 0),
+            input(unknown, 3),
+            bitcoin::TxIn { previous_output: bitcoin::OutPoint::null(), ..bitcoin::TxIn::default() },
+            input(funding.compute_txid(), 7),
+        ],
+        output: vec![],
+    };
+    let node = regtest_node(vec![
+        answer(
+            "getrawtransaction",
+            json!([funding.compute_txid().to_string(), false]),
+            Ok(json!(serialize_hex(&funding))),
+        ),
+        answer(
+            "getrawtransaction",
+            json!([unknown.to_string(), false]),
+            Err((-5, "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.")),
+        ),
+    ])
+    .await;
+    let outputs = node.previous_outputs(&deposit).await.unwrap();
+    assert_eq!(outputs, vec![Some(funding.output[0].clone()), None, None, None], "output 7 does not exist");
+
+    // An answer about another transaction is not believed.
+    let coinbase = block.txdata[0].clone();
+    let confused = regtest_node(vec![answer(
+        "getrawtransaction",
+        json!([funding.compute_txid().to_string(), false]),
+        Ok(json!(serialize_hex(&coinbase))),
+    )])
+    .await;
+    let only_funding = Transaction { input: vec![input(funding.compute_txid(), 0)], ..deposit.clone() };
+    assert!(
+        matches!(confused.previous_outputs(&only_funding).await, Err(ChainError::Invalid(m)) if m.contains("asked for"))
+    );
+}

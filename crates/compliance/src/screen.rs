@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::names::{self, sound};
 use crate::ofac::Entry;
-use crate::similarity::{ONE, jaro_winkler};
+use crate::similarity::{Against, ONE};
 
 /// The default threshold (parts per million) above which a match is a hit.
 pub const DEFAULT_THRESHOLD: u32 = 920_000;
@@ -36,7 +36,8 @@ struct EntryInfo {
 struct Name {
     entry: u32,
     text: String,
-    words: Vec<String>,
+    /// Its words, as numbers in the screener's vocabulary.
+    words: Vec<u32>,
     letters: u32,
 }
 
@@ -77,6 +78,8 @@ struct Scratch {
     /// The names with a non-zero `total`, and with a non-zero `word`.
     touched: Vec<u32>,
     word_touched: Vec<u32>,
+    /// The similarities computed for the current query.
+    memo: Memo,
 }
 
 impl Scratch {
@@ -88,6 +91,48 @@ impl Scratch {
     }
 }
 
+/// The similarity of each word of the vocabulary met in a query's candidates with each of the query's words, computed
+/// once a query: the candidates of a query share many words (an entry's aliases, a common given name), and comparing
+/// the same two words again was most of a query's time.
+#[derive(Default)]
+struct Memo {
+    /// Per vocabulary word: 0, or 1 + where its row starts in `rows`.
+    slot: Vec<u32>,
+    /// Rows of similarities, one value per query word.
+    rows: Vec<u32>,
+    /// The words with a row, to reset `slot` after the query.
+    touched: Vec<u32>,
+}
+
+impl Memo {
+    /// The similarities of vocabulary word `word` with each word of `query`.
+    fn row(&mut self, word: u32, query: &[String], vocabulary: &[Box<str>]) -> &[u32] {
+        let w = word as usize;
+        if self.slot.len() < vocabulary.len() {
+            self.slot.resize(vocabulary.len(), 0);
+        }
+        let start = match self.slot[w] {
+            0 => {
+                let start = self.rows.len();
+                let against = Against::new(vocabulary[w].as_bytes());
+                self.rows.extend(query.iter().map(|q| against.jaro_winkler(q.as_bytes())));
+                self.slot[w] = u32::try_from(start + 1).unwrap_or(u32::MAX);
+                self.touched.push(word);
+                start
+            }
+            s => s as usize - 1,
+        };
+        &self.rows[start..start + query.len()]
+    }
+
+    fn clear(&mut self) {
+        for w in self.touched.drain(..) {
+            self.slot[w as usize] = 0;
+        }
+        self.rows.clear();
+    }
+}
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
@@ -96,6 +141,8 @@ thread_local! {
 pub struct Screener {
     entries: Vec<EntryInfo>,
     names: Vec<Name>,
+    /// Every distinct word of the names, once.
+    vocabulary: Vec<Box<str>>,
     index: FxHashMap<String, Vec<u32>>,
 }
 
@@ -120,35 +167,31 @@ fn rarity(postings: usize) -> u32 {
     16 - (usize::BITS - postings.leading_zeros()).min(15)
 }
 
-fn letters(words: &[String]) -> u32 {
-    words.iter().map(|w| w.len() as u32).sum::<u32>().max(1)
+fn letters<S: AsRef<str>>(words: &[S]) -> u32 {
+    words.iter().map(|w| w.as_ref().len() as u32).sum::<u32>().max(1)
 }
 
 /// How well each side's words are covered by the other's, in parts per million, weighted by word length: the query's
-/// side and the candidate's. Each pair of words is compared once.
-fn coverage(query: &[String], query_letters: u32, name: &Name) -> (u32, u32) {
-    // Each of the candidate's words' best similarity; on the stack for the names of sixteen words or fewer.
+/// side and the candidate's. Each pair of words is compared once a query (`memo`).
+fn coverage(query: &[String], query_letters: u32, name: &Name, vocabulary: &[Box<str>], memo: &mut Memo) -> (u32, u32) {
+    // Each of the query's words' best similarity; on the stack for queries of sixteen words or fewer.
     let (mut small, mut large) = ([0u32; 16], Vec::new());
-    let column_best: &mut [u32] = if name.words.len() <= small.len() {
-        &mut small[..name.words.len()]
+    let row_best: &mut [u32] = if query.len() <= small.len() {
+        &mut small[..query.len()]
     } else {
-        large.resize(name.words.len(), 0);
+        large.resize(query.len(), 0);
         &mut large
     };
-    let mut query_sum = 0u64;
-    for q in query {
-        let mut row_best = 0;
-        for (j, c) in name.words.iter().enumerate() {
-            let similarity = jaro_winkler(q.as_bytes(), c.as_bytes());
-            row_best = row_best.max(similarity);
-            if let Some(best) = column_best.get_mut(j) {
-                *best = (*best).max(similarity);
-            }
+    let mut name_sum = 0u64;
+    for &w in &name.words {
+        let mut column_best = 0;
+        for (best, &similarity) in row_best.iter_mut().zip(memo.row(w, query, vocabulary)) {
+            column_best = column_best.max(similarity);
+            *best = (*best).max(similarity);
         }
-        query_sum += u64::from(row_best) * q.len() as u64;
+        name_sum += u64::from(column_best) * vocabulary[w as usize].len() as u64;
     }
-    let name_sum: u64 =
-        name.words.iter().zip(column_best.iter()).map(|(c, best)| u64::from(*best) * c.len() as u64).sum();
+    let query_sum: u64 = query.iter().zip(row_best.iter()).map(|(q, best)| u64::from(*best) * q.len() as u64).sum();
     let q = u32::try_from(query_sum / u64::from(query_letters)).unwrap_or(ONE);
     let c = u32::try_from(name_sum / u64::from(name.letters)).unwrap_or(ONE);
     (q, c)
@@ -157,7 +200,9 @@ fn coverage(query: &[String], query_letters: u32, name: &Name) -> (u32, u32) {
 impl Screener {
     /// Indexes the names of `entries`.
     pub fn new(entries: &[Entry]) -> Screener {
-        let mut screener = Screener { entries: Vec::new(), names: Vec::new(), index: FxHashMap::default() };
+        let mut screener =
+            Screener { entries: Vec::new(), names: Vec::new(), vocabulary: Vec::new(), index: FxHashMap::default() };
+        let mut numbers: FxHashMap<String, u32> = FxHashMap::default();
         for e in entries {
             let entry = screener.entries.len() as u32;
             screener.entries.push(EntryInfo {
@@ -180,7 +225,17 @@ impl Screener {
                         }
                     }
                 }
-                screener.names.push(Name { entry, text: text.clone(), letters: letters(&words), words });
+                let letters = letters(&words);
+                let words = words
+                    .into_iter()
+                    .map(|w| {
+                        *numbers.entry(w).or_insert_with_key(|w| {
+                            screener.vocabulary.push(w.as_str().into());
+                            (screener.vocabulary.len() - 1) as u32
+                        })
+                    })
+                    .collect();
+                screener.names.push(Name { entry, text: text.clone(), letters, words });
             }
         }
         screener
@@ -240,21 +295,23 @@ impl Screener {
         }
         let query_letters = letters(&words);
         // Candidates, weighed by how many of the query's words found them, how closely and through how rare a key.
-        let candidates = SCRATCH.with_borrow_mut(|scratch| self.candidates(&words, scratch));
-
         // Each entry's best name: (score, name score, name).
         let mut best: FxHashMap<u32, (u32, u32, u32)> = FxHashMap::default();
-        for (n, _) in candidates {
-            let name = &self.names[n as usize];
-            let (q, c) = coverage(&words, query_letters, name);
-            let name_score = (u64::from(q) * 85 + u64::from(c) * 15) / 100;
-            let name_score = u32::try_from(name_score).unwrap_or(ONE);
-            let score = adjust(name_score, &self.entries[name.entry as usize], query);
-            let kept = best.entry(name.entry).or_insert((score, name_score, n));
-            if score > kept.0 {
-                *kept = (score, name_score, n);
+        SCRATCH.with_borrow_mut(|scratch| {
+            // Cleared before use, so that a query that panicked leaves nothing stale behind.
+            scratch.memo.clear();
+            for (n, _) in self.candidates(&words, scratch) {
+                let name = &self.names[n as usize];
+                let (q, c) = coverage(&words, query_letters, name, &self.vocabulary, &mut scratch.memo);
+                let name_score = (u64::from(q) * 85 + u64::from(c) * 15) / 100;
+                let name_score = u32::try_from(name_score).unwrap_or(ONE);
+                let score = adjust(name_score, &self.entries[name.entry as usize], query);
+                let kept = best.entry(name.entry).or_insert((score, name_score, n));
+                if score > kept.0 {
+                    *kept = (score, name_score, n);
+                }
             }
-        }
+        });
         // Best first; ties by entry number.
         let mut ranked: Vec<(u32, u32, u32, u32)> = best
             .into_iter()

@@ -13,70 +13,94 @@ const MAX: usize = 64;
 /// The Jaro-Winkler similarity of `a` and `b` (prefix scale 0.1, prefix of at most four, applied above a Jaro
 /// similarity of 0.7 as Winkler did), in parts per million.
 pub fn jaro_winkler(a: &[u8], b: &[u8]) -> u32 {
-    let jaro = jaro(a, b);
-    if jaro <= 700_000 {
-        return jaro;
-    }
-    let prefix = a.iter().zip(b).take(4).take_while(|(x, y)| x == y).count() as u64;
-    // jaro + prefix × 0.1 × (1 − jaro)
-    let boost = prefix * u64::from(ONE - jaro) / 10;
-    jaro + u32::try_from(boost).unwrap_or(0)
+    Against::new(b).jaro_winkler(a)
 }
 
 /// The Jaro similarity, in parts per million.
 pub fn jaro(a: &[u8], b: &[u8]) -> u32 {
-    let (a, b) = (&a[..a.len().min(MAX)], &b[..b.len().min(MAX)]);
-    if a.is_empty() && b.is_empty() {
-        return ONE;
-    }
-    if a.is_empty() || b.is_empty() {
-        return 0;
-    }
-    if a == b {
-        return ONE;
-    }
-    let window = (a.len().max(b.len()) / 2).saturating_sub(1);
-    // Where each byte stands in b, as bit sets (words are at most 64 bytes here): the first unmatched occurrence of
-    // a's letter within the window is then one mask and one trailing-zero count, not a scan of the window.
-    let mut positions = [0u64; 256];
-    for (j, &y) in b.iter().enumerate() {
-        positions[usize::from(y)] |= 1 << j;
-    }
-    // Which letters of each word are matched.
-    let (mut a_matched, mut b_matched) = (0u64, 0u64);
-    for (i, &x) in a.iter().enumerate() {
-        let lo = i.saturating_sub(window);
-        let hi = (i + window + 1).min(b.len());
-        if lo >= hi {
-            break;
+    Against::new(b).jaro(a)
+}
+
+/// One word, `b`, ready to be compared with many: where each of its bytes stands, as bit sets (words are compared on
+/// at most 64 bytes), so that finding the first unmatched occurrence of a letter within the window is one mask and one
+/// trailing-zero count, not a scan of the window. Built once, it serves every comparison with `b`.
+pub struct Against<'b> {
+    word: &'b [u8],
+    positions: [u64; 256],
+}
+
+impl<'b> Against<'b> {
+    /// Prepares `b` (its first 64 bytes).
+    pub fn new(b: &'b [u8]) -> Against<'b> {
+        let word = &b[..b.len().min(MAX)];
+        let mut positions = [0u64; 256];
+        for (j, &y) in word.iter().enumerate() {
+            positions[usize::from(y)] |= 1 << j;
         }
-        let width = hi - lo;
-        let in_window = if width >= 64 { u64::MAX } else { ((1u64 << width) - 1) << lo };
-        let free = positions[usize::from(x)] & !b_matched & in_window;
-        if free != 0 {
-            a_matched |= 1 << i;
-            b_matched |= 1 << free.trailing_zeros();
+        Against { word, positions }
+    }
+
+    /// [`jaro_winkler`] of `a` and this word.
+    pub fn jaro_winkler(&self, a: &[u8]) -> u32 {
+        let jaro = self.jaro(a);
+        if jaro <= 700_000 {
+            return jaro;
         }
+        let prefix = a.iter().zip(self.word).take(4).take_while(|(x, y)| x == y).count() as u64;
+        // jaro + prefix × 0.1 × (1 − jaro)
+        let boost = prefix * u64::from(ONE - jaro) / 10;
+        jaro + u32::try_from(boost).unwrap_or(0)
     }
-    let matches = u64::from(a_matched.count_ones());
-    if matches == 0 {
-        return 0;
-    }
-    // Transpositions: matched letters of a and b, taken in order, that differ, halved.
-    let mut out_of_order = 0u64;
-    let (mut ai, mut bi) = (a_matched, b_matched);
-    while ai != 0 {
-        let (i, j) = (ai.trailing_zeros() as usize, bi.trailing_zeros() as usize);
-        if a[i] != b[j] {
-            out_of_order += 1;
+
+    /// [`jaro`] of `a` and this word.
+    pub fn jaro(&self, a: &[u8]) -> u32 {
+        let (a, b) = (&a[..a.len().min(MAX)], self.word);
+        if a.is_empty() && b.is_empty() {
+            return ONE;
         }
-        ai &= ai - 1;
-        bi &= bi - 1;
+        if a.is_empty() || b.is_empty() {
+            return 0;
+        }
+        if a == b {
+            return ONE;
+        }
+        let window = (a.len().max(b.len()) / 2).saturating_sub(1);
+        // Which letters of each word are matched.
+        let (mut a_matched, mut b_matched) = (0u64, 0u64);
+        for (i, &x) in a.iter().enumerate() {
+            let lo = i.saturating_sub(window);
+            let hi = (i + window + 1).min(b.len());
+            if lo >= hi {
+                break;
+            }
+            let width = hi - lo;
+            let in_window = if width >= 64 { u64::MAX } else { ((1u64 << width) - 1) << lo };
+            let free = self.positions[usize::from(x)] & !b_matched & in_window;
+            if free != 0 {
+                a_matched |= 1 << i;
+                b_matched |= 1 << free.trailing_zeros();
+            }
+        }
+        let matches = u64::from(a_matched.count_ones());
+        if matches == 0 {
+            return 0;
+        }
+        // Transpositions: matched letters of a and b, taken in order, that differ, halved.
+        let mut out_of_order = 0u64;
+        let (mut ai, mut bi) = (a_matched, b_matched);
+        while ai != 0 {
+            let (i, j) = (ai.trailing_zeros() as usize, bi.trailing_zeros() as usize);
+            if a[i] != b[j] {
+                out_of_order += 1;
+            }
+            ai &= ai - 1;
+            bi &= bi - 1;
+        }
+        let t = out_of_order / 2;
+        let one = u64::from(ONE);
+        let sum = one * matches / a.len() as u64 + one * matches / b.len() as u64 + one * (matches - t) / matches;
+        u32::try_from(sum / 3).unwrap_or(ONE)
     }
-    let t = out_of_order / 2;
-    let one = u64::from(ONE);
-    let sum = one * matches / a.len() as u64 + one * matches / b.len() as u64 + one * (matches - t) / matches;
-    u32::try_from(sum / 3).unwrap_or(ONE)
 }
 
 #[cfg(test)]

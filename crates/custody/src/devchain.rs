@@ -341,6 +341,12 @@ impl DevChain {
         self.confirmed_at.get(txid).map_or(0, |h| self.height() + 1 - h)
     }
 
+    /// A confirmed transaction, from the block that confirmed it.
+    pub fn transaction(&self, txid: &Txid) -> Option<&Transaction> {
+        let height = *self.confirmed_at.get(txid)?;
+        self.block_at(height)?.txdata.iter().find(|tx| tx.compute_txid() == *txid)
+    }
+
     /// Whether a transaction waits in the mempool.
     pub fn in_mempool(&self, txid: &Txid) -> bool {
         self.mempool_ids.contains(txid)

@@ -380,5 +380,70 @@ async fn story(
         "   Mined. The ledger's custody accounts mirror the chain, every invariant holds, and the audit log verifies"
     );
     println!("   ({} entries).", entries.entries);
+    chapter("25. A deposit from a blocked address is held for compliance; released, it is credited");
+    // Someone funds Erin's account from a wallet the exchange has blocked: a key of its own on the development chain.
+    let outsider = rampart_custody::hotkey::HotKey::generate(custody.chain.network());
+    let outsider_view = rampart_custody::hotkey::WatchOnly::parse(&outsider.account_xpub(), custody.chain.network())?;
+    let outsider_address = outsider_view.address(0, 0)?.to_string();
+    let (status, listed) = http
+        .call(
+            reqwest::Method::POST,
+            "/v1/compliance/addresses",
+            Some(root),
+            Some(&json!({"address": outsider_address, "asset": "BTC", "category": "blocked",
+                "reason": "demo: a wallet tied to a fraud ring"})),
+        )
+        .await;
+    ensure!(status == 201, "listing the address: {status} {listed}");
+    let funding = node.faucet(outsider_view.script(0, 0)?, bitcoin::Amount::from_sat(20_000_000))?;
+    node.mine(1)?;
+    let spent =
+        bitcoin::TxOut { value: bitcoin::Amount::from_sat(20_000_000), script_pubkey: outsider_view.script(0, 0)? };
+    let mut payment = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: funding,
+            script_sig: bitcoin::ScriptBuf::new(),
+            sequence: bitcoin::Sequence::MAX,
+            witness: bitcoin::Witness::new(),
+        }],
+        output: vec![bitcoin::TxOut {
+            value: bitcoin::Amount::from_sat(19_999_000),
+            script_pubkey: bitcoin::ScriptBuf::from_bytes(address.script_pubkey.clone()),
+        }],
+    };
+    outsider.sign_key_spends(&mut payment, &[spent], &[(0, 0)])?;
+    custody.chain.broadcast(&payment).await?;
+    let before = balance(state.clone()).await?;
+    node.mine(3)?;
+    let watched = watch_once(state, custody).await.map_err(|e| anyhow!("{}", e.message()))?;
+    ensure!(watched.held == 1 && watched.credited == 0, "held, not credited: {watched:?}");
+    ensure!(balance(state.clone()).await? == before, "nothing credited while held");
+    let (_, cases) = http.call(reqwest::Method::GET, "/v1/compliance/cases", Some(root), None).await;
+    let case = cases
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["kind"] == "deposit_hold"))
+        .context("a deposit_hold case")?
+        .clone();
+    println!("   0.19999 BTC arrives at Erin's address from {outsider_address},");
+    println!(
+        "   an address compliance put on the exchange's block list. At three confirmations the watcher screens the"
+    );
+    println!(
+        "   addresses that funded the transaction (its inputs' previous outputs) and holds the deposit: case {} ({}, {}),",
+        case["id"], case["kind"], case["details"]["category"]
+    );
+    let deposits = state.store().customer_deposits(customer.id, 10).await?;
+    ensure!(deposits.iter().any(|d| d.state == "held" && d.amount == 19_999_000), "held in her list: {deposits:?}");
+    println!("   Erin's balance unchanged; her deposit list says only \"held\".");
+    let resolve = json!({"resolution": "release", "note": "the sender's funds were traced to a refund: release"});
+    let path = format!("/v1/compliance/cases/{}/resolve", case["id"]);
+    let (status, resolved) = http.call(reqwest::Method::POST, &path, Some(root), Some(&resolve)).await;
+    ensure!(status == 200, "resolving the case: {status} {resolved}");
+    let watched = watch_once(state, custody).await.map_err(|e| anyhow!("{}", e.message()))?;
+    ensure!(watched.credited == 1, "released, then credited: {watched:?}");
+    ensure!(balance(state.clone()).await? == before + 19_999_000, "credited once released");
+    println!("   A reviewer resolves it: release. The next watcher pass credits the deposit held (+0.19999 BTC).");
     Ok(())
 }

@@ -21,6 +21,8 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "reverses the credit",
         "above_hot_cap",
         "Bitcoin Core's interpreter accepts the spend",
+        "and holds the deposit: case",
+        "credits the deposit held",
         "sign_in_confirmation_required",
         "large_withdrawal_new_ip_after_sign_in",
         "resolves it: release",

@@ -29,6 +29,7 @@ use rampart_store::{BlockFindings, ChainDeposit, CustodyTx, Utxo, WalletRecord};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
+use crate::compliance::AddressVerdict;
 use crate::customer_api::customer_ledger_account;
 use crate::error::ApiError;
 
@@ -260,6 +261,8 @@ pub struct WatchReport {
     pub credited: u64,
     /// Deposits reversed.
     pub reversed: u64,
+    /// Deposits held for compliance: funded from a listed address.
+    pub held: u64,
 }
 
 /// What a script pays to, for the watcher.
@@ -319,7 +322,8 @@ pub async fn watch_once(state: &AppState, custody: &Custody) -> Result<WatchRepo
         for height in next..=tip.min(next + BLOCKS_PER_PASS_MAX - 1) {
             let Some(hash) = custody.chain.block_hash(height).await.map_err(chain_error)? else { break };
             let block = custody.chain.block(&hash).await.map_err(chain_error)?;
-            let found = scan(&block, &watched, &mut ours);
+            let mut found = scan(&block, &watched, &mut ours);
+            found.sources = funding_addresses(custody, &block, &found).await?;
             if !state.store().connect_block(&asset, height, hash.as_byte_array(), &found, state.now_ns()).await? {
                 break;
             }
@@ -333,8 +337,10 @@ pub async fn watch_once(state: &AppState, custody: &Custody) -> Result<WatchRepo
         && seen + 1 >= needed
     {
         for deposit in state.store().creditable_deposits(&asset, seen + 1 - needed).await? {
-            if credit(state, custody, &keyring, code, &deposit).await? {
-                report.credited += 1;
+            match credit(state, custody, &keyring, code, &deposit).await? {
+                Credit::Credited => report.credited += 1,
+                Credit::Held => report.held += 1,
+                Credit::Nothing => {}
             }
         }
     }
@@ -391,26 +397,144 @@ fn scan(
     found
 }
 
+/// The addresses that funded the block's deposit transactions: (txid, address), each once. An input whose funding
+/// output the chain cannot find is logged (its source goes unscreened); one that creates coins has no source.
+async fn funding_addresses(
+    custody: &Custody,
+    block: &bitcoin::Block,
+    found: &BlockFindings,
+) -> Result<Vec<(Vec<u8>, String)>, ApiError> {
+    let deposit_txids: HashSet<&[u8]> = found.deposits.iter().map(|d| d.txid.as_slice()).collect();
+    let mut sources = Vec::new();
+    for tx in &block.txdata {
+        let txid = tx.compute_txid();
+        if tx.is_coinbase() || !deposit_txids.contains(txid.as_byte_array().as_slice()) {
+            continue;
+        }
+        let spent = custody.chain.previous_outputs(tx).await.map_err(chain_error)?;
+        let mut addresses: Vec<String> = Vec::new();
+        for (input, output) in tx.input.iter().zip(&spent) {
+            match output {
+                Some(output) => {
+                    if let Ok(address) = bitcoin::Address::from_script(&output.script_pubkey, custody.chain.network())
+                        && !addresses.contains(&address.to_string())
+                    {
+                        addresses.push(address.to_string());
+                    }
+                }
+                None if input.previous_output.is_null() => {}
+                None => {
+                    tracing::warn!(%txid, input = %input.previous_output, "a deposit's funding output is unknown to \
+                     the chain (a node without -txindex?): that source is not screened")
+                }
+            }
+        }
+        sources.extend(addresses.into_iter().map(|a| (txid.to_byte_array().to_vec(), a)));
+    }
+    Ok(sources)
+}
+
+/// What happened to a deposit the watcher tried to credit.
+enum Credit {
+    Credited,
+    /// Funded from a listed address: held for compliance.
+    Held,
+    /// Nothing (dust, or another pass settled it first).
+    Nothing,
+}
+
+/// The worst listing of the addresses that funded `deposit`, if any is listed.
+async fn listed_source(
+    state: &AppState,
+    asset: &str,
+    deposit: &ChainDeposit,
+) -> Result<Option<(String, rampart_compliance::Listing)>, ApiError> {
+    let mut worst: Option<(String, rampart_compliance::Listing)> = None;
+    for address in state.store().deposit_sources(asset, &deposit.txid).await? {
+        let listing = match state.compliance().screen_address(&address) {
+            AddressVerdict::Clear => continue,
+            AddressVerdict::Review(l) | AddressVerdict::Refuse(l) => l,
+        };
+        if worst.as_ref().is_none_or(|(_, w)| listing.category > w.category) {
+            worst = Some((address, listing));
+        }
+    }
+    Ok(worst)
+}
+
+/// Holds a deposit funded from a listed address and opens (or notes on) the customer's deposit case; the customer
+/// sees the deposit `held`, never which list.
+async fn hold(
+    state: &AppState,
+    keyring: &Keyring,
+    asset: &str,
+    deposit: &ChainDeposit,
+    target: &str,
+    (address, listing): (String, rampart_compliance::Listing),
+) -> Result<bool, ApiError> {
+    let category = format!("{:?}", listing.category).to_lowercase();
+    let details = serde_json::json!({"deposit": target, "amount_sat": deposit.amount, "address": address,
+        "asset": asset, "source": listing.source, "category": category, "reason": listing.reason,
+        "direction": "deposit"})
+    .to_string();
+    let mut record = state.record("system", "compliance.deposit.held", target, Outcome::Denied);
+    record.details.insert("customer".into(), deposit.customer_id.to_string());
+    record.details.insert("amount_sat".into(), deposit.amount.to_string());
+    record.details.insert("address".into(), address.clone());
+    record.details.insert("source".into(), listing.source.clone());
+    let new = rampart_store::NewCase {
+        customer_id: deposit.customer_id,
+        kind: rampart_store::DEPOSIT_HOLD,
+        outcome: "hold",
+        details: &details,
+    };
+    let note = format!(
+        "another deposit held: {target}, {} sat from {address} ({category}, {})",
+        deposit.amount, listing.source
+    );
+    let held = state
+        .store()
+        .hold_deposit(
+            asset,
+            &deposit.txid,
+            deposit.vout,
+            new,
+            &note,
+            state.now_ns(),
+            &state.auditor(keyring),
+            vec![record],
+        )
+        .await?;
+    Ok(held.is_some())
+}
+
 async fn credit(
     state: &AppState,
     custody: &Custody,
     keyring: &Keyring,
     code: AssetCode,
     deposit: &ChainDeposit,
-) -> Result<bool, ApiError> {
+) -> Result<Credit, ApiError> {
     let asset = &custody.config.asset;
     let target = format!(
         "deposit:{}:{}",
         Txid::from_slice(&deposit.txid).map(|t| t.to_string()).unwrap_or_default(),
         deposit.vout
     );
+    // A pending deposit's sources are screened against the lists in force now; one compliance released is not.
+    if deposit.state == "pending"
+        && let Some(listed) = listed_source(state, asset, deposit).await?
+    {
+        let held = hold(state, keyring, asset, deposit, &target, listed).await?;
+        return Ok(if held { Credit::Held } else { Credit::Nothing });
+    }
     let mut record = state.record("system", "custody.deposit.credited", &target, Outcome::Success);
     record.details.insert("customer".into(), deposit.customer_id.to_string());
     record.details.insert("amount_sat".into(), deposit.amount.to_string());
     record.details.insert("height".into(), deposit.height.to_string());
     if deposit.amount < custody.config.min_deposit_sat {
         record.action = "custody.deposit.dust".into();
-        return Ok(state
+        state
             .store()
             .settle_deposit(
                 asset,
@@ -421,7 +545,8 @@ async fn credit(
                 &state.auditor(keyring),
                 vec![record],
             )
-            .await?);
+            .await?;
+        return Ok(Credit::Nothing);
     }
     let credit = transfer(
         transfer_id("credit", asset, &deposit.txid, deposit.vout),
@@ -456,7 +581,7 @@ async fn credit(
             tracing::warn!(error = %e.message(), "scoring a deposit failed");
         }
     }
-    Ok(settled)
+    Ok(if settled { Credit::Credited } else { Credit::Nothing })
 }
 
 async fn disconnect(

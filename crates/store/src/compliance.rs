@@ -159,6 +159,10 @@ impl ComplianceResolution {
     }
 }
 
+/// The kind of case a deposit from a listed address opens; resolving it releases (or refuses) the customer's held
+/// deposits.
+pub const DEPOSIT_HOLD: &str = "deposit_hold";
+
 /// What resolving a compliance case did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComplianceResolved {
@@ -166,6 +170,8 @@ pub enum ComplianceResolved {
     Done {
         /// Whether the account was unfrozen.
         unfrozen: bool,
+        /// How many held deposits were released or refused (cases of kind [`DEPOSIT_HOLD`]).
+        deposits: u64,
     },
     /// No such case.
     NotFound,
@@ -544,6 +550,89 @@ impl Store {
         .pipe(Ok)
     }
 
+    /// The addresses that funded a deposit transaction, as the watcher recorded them.
+    pub async fn deposit_sources(&self, asset: &str, txid: &[u8]) -> Result<Vec<String>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            sqlx::query_scalar(&sql(
+                "SELECT address FROM deposit_sources WHERE asset = $1 AND txid = $2 ORDER BY address",
+            ))
+            .bind(asset)
+            .bind(txid)
+            .fetch_all(pool)
+            .await?
+        })
+        .pipe(Ok)
+    }
+
+    /// Holds a pending deposit for compliance, atomically: the deposit becomes `held` and a case of `new`'s kind is
+    /// opened for its customer, or, when one is open already, the deposit is noted on it (`note`). Answers the case,
+    /// or `None` if the deposit was not pending (and nothing was written).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn hold_deposit(
+        &self,
+        asset: &str,
+        txid: &[u8],
+        vout: u32,
+        new: NewCase<'_>,
+        note: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let held = sqlx::query(&sql(
+                "UPDATE chain_deposits SET state = 'held', updated_at = $1 WHERE asset = $2 AND txid = $3 AND vout = $4 \
+                 AND state = 'pending'",
+            ))
+            .bind(ts(now_ns))
+            .bind(asset)
+            .bind(txid)
+            .bind(i64::from(vout))
+            .execute(&mut *tx.0)
+            .await?
+            .rows_affected();
+            if held != 1 {
+                return Ok(None);
+            }
+            let opened: Option<i64> = sqlx::query_scalar(&sql(
+                "INSERT INTO compliance_cases (customer_id, kind, outcome, state, details, created_at) \
+                 VALUES ($1, $2, $3, 'open', $4, $5) ON CONFLICT DO NOTHING RETURNING id",
+            ))
+            .bind(new.customer_id)
+            .bind(new.kind)
+            .bind(new.outcome)
+            .bind(new.details)
+            .bind(ts(now_ns))
+            .fetch_optional(&mut *tx.0)
+            .await?;
+            let id = match opened {
+                Some(id) => id,
+                None => {
+                    let id: i64 = sqlx::query_scalar(&sql(
+                        "SELECT id FROM compliance_cases WHERE customer_id = $1 AND kind = $2 AND state = 'open'",
+                    ))
+                    .bind(new.customer_id)
+                    .bind(new.kind)
+                    .fetch_one(&mut *tx.0)
+                    .await?;
+                    sqlx::query(&sql(
+                        "INSERT INTO compliance_case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)",
+                    ))
+                    .bind(id)
+                    .bind("system")
+                    .bind(note)
+                    .bind(ts(now_ns))
+                    .execute(&mut *tx.0)
+                    .await?;
+                    id
+                }
+            };
+            audit::append(&mut tx, audit::tagged(records, "case", id), auditor).await?;
+            Some(id)
+        })
+        .pipe(Ok)
+    }
+
     /// Compliance cases, newest first: only open ones unless `all`.
     pub async fn compliance_cases(&self, all: bool, limit: u32) -> Result<Vec<ComplianceCase>, StoreError> {
         let rows: Vec<CaseRow> = on_reader!(self, |pool, sql| {
@@ -598,15 +687,15 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<ComplianceResolved, StoreError> {
         on_backend!(self, |tx, sql| {
-            let row: Option<(i64, String, String)> =
-                sqlx::query_as(&sql("SELECT customer_id, outcome, state FROM compliance_cases WHERE id = $1"))
+            let row: Option<(i64, String, String, String)> =
+                sqlx::query_as(&sql("SELECT customer_id, outcome, state, kind FROM compliance_cases WHERE id = $1"))
                     .bind(id)
                     .fetch_optional(&mut *tx.0)
                     .await?;
             match row {
                 None => ComplianceResolved::NotFound,
-                Some((_, _, state)) if state != "open" => ComplianceResolved::AlreadyResolved,
-                Some((customer, outcome, _)) => {
+                Some((_, _, state, _)) if state != "open" => ComplianceResolved::AlreadyResolved,
+                Some((customer, outcome, _, kind)) => {
                     let n = sqlx::query(&sql(
                         "UPDATE compliance_cases SET state = 'resolved', resolution = $2, resolved_by = $3, \
                          resolved_at = $4 WHERE id = $1 AND state = 'open'",
@@ -637,8 +726,25 @@ impl Store {
                                 .await?
                                 .rows_affected()
                                 == 1;
+                        // The customer's held deposits follow the case: released to be credited by the watcher,
+                        // or refused for good.
+                        let deposits = if kind == DEPOSIT_HOLD {
+                            let to = if resolution == ComplianceResolution::Release { "released" } else { "refused" };
+                            sqlx::query(&sql(
+                                "UPDATE chain_deposits SET state = $1, updated_at = $2 WHERE customer_id = $3 \
+                                 AND state = 'held'",
+                            ))
+                            .bind(to)
+                            .bind(ts(now_ns))
+                            .bind(customer)
+                            .execute(&mut *tx.0)
+                            .await?
+                            .rows_affected()
+                        } else {
+                            0
+                        };
                         audit::append(&mut tx, records, auditor).await?;
-                        ComplianceResolved::Done { unfrozen }
+                        ComplianceResolved::Done { unfrozen, deposits }
                     }
                 }
             }

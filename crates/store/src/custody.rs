@@ -316,7 +316,8 @@ pub struct ChainDeposit {
     pub amount: u64,
     /// The block height that confirmed it.
     pub height: u64,
-    /// `pending`, `credited`, `dust`, `reversed` or `orphaned`.
+    /// `pending`, `credited`, `dust`, `reversed`, `orphaned`, or after screening its sources `held` (for compliance),
+    /// `released` (to be credited) or `refused` (never credited).
     pub state: String,
 }
 
@@ -347,6 +348,8 @@ pub struct BlockFindings {
     pub spends: Vec<(Vec<u8>, u32, Vec<u8>)>,
     /// Transactions in the block (to mark our own as confirmed).
     pub txids: Vec<Vec<u8>>,
+    /// The addresses that funded the deposit transactions: (txid, address), screened before a deposit is credited.
+    pub sources: Vec<(Vec<u8>, String)>,
 }
 
 /// A transaction the exchange makes.
@@ -1178,6 +1181,16 @@ impl Store {
                 .execute(&mut *tx.0)
                 .await?;
             }
+            for (txid, address) in &found.sources {
+                sqlx::query(&sql(
+                    "INSERT INTO deposit_sources (asset, txid, address) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                ))
+                .bind(asset)
+                .bind(txid)
+                .bind(address)
+                .execute(&mut *tx.0)
+                .await?;
+            }
             for (txid, vout, by) in &found.spends {
                 sqlx::query(&sql(
                     "UPDATE custody_utxos SET spent_by = $1, spent_height = $2 WHERE asset = $3 AND txid = $4 \
@@ -1212,7 +1225,7 @@ impl Store {
         on_reader!(self, |pool, sql| {
             let q = sql(&format!(
                 "SELECT {DEPOSIT_COLUMNS} FROM chain_deposits WHERE asset = $1 AND height = $2 \
-                 AND state IN ('pending', 'credited', 'dust') ORDER BY txid, vout"
+                 AND state IN ('pending', 'credited', 'dust', 'held', 'released') ORDER BY txid, vout"
             ));
             let rows: Vec<DepositRow> = sqlx::query_as(&q).bind(asset).bind(i(height)?).fetch_all(pool).await?;
             Ok(rows.into_iter().map(deposit).collect())
@@ -1236,7 +1249,7 @@ impl Store {
             let h = i(height)?;
             sqlx::query(&sql(
                 "UPDATE chain_deposits SET state = 'orphaned', updated_at = $1 WHERE asset = $2 AND height = $3 \
-                 AND state IN ('pending', 'credited', 'dust')",
+                 AND state IN ('pending', 'credited', 'dust', 'held', 'released')",
             ))
             .bind(ts(now_ns))
             .bind(asset)
@@ -1338,11 +1351,12 @@ impl Store {
         Ok(())
     }
 
-    /// Pending deposits confirmed at or below `height` (enough confirmations to be credited).
+    /// Pending deposits confirmed at or below `height` (enough confirmations to be credited), and those compliance
+    /// released.
     pub async fn creditable_deposits(&self, asset: &str, height: u64) -> Result<Vec<ChainDeposit>, StoreError> {
         on_reader!(self, |pool, sql| {
             let q = sql(&format!(
-                "SELECT {DEPOSIT_COLUMNS} FROM chain_deposits WHERE asset = $1 AND state = 'pending' \
+                "SELECT {DEPOSIT_COLUMNS} FROM chain_deposits WHERE asset = $1 AND state IN ('pending', 'released') \
                  AND height <= $2 ORDER BY height, txid, vout"
             ));
             let rows: Vec<DepositRow> = sqlx::query_as(&q).bind(asset).bind(i(height)?).fetch_all(pool).await?;
@@ -1350,7 +1364,7 @@ impl Store {
         })
     }
 
-    /// Marks a pending deposit `credited` or `dust`, audited. `false` if it was not pending.
+    /// Marks a pending (or released) deposit `credited` or `dust`, audited. `false` if it was neither.
     pub async fn settle_deposit(
         &self,
         asset: &str,
@@ -1364,7 +1378,7 @@ impl Store {
         on_backend!(self, |tx, sql| {
             let changed = sqlx::query(&sql(
                 "UPDATE chain_deposits SET state = $1, updated_at = $2 WHERE asset = $3 AND txid = $4 AND vout = $5 \
-                 AND state = 'pending'",
+                 AND state IN ('pending', 'released')",
             ))
             .bind(state)
             .bind(ts(now_ns))

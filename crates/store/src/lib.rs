@@ -29,8 +29,8 @@ use std::time::Duration;
 
 pub use audit::{AuditFilter, AuditSigner, AuditedBy, Auditor};
 pub use compliance::{
-    AddressListing, ComplianceCase, ComplianceResolution, ComplianceResolved, KycDecided, KycDocument, KycSubmission,
-    ListVersion, NewCase, NewDocument, ReviewDecided, ScreeningRecord, TransferReview, TravelRuleRecord,
+    AddressListing, ComplianceCase, ComplianceResolution, ComplianceResolved, DEPOSIT_HOLD, KycDecided, KycDocument,
+    KycSubmission, ListVersion, NewCase, NewDocument, ReviewDecided, ScreeningRecord, TransferReview, TravelRuleRecord,
 };
 pub use custody::{
     BlockFindings, CeremonyMessage, CeremonyRecord, ChainDeposit, CustodianRecord, CustodyBalances, CustodyTx,

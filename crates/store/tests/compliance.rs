@@ -143,7 +143,7 @@ on_both_backends!(cases_freeze_until_no_freeze_holds, |store: Arc<Store>| async 
     let release = ComplianceResolution::Release;
     let done =
         store.resolve_compliance_case(first.unwrap(), release, "leo", "false positive", NOW, &auditor(), vec![]).await;
-    assert_eq!(done.unwrap(), ComplianceResolved::Done { unfrozen: false });
+    assert_eq!(done.unwrap(), ComplianceResolved::Done { unfrozen: false, deposits: 0 });
     assert_eq!(status(&store, finn).await, CustomerStatus::Frozen, "the risk case still holds the account");
     let twice = store.resolve_compliance_case(first.unwrap(), release, "leo", "again", NOW, &auditor(), vec![]).await;
     assert_eq!(twice.unwrap(), ComplianceResolved::AlreadyResolved);

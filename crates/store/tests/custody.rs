@@ -9,9 +9,9 @@ use std::sync::Arc;
 use rampart_audit::{AuditEntry, AuditRecord, Outcome};
 use rampart_crypto::{Keyring, initialise};
 use rampart_store::{
-    AuditFilter, Auditor, BlockFindings, CeremonyMessage, ChainDeposit, ConnectOptions, CustodyBalances, CustodyTx,
-    DepositAddress, Effects, KeyOutcome, Member, NewCeremony, NewCustomer, PostOutcome, RefillDecision, Store,
-    StoreError, Utxo, testing,
+    AuditFilter, Auditor, BlockFindings, CeremonyMessage, ChainDeposit, ComplianceResolution, ComplianceResolved,
+    ConnectOptions, CustodyBalances, CustodyTx, DEPOSIT_HOLD, DepositAddress, Effects, KeyOutcome, Member, NewCase,
+    NewCeremony, NewCustomer, PostOutcome, RefillDecision, Store, StoreError, Utxo, testing,
 };
 
 const NOW: u64 = 1_800_000_000_000_000_000;
@@ -611,6 +611,7 @@ on_both_backends!(
             deposits: vec![deposit(2, 0, &a, 1_000, 0, "pending"), deposit(2, 1, &b, 2_000, 0, "pending")],
             spends: vec![],
             txids: vec![txid(1), txid(2), txid(3)],
+            sources: vec![],
         };
         let block_101 = BlockFindings {
             outputs: vec![output(4, 0, "deposit", Some((1, a.index)), 3_000)],
@@ -713,6 +714,90 @@ on_both_backends!(
         assert_log_verifies(&store).await;
     }
 );
+
+on_both_backends!(a_deposit_from_a_listed_address_is_held_until_compliance_decides, |store: Arc<Store>| async move {
+    staff(&store, "admin").await;
+    let ann = customer(&store, "ann@example.com").await;
+    let a = store.create_deposit_address(ann, "BTC", &derive("deposit"), NOW).await.unwrap();
+    let block_100 = BlockFindings {
+        outputs: vec![
+            output(2, 0, "deposit", Some((1, a.index)), 1_000),
+            output(2, 1, "deposit", Some((1, a.index)), 2_000),
+            output(4, 0, "deposit", Some((1, a.index)), 3_000),
+        ],
+        deposits: vec![
+            deposit(2, 0, &a, 1_000, 0, "pending"),
+            deposit(2, 1, &a, 2_000, 0, "pending"),
+            deposit(4, 0, &a, 3_000, 0, "pending"),
+        ],
+        sources: vec![(txid(2), "bcrt1qsource".into()), (txid(2), "bcrt1qother".into())],
+        ..BlockFindings::default()
+    };
+    assert!(store.connect_block("BTC", 100, &[0xA0; 32], &block_100, NOW).await.unwrap());
+    assert_eq!(store.deposit_sources("BTC", &txid(2)).await.unwrap(), ["bcrt1qother", "bcrt1qsource"]);
+    assert!(store.deposit_sources("BTC", &txid(4)).await.unwrap().is_empty());
+    assert!(store.deposit_sources("LTC", &txid(2)).await.unwrap().is_empty(), "per asset");
+
+    let hold = |tx: u8, vout: u32| {
+        let store = Arc::clone(&store);
+        async move {
+            let new = NewCase { customer_id: ann, kind: DEPOSIT_HOLD, outcome: "hold", details: "{}" };
+            let records = vec![record("compliance.deposit.held", "system", "deposit")];
+            store.hold_deposit("BTC", &txid(tx), vout, new, "another", NOW, &auditor(), records).await.unwrap()
+        }
+    };
+    // The first held deposit opens the case, the second is noted on it; a deposit no longer pending is not held.
+    let case = hold(2, 0).await.expect("held");
+    assert_eq!(hold(2, 1).await, Some(case));
+    assert_eq!(hold(2, 0).await, None);
+    let (opened, notes) = store.compliance_case(case).await.unwrap().unwrap();
+    assert_eq!((opened.kind.as_str(), opened.state.as_str()), (DEPOSIT_HOLD, "open"));
+    assert_eq!(notes.len(), 1);
+    assert_eq!(audited(&store, "compliance.deposit.held").await.len(), 2);
+    assert_eq!(store.creditable_deposits("BTC", 100).await.unwrap(), vec![deposit(4, 0, &a, 3_000, 100, "pending")]);
+
+    // Released: both deposits become creditable, once.
+    let resolve = |case: i64, resolution: ComplianceResolution| {
+        let store = Arc::clone(&store);
+        async move { store.resolve_compliance_case(case, resolution, "leo", "why", NOW, &auditor(), vec![]).await.unwrap() }
+    };
+    assert_eq!(
+        resolve(case, ComplianceResolution::Release).await,
+        ComplianceResolved::Done { unfrozen: false, deposits: 2 }
+    );
+    assert_eq!(
+        store.creditable_deposits("BTC", 100).await.unwrap(),
+        vec![
+            deposit(2, 0, &a, 1_000, 100, "released"),
+            deposit(2, 1, &a, 2_000, 100, "released"),
+            deposit(4, 0, &a, 3_000, 100, "pending"),
+        ]
+    );
+    let records = || vec![record("custody.deposit.credited", "system", "deposit")];
+    assert!(store.settle_deposit("BTC", &txid(2), 0, "credited", NOW, &auditor(), records()).await.unwrap());
+    assert!(!store.settle_deposit("BTC", &txid(2), 0, "credited", NOW, &auditor(), records()).await.unwrap());
+
+    // Kept: the deposit is refused for good and never creditable.
+    let second = hold(4, 0).await.expect("held");
+    assert_ne!(second, case, "the first case is resolved: a new one opens");
+    assert_eq!(
+        resolve(second, ComplianceResolution::KeepFrozen).await,
+        ComplianceResolved::Done { unfrozen: false, deposits: 1 }
+    );
+    assert_eq!(store.creditable_deposits("BTC", 100).await.unwrap(), vec![deposit(2, 1, &a, 2_000, 100, "released")]);
+    let mut states: Vec<(Vec<u8>, u32, String)> =
+        store.customer_deposits(ann, 10).await.unwrap().into_iter().map(|d| (d.txid, d.vout, d.state)).collect();
+    states.sort();
+    assert_eq!(
+        states,
+        vec![
+            (txid(2), 0, "credited".to_owned()),
+            (txid(2), 1, "released".to_owned()),
+            (txid(4), 0, "refused".to_owned())
+        ]
+    );
+    assert_log_verifies(&store).await;
+});
 
 on_both_backends!(a_custody_transaction_reserves_its_outputs_until_it_fails, |store: Arc<Store>| async move {
     staff(&store, "admin").await;
