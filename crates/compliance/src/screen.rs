@@ -4,8 +4,9 @@
 //! Retrieval: each word of a name is indexed by its spelling, its rough sound ([`names::sound`]), its first three
 //! letters (words of four or more) and its last three (words of six or more); a query's words find candidate names
 //! through the same keys, so a typo, a transliteration or a missing word still finds the name through its other words
-//! and keys. The 64 candidates that share the most with the query (rare keys and exact spellings weigh more) are then
-//! scored.
+//! and keys. The candidates that share the most with the query (rare keys and exact spellings weigh more) are then
+//! scored: 64 for a query of up to four words, fewer for a longer one (at least 24), which its shared words rank well.
+//! Each distinct pair of words is compared once a query: names are stored as numbers into a vocabulary of words.
 //!
 //! Scoring is on words, in any order: each word of the query is matched with the most similar word of the candidate
 //! (Jaro-Winkler), weighted by its length; so is each word of the candidate with the query's. The name score is 85 %
@@ -25,6 +26,12 @@ pub const DEFAULT_THRESHOLD: u32 = 920_000;
 
 /// Candidates scored at most per query: those sharing the most words with it.
 const MAX_CANDIDATES: usize = 64;
+
+/// Query words × candidates scored at most: a long query shares several words with the name it is after, which its
+/// retrieval weight ranks near the top, so it scores fewer candidates (never fewer than `MIN_CANDIDATES`) and costs
+/// little more than a short one.
+const WORD_CANDIDATES: usize = 256;
+const MIN_CANDIDATES: usize = 24;
 
 struct EntryInfo {
     id: u32,
@@ -279,9 +286,10 @@ impl Screener {
             s.touched.iter().map(|&n| (n, std::mem::take(&mut s.total[n as usize]))).collect();
         s.touched.clear();
         let order = |a: &(u32, u32), b: &(u32, u32)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        if candidates.len() > MAX_CANDIDATES {
-            candidates.select_nth_unstable_by(MAX_CANDIDATES, order);
-            candidates.truncate(MAX_CANDIDATES);
+        let most = (WORD_CANDIDATES / words.len().max(1)).clamp(MIN_CANDIDATES, MAX_CANDIDATES);
+        if candidates.len() > most {
+            candidates.select_nth_unstable_by(most, order);
+            candidates.truncate(most);
         }
         candidates.sort_unstable_by(order);
         candidates
