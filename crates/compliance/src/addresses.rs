@@ -32,7 +32,7 @@ pub enum Category {
     Risk,
     /// On the exchange's block list: refused.
     Blocked,
-    /// On a sanctions list: refused, and a deposit from it frozen.
+    /// On a sanctions list: refused, and a deposit from it held for compliance.
     Sanctioned,
 }
 

@@ -521,8 +521,11 @@ async fn credit(
         Txid::from_slice(&deposit.txid).map(|t| t.to_string()).unwrap_or_default(),
         deposit.vout
     );
-    // A pending deposit's sources are screened against the lists in force now; one compliance released is not.
+    // A pending deposit's sources are screened against the lists in force now; one compliance released is not, nor
+    // one whose credit an earlier pass posted before it could mark it (the ledger decides, as on a reorganisation).
+    let credit_id = transfer_id("credit", asset, &deposit.txid, deposit.vout);
     if deposit.state == "pending"
+        && state.store().transfer(credit_id).await?.is_none()
         && let Some(listed) = listed_source(state, asset, deposit).await?
     {
         let held = hold(state, keyring, asset, deposit, &target, listed).await?;
@@ -549,7 +552,7 @@ async fn credit(
         return Ok(Credit::Nothing);
     }
     let credit = transfer(
-        transfer_id("credit", asset, &deposit.txid, deposit.vout),
+        credit_id,
         custody_ledger_account(asset, "deposit"),
         customer_ledger_account(deposit.customer_id, asset),
         deposit.amount,

@@ -1218,7 +1218,7 @@ pub struct DepositView {
     /// The block that confirmed it.
     pub height: u64,
     /// `pending` (waiting for confirmations), `credited`, `dust` (below the minimum, not credited), `reversed` or
-    /// `orphaned` (removed by a reorganisation).
+    /// `orphaned` (its block left the chain), `held` (under review), `released` (to be credited) or `refused`.
     pub state: String,
 }
 

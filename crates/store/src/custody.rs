@@ -1167,7 +1167,8 @@ impl Store {
                 sqlx::query(&sql(
                     "INSERT INTO chain_deposits (asset, txid, vout, address_id, customer_id, amount, height, state, \
                      created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8) \
-                     ON CONFLICT (asset, txid, vout) DO UPDATE SET height = excluded.height, state = 'pending', \
+                     ON CONFLICT (asset, txid, vout) DO UPDATE SET height = excluded.height, \
+                     state = CASE WHEN chain_deposits.state = 'refused' THEN 'refused' ELSE 'pending' END, \
                      updated_at = excluded.updated_at",
                 ))
                 .bind(asset)

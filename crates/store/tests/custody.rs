@@ -796,6 +796,16 @@ on_both_backends!(a_deposit_from_a_listed_address_is_held_until_compliance_decid
             (txid(4), 0, "refused".to_owned())
         ]
     );
+
+    // A reorganisation that mines the refused deposit again does not reopen it; the others wait once more.
+    let records = vec![record("custody.block.disconnect", "system", "block:100")];
+    store.disconnect_block("BTC", 100, &[], &[], NOW, &auditor(), records).await.unwrap();
+    assert!(store.connect_block("BTC", 100, &[0xB0; 32], &block_100, NOW).await.unwrap());
+    let mut states: Vec<(Vec<u8>, u32, String)> =
+        store.customer_deposits(ann, 10).await.unwrap().into_iter().map(|d| (d.txid, d.vout, d.state)).collect();
+    states.sort();
+    let expected = [(txid(2), 0, "pending"), (txid(2), 1, "pending"), (txid(4), 0, "refused")];
+    assert_eq!(states, expected.map(|(t, v, s)| (t, v, s.to_owned())));
     assert_log_verifies(&store).await;
 });
 
