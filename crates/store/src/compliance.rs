@@ -159,6 +159,13 @@ impl ComplianceResolution {
     }
 }
 
+/// Opens a case unless one of its kind is open for the customer (then no row comes back).
+const OPEN_CASE: &str = "INSERT INTO compliance_cases (customer_id, kind, outcome, state, details, created_at) \
+                         VALUES ($1, $2, $3, 'open', $4, $5) ON CONFLICT DO NOTHING RETURNING id";
+
+/// Adds a note to a case.
+const ADD_NOTE: &str = "INSERT INTO compliance_case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)";
+
 /// The kind of case a deposit from a listed address opens; resolving it releases (or refuses) the customer's held
 /// deposits.
 pub const DEPOSIT_HOLD: &str = "deposit_hold";
@@ -525,17 +532,14 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<Option<i64>, StoreError> {
         on_backend!(self, |tx, sql| {
-            let id: Option<i64> = sqlx::query_scalar(&sql(
-                "INSERT INTO compliance_cases (customer_id, kind, outcome, state, details, created_at) \
-                 VALUES ($1, $2, $3, 'open', $4, $5) ON CONFLICT DO NOTHING RETURNING id",
-            ))
-            .bind(new.customer_id)
-            .bind(new.kind)
-            .bind(new.outcome)
-            .bind(new.details)
-            .bind(ts(now_ns))
-            .fetch_optional(&mut *tx.0)
-            .await?;
+            let id: Option<i64> = sqlx::query_scalar(&sql(OPEN_CASE))
+                .bind(new.customer_id)
+                .bind(new.kind)
+                .bind(new.outcome)
+                .bind(new.details)
+                .bind(ts(now_ns))
+                .fetch_optional(&mut *tx.0)
+                .await?;
             if let Some(id) = id {
                 if new.outcome == "freeze" {
                     sqlx::query(&sql("UPDATE customers SET status = 'frozen' WHERE id = $1"))
@@ -595,8 +599,7 @@ impl Store {
                 return Ok(None);
             }
             let opened: Option<i64> = sqlx::query_scalar(&sql(
-                "INSERT INTO compliance_cases (customer_id, kind, outcome, state, details, created_at) \
-                 VALUES ($1, $2, $3, 'open', $4, $5) ON CONFLICT DO NOTHING RETURNING id",
+                OPEN_CASE,
             ))
             .bind(new.customer_id)
             .bind(new.kind)
@@ -616,7 +619,7 @@ impl Store {
                     .fetch_one(&mut *tx.0)
                     .await?;
                     sqlx::query(&sql(
-                        "INSERT INTO compliance_case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)",
+                        ADD_NOTE,
                     ))
                     .bind(id)
                     .bind("system")
@@ -710,14 +713,13 @@ impl Store {
                     if n == 0 {
                         ComplianceResolved::AlreadyResolved
                     } else {
-                        sqlx::query(&sql("INSERT INTO compliance_case_notes (case_id, author, body, created_at) \
-                             VALUES ($1, $2, $3, $4)"))
-                        .bind(id)
-                        .bind(by)
-                        .bind(note)
-                        .bind(ts(now_ns))
-                        .execute(&mut *tx.0)
-                        .await?;
+                        sqlx::query(&sql(ADD_NOTE))
+                            .bind(id)
+                            .bind(by)
+                            .bind(note)
+                            .bind(ts(now_ns))
+                            .execute(&mut *tx.0)
+                            .await?;
                         let unfrozen = resolution == ComplianceResolution::Release
                             && outcome == "freeze"
                             && sqlx::query(&sql(crate::compliance::UNFREEZE_IF_CLEAR))
@@ -778,15 +780,13 @@ impl Store {
                         .await?;
                 }
                 if let Some(body) = note {
-                    sqlx::query(&sql(
-                        "INSERT INTO compliance_case_notes (case_id, author, body, created_at) VALUES ($1, $2, $3, $4)",
-                    ))
-                    .bind(id)
-                    .bind(by)
-                    .bind(body)
-                    .bind(ts(now_ns))
-                    .execute(&mut *tx.0)
-                    .await?;
+                    sqlx::query(&sql(ADD_NOTE))
+                        .bind(id)
+                        .bind(by)
+                        .bind(body)
+                        .bind(ts(now_ns))
+                        .execute(&mut *tx.0)
+                        .await?;
                 }
                 audit::append(&mut tx, records, auditor).await?;
             }
