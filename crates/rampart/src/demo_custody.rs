@@ -408,10 +408,14 @@ async fn story(
             sequence: bitcoin::Sequence::MAX,
             witness: bitcoin::Witness::new(),
         }],
-        output: vec![bitcoin::TxOut {
-            value: bitcoin::Amount::from_sat(19_999_000),
-            script_pubkey: bitcoin::ScriptBuf::from_bytes(address.script_pubkey.clone()),
-        }],
+        // And 500 sat of dust beside it: below the minimum deposit, never credited, so never screened (dust from a
+        // listed address must not open cases at will).
+        output: [19_999_000, 500]
+            .map(|sat| bitcoin::TxOut {
+                value: bitcoin::Amount::from_sat(sat),
+                script_pubkey: bitcoin::ScriptBuf::from_bytes(address.script_pubkey.clone()),
+            })
+            .to_vec(),
     };
     outsider.sign_key_spends(&mut payment, &[spent], &[(0, 0)])?;
     custody.chain.broadcast(&payment).await?;
@@ -436,7 +440,11 @@ async fn story(
     );
     let deposits = state.store().customer_deposits(customer.id, 10).await?;
     ensure!(deposits.iter().any(|d| d.state == "held" && d.amount == 19_999_000), "held in her list: {deposits:?}");
-    println!("   Erin's balance unchanged; her deposit list says only \"held\".");
+    ensure!(deposits.iter().any(|d| d.state == "dust" && d.amount == 500), "the dust beside it: {deposits:?}");
+    println!(
+        "   Erin's balance unchanged; her deposit list says only \"held\" (and \"dust\" for 500 sat sent beside it,"
+    );
+    println!("   below the minimum deposit: never credited, so never screened and no case).");
     let resolve = json!({"resolution": "release", "note": "the sender's funds were traced to a refund: release"});
     let path = format!("/v1/compliance/cases/{}/resolve", case["id"]);
     let (status, resolved) = http.call(reqwest::Method::POST, &path, Some(root), Some(&resolve)).await;

@@ -415,13 +415,14 @@ async fn funding_addresses(
         let mut addresses: Vec<String> = Vec::new();
         for (input, output) in tx.input.iter().zip(&spent) {
             match output {
-                Some(output) => {
-                    if let Ok(address) = bitcoin::Address::from_script(&output.script_pubkey, custody.chain.network())
-                        && !addresses.contains(&address.to_string())
-                    {
-                        addresses.push(address.to_string());
+                Some(output) => match bitcoin::Address::from_script(&output.script_pubkey, custody.chain.network()) {
+                    Ok(address) if !addresses.contains(&address.to_string()) => addresses.push(address.to_string()),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::warn!(%txid, input = %input.previous_output, "a deposit's funding output has no \
+                         address form (bare multisig, pay-to-public-key, ...): that source is not screened")
                     }
-                }
+                },
                 None if input.previous_output.is_null() => {}
                 None => {
                     tracing::warn!(%txid, input = %input.previous_output, "a deposit's funding output is unknown to \
@@ -521,16 +522,6 @@ async fn credit(
         Txid::from_slice(&deposit.txid).map(|t| t.to_string()).unwrap_or_default(),
         deposit.vout
     );
-    // A pending deposit's sources are screened against the lists in force now; one compliance released is not, nor
-    // one whose credit an earlier pass posted before it could mark it (the ledger decides, as on a reorganisation).
-    let credit_id = transfer_id("credit", asset, &deposit.txid, deposit.vout);
-    if deposit.state == "pending"
-        && state.store().transfer(credit_id).await?.is_none()
-        && let Some(listed) = listed_source(state, asset, deposit).await?
-    {
-        let held = hold(state, keyring, asset, deposit, &target, listed).await?;
-        return Ok(if held { Credit::Held } else { Credit::Nothing });
-    }
     let mut record = state.record("system", "custody.deposit.credited", &target, Outcome::Success);
     record.details.insert("customer".into(), deposit.customer_id.to_string());
     record.details.insert("amount_sat".into(), deposit.amount.to_string());
@@ -550,6 +541,17 @@ async fn credit(
             )
             .await?;
         return Ok(Credit::Nothing);
+    }
+    // A pending deposit's sources are screened against the lists in force now (dust, never credited, is not: sending
+    // dust from a listed address must not open cases at will); one compliance released is not, nor one whose credit
+    // an earlier pass posted before it could mark it (the ledger decides, as on a reorganisation).
+    let credit_id = transfer_id("credit", asset, &deposit.txid, deposit.vout);
+    if deposit.state == "pending"
+        && state.store().transfer(credit_id).await?.is_none()
+        && let Some(listed) = listed_source(state, asset, deposit).await?
+    {
+        let held = hold(state, keyring, asset, deposit, &target, listed).await?;
+        return Ok(if held { Credit::Held } else { Credit::Nothing });
     }
     let credit = transfer(
         credit_id,
