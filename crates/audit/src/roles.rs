@@ -68,6 +68,13 @@ pub enum Permission {
     /// See customers' personal data (KYC submissions and documents, Travel Rule parties) unmasked; every access is
     /// audited.
     PersonalData,
+    /// Read withdrawals: the queue awaiting approval or review, each with its customer's and destination's history.
+    WithdrawalRead,
+    /// Approve or reject withdrawals the policy sends to people (with a second factor; never one's own, never
+    /// twice).
+    WithdrawalApprove,
+    /// Propose and approve versions of the withdrawal policy (never one's own proposal).
+    WithdrawalPolicy,
 }
 
 impl Role {
@@ -108,12 +115,18 @@ impl Role {
         use Permission as P;
         match self {
             Role::Support => matches!(permission, P::LedgerRead | P::CustomerRecover),
-            Role::RiskAnalyst => {
-                matches!(permission, P::LedgerRead | P::RiskRead | P::RiskReview | P::RiskRules)
-            }
+            Role::RiskAnalyst => matches!(
+                permission,
+                P::LedgerRead | P::RiskRead | P::RiskReview | P::RiskRules | P::WithdrawalRead | P::WithdrawalApprove
+            ),
             Role::ComplianceL1 => matches!(
                 permission,
-                P::LedgerRead | P::RiskRead | P::ComplianceRead | P::ComplianceReview | P::PersonalData
+                P::LedgerRead
+                    | P::RiskRead
+                    | P::ComplianceRead
+                    | P::ComplianceReview
+                    | P::PersonalData
+                    | P::WithdrawalRead
             ),
             Role::ComplianceL2 | Role::ComplianceL3 => matches!(
                 permission,
@@ -123,13 +136,21 @@ impl Role {
                     | P::ComplianceReview
                     | P::ComplianceLists
                     | P::PersonalData
+                    | P::WithdrawalRead
             ),
-            Role::TreasuryCustodian => {
-                matches!(permission, P::LedgerRead | P::LedgerWrite | P::CustodyRead | P::CustodyCeremony)
-            }
-            Role::Administrator => {
-                matches!(permission, P::StaffRead | P::StaffManage | P::StaffApprove | P::KeysManage | P::CustodyRead)
-            }
+            Role::TreasuryCustodian => matches!(
+                permission,
+                P::LedgerRead
+                    | P::LedgerWrite
+                    | P::CustodyRead
+                    | P::CustodyCeremony
+                    | P::WithdrawalRead
+                    | P::WithdrawalApprove
+            ),
+            Role::Administrator => matches!(
+                permission,
+                P::StaffRead | P::StaffManage | P::StaffApprove | P::KeysManage | P::CustodyRead | P::WithdrawalPolicy
+            ),
             Role::Auditor => matches!(
                 permission,
                 P::LedgerRead
@@ -139,6 +160,7 @@ impl Role {
                     | P::CustodyRead
                     | P::RiskRead
                     | P::ComplianceRead
+                    | P::WithdrawalRead
             ),
         }
     }
@@ -162,6 +184,8 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
         Permission::RiskRules,
         Permission::ComplianceReview,
         Permission::ComplianceLists,
+        Permission::WithdrawalApprove,
+        Permission::WithdrawalPolicy,
     ];
     if roles.contains(&Role::Auditor) && writes.into_iter().any(may) {
         return Some("an auditor may not also hold a role that changes anything");
@@ -171,7 +195,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 21] = [
         Permission::LedgerRead,
         Permission::LedgerWrite,
         Permission::StaffRead,
@@ -190,6 +214,9 @@ impl Permission {
         Permission::ComplianceReview,
         Permission::ComplianceLists,
         Permission::PersonalData,
+        Permission::WithdrawalRead,
+        Permission::WithdrawalApprove,
+        Permission::WithdrawalPolicy,
     ];
 
     /// A stable name.
@@ -213,6 +240,9 @@ impl Permission {
             Permission::ComplianceReview => "compliance_review",
             Permission::ComplianceLists => "compliance_lists",
             Permission::PersonalData => "personal_data",
+            Permission::WithdrawalRead => "withdrawal_read",
+            Permission::WithdrawalApprove => "withdrawal_approve",
+            Permission::WithdrawalPolicy => "withdrawal_policy",
         }
     }
 

@@ -162,6 +162,26 @@ pub enum Notification {
         /// The transaction's id on its chain.
         txid: String,
     },
+    /// Confirm a new whitelist address by following the link; it is usable after its cooling-off.
+    WhitelistConfirmation {
+        /// The single-use confirmation link.
+        link: SecretLink,
+        /// The address, masked (see [`crate::mask_address`]).
+        address_masked: String,
+        /// The customer's label for it.
+        label: String,
+    },
+    /// A withdrawal moved: waiting for people, refused, cancelled, failed, expired or confirmed.
+    WithdrawalStatus {
+        /// The asset withdrawn.
+        asset: AssetCode,
+        /// The amount, formatted as a decimal in the asset's unit.
+        amount: String,
+        /// The new state (`awaiting_approval`, `rejected`, `confirmed`, …).
+        status: String,
+        /// Why, when there is a reason to give.
+        detail: String,
+    },
     /// The account is locked: nobody can sign in.
     AccountLocked {
         /// When the lock lifts by itself, or `None` if only support can lift it.
@@ -206,6 +226,8 @@ impl Notification {
             Notification::WhitelistChanged { .. } => "whitelist_changed",
             Notification::WithdrawalRequested { .. } => "withdrawal_requested",
             Notification::WithdrawalSent { .. } => "withdrawal_sent",
+            Notification::WhitelistConfirmation { .. } => "whitelist_confirmation",
+            Notification::WithdrawalStatus { .. } => "withdrawal_status",
             Notification::AccountLocked { .. } => "account_locked",
             Notification::RecoveryStarted { .. } => "recovery_started",
             Notification::RecoveryCompleted { .. } => "recovery_completed",
@@ -239,6 +261,12 @@ impl Notification {
             Notification::WithdrawalSent { asset, amount, .. } => {
                 format!("Withdrawal sent: {} {asset}", clean(amount, VALUE_CHARS_MAX))
             }
+            Notification::WhitelistConfirmation { .. } => "Confirm a new withdrawal address".to_owned(),
+            Notification::WithdrawalStatus { asset, amount, status, .. } => format!(
+                "Withdrawal of {} {asset}: {}",
+                clean(amount, VALUE_CHARS_MAX),
+                clean(&status.replace('_', " "), VALUE_CHARS_MAX)
+            ),
             Notification::AccountLocked { .. } => "Your account is locked".to_owned(),
             Notification::RecoveryStarted { .. } => "Account recovery started".to_owned(),
             Notification::RecoveryCompleted { .. } => "Account recovery completed".to_owned(),

@@ -258,6 +258,31 @@ fn content(n: &Notification, time_ns: u64) -> Content {
                  transaction cannot be reversed, but further withdrawals can be stopped.",
             )
         }
+        Notification::WhitelistConfirmation { link, address_masked, label } => {
+            facts.push(("Address", clean(address_masked, VALUE_CHARS_MAX)));
+            facts.push(("Label", clean(label, VALUE_CHARS_MAX)));
+            action = Some(("Confirm this address", link_text(link)));
+            note = Some(
+                "The link works once. After you confirm, the address can be used once its cooling-off period ends."
+                    .to_owned(),
+            );
+            (
+                "You asked to add a withdrawal address to your whitelist.".to_owned(),
+                "If this wasn't you, do not use the link: lock your account from Security settings now and contact \
+                 support.",
+            )
+        }
+        Notification::WithdrawalStatus { asset, amount, status, detail } => {
+            facts.push(("Amount", format!("{} {asset}", clean(amount, VALUE_CHARS_MAX))));
+            facts.push(("Status", clean(&status.replace('_', " "), VALUE_CHARS_MAX)));
+            if !detail.is_empty() {
+                facts.push(("Detail", clean(detail, VALUE_CHARS_MAX)));
+            }
+            (
+                "A withdrawal from your account changed status.".to_owned(),
+                "If this wasn't you, lock your account from Security settings now and contact support.",
+            )
+        }
         Notification::AccountLocked { until_ns } => {
             let until = match until_ns {
                 Some(ns) => format_time_utc(*ns),
@@ -464,6 +489,17 @@ mod tests {
                 destination_masked: "bc1qxy…0wlh".to_owned(),
             },
             Notification::WithdrawalSent { asset: AssetCode::ETH, amount: "1.25".to_owned(), txid: "0xabc".to_owned() },
+            Notification::WhitelistConfirmation {
+                link: SecretLink::new("https://rampart.example/confirm-address?t=tok_wl"),
+                address_masked: "bc1qxy…0wlh".to_owned(),
+                label: "cold storage".to_owned(),
+            },
+            Notification::WithdrawalStatus {
+                asset: AssetCode::BTC,
+                amount: "0.5".to_owned(),
+                status: "awaiting_approval".to_owned(),
+                detail: "three approvals needed".to_owned(),
+            },
             Notification::AccountLocked { until_ns: Some(T + 3_600_000_000_000) },
             Notification::RecoveryStarted { link: SecretLink::new("https://rampart.example/recover?t=tok_rec") },
             Notification::RecoveryCompleted { lock_until_ns: T + 86_400_000_000_000 },
@@ -486,6 +522,8 @@ mod tests {
                 | Notification::WhitelistChanged { .. }
                 | Notification::WithdrawalRequested { .. }
                 | Notification::WithdrawalSent { .. }
+                | Notification::WhitelistConfirmation { .. }
+                | Notification::WithdrawalStatus { .. }
                 | Notification::AccountLocked { .. }
                 | Notification::RecoveryStarted { .. }
                 | Notification::RecoveryCompleted { .. }
@@ -493,7 +531,7 @@ mod tests {
             }
         }
         let kinds: BTreeSet<&str> = all.iter().map(Notification::kind).collect();
-        assert_eq!(kinds.len(), 19, "one sample per variant");
+        assert_eq!(kinds.len(), 21, "one sample per variant");
         all
     }
 

@@ -40,6 +40,96 @@ pub struct Config {
     pub risk: RiskFileConfig,
     /// Compliance: geofencing.
     pub compliance: ComplianceFileConfig,
+    /// Withdrawals: the price table, minimums and fees, the whitelist's cooling-off, waits, the default policy.
+    pub withdrawals: WithdrawalsFileConfig,
+}
+
+/// The `[withdrawals]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WithdrawalsFileConfig {
+    /// Prices in dollars per whole unit (`BTC = "90000"`): the table KYC limits, the policy's USD conditions and the
+    /// Travel Rule read. No price feed is fetched.
+    pub usd_prices: std::collections::BTreeMap<String, String>,
+    /// The smallest withdrawal per asset, in its unit (`BTC = "0.0001"`).
+    pub min_amount: std::collections::BTreeMap<String, String>,
+    /// The network fee held with each withdrawal per asset, in its unit: the most a customer pays for it.
+    pub fee_held: std::collections::BTreeMap<String, String>,
+    /// How long a newly confirmed whitelist address waits before it can be used, in seconds (24 hours by default).
+    pub cooling_off_s: u64,
+    /// How long a withdrawal may wait for approvals or review before it expires and its funds return, in seconds.
+    pub approval_ttl_s: u64,
+    /// The default policy (installed on a new database): withdrawals of at least this many dollars need approvals.
+    pub large_usd: u64,
+    /// The default policy: how many distinct staff approvals a large withdrawal needs.
+    pub large_approvals: u8,
+    /// A request left unscreened this long after a crash is screened by the worker, in seconds.
+    pub resume_after_s: u64,
+    /// A paying transaction unconfirmed this long is broadcast again, in seconds.
+    pub rebroadcast_after_s: u64,
+    /// The most withdrawals one transaction pays.
+    pub batch_max: usize,
+}
+
+impl Default for WithdrawalsFileConfig {
+    fn default() -> WithdrawalsFileConfig {
+        let d = rampart_server::withdrawals::WithdrawalsConfig::default();
+        WithdrawalsFileConfig {
+            usd_prices: [("BTC".to_owned(), "90000".to_owned())].into(),
+            min_amount: [("BTC".to_owned(), "0.0001".to_owned())].into(),
+            fee_held: [("BTC".to_owned(), "0.0002".to_owned())].into(),
+            cooling_off_s: d.cooling_off_s,
+            approval_ttl_s: d.approval_ttl_s,
+            large_usd: d.large_usd,
+            large_approvals: d.large_approvals,
+            resume_after_s: d.resume_after_s,
+            rebroadcast_after_s: d.rebroadcast_after_s,
+            batch_max: d.batch_max,
+        }
+    }
+}
+
+impl WithdrawalsFileConfig {
+    /// The service's withdrawals configuration; a price or amount that does not parse is refused by name.
+    pub fn runtime(&self, assets: &AssetRegistry) -> anyhow::Result<rampart_server::withdrawals::WithdrawalsConfig> {
+        let mut prices = std::collections::BTreeMap::new();
+        for (asset, text) in &self.usd_prices {
+            let micro = rampart_risk::expr::parse_number(text)
+                .ok()
+                .and_then(|v| u64::try_from(v).ok())
+                .with_context(|| format!("[withdrawals] usd_prices.{asset} = {text:?} is not a price in dollars"))?;
+            prices.insert(asset.clone(), micro);
+        }
+        let units = |table: &std::collections::BTreeMap<String, String>, name: &str| {
+            let mut out = std::collections::BTreeMap::new();
+            for (asset, text) in table {
+                let a = assets.lookup(asset).with_context(|| format!("[withdrawals] {name}.{asset}: unknown asset"))?;
+                let amount = a
+                    .parse_amount(text)
+                    .with_context(|| format!("[withdrawals] {name}.{asset} = {text:?} is not an amount of {asset}"))?;
+                out.insert(asset.clone(), amount.units());
+            }
+            anyhow::Ok(out)
+        };
+        if self.large_approvals == 0 {
+            bail!("[withdrawals] large_approvals is at least 1");
+        }
+        if self.batch_max == 0 {
+            bail!("[withdrawals] batch_max is at least 1");
+        }
+        Ok(rampart_server::withdrawals::WithdrawalsConfig {
+            usd_micro_per_unit: prices,
+            min_amount: units(&self.min_amount, "min_amount")?,
+            fee_held: units(&self.fee_held, "fee_held")?,
+            cooling_off_s: self.cooling_off_s,
+            approval_ttl_s: self.approval_ttl_s,
+            large_usd: self.large_usd,
+            large_approvals: self.large_approvals,
+            resume_after_s: self.resume_after_s,
+            rebroadcast_after_s: self.rebroadcast_after_s,
+            batch_max: self.batch_max,
+        })
+    }
 }
 
 /// The `[compliance]` table.
@@ -326,6 +416,7 @@ impl fmt::Debug for Config {
             .field("custody", &self.custody)
             .field("risk", &self.risk)
             .field("compliance", &self.compliance)
+            .field("withdrawals", &self.withdrawals)
             .finish()
     }
 }
@@ -346,6 +437,7 @@ impl Default for Config {
             custody: CustodyFileConfig::default(),
             risk: RiskFileConfig::default(),
             compliance: ComplianceFileConfig::default(),
+            withdrawals: WithdrawalsFileConfig::default(),
         }
     }
 }

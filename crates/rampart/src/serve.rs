@@ -281,6 +281,8 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     let compliance = rampart_server::compliance::Compliance::new(config.compliance.runtime()?);
     let state = state.with_compliance(compliance).map_err(|e| anyhow::anyhow!("invalid [compliance]: {e}"))?;
     state.compliance().load(state.store()).await.map_err(|e| anyhow::anyhow!("loading the sanctions lists: {e}"))?;
+    let withdrawals = config.withdrawals.runtime(state.assets())?;
+    let state = state.with_withdrawals(withdrawals).map_err(|e| anyhow::anyhow!("invalid [withdrawals]: {e}"))?;
     let lists = state.compliance().lists();
     match lists.version {
         Some(v) => println!("  sanctions:       OFAC SDN version {v}, {} entries", lists.entries()),

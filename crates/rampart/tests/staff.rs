@@ -354,21 +354,58 @@ async fn role_changes_need_four_eyes(db: Db) {
 /// The matrix as the issue states it (independent of `Role::permits`, which it checks): each role's permissions.
 const MATRIX: [(&str, &[&str]); 8] = [
     ("support", &["ledger_read", "customer_recover"]),
-    ("risk_analyst", &["ledger_read", "risk_read", "risk_review", "risk_rules"]),
-    ("compliance_l1", &["ledger_read", "risk_read", "compliance_read", "compliance_review", "personal_data"]),
+    (
+        "risk_analyst",
+        &["ledger_read", "risk_read", "risk_review", "risk_rules", "withdrawal_read", "withdrawal_approve"],
+    ),
+    (
+        "compliance_l1",
+        &["ledger_read", "risk_read", "compliance_read", "compliance_review", "personal_data", "withdrawal_read"],
+    ),
     (
         "compliance_l2",
-        &["ledger_read", "risk_read", "compliance_read", "compliance_review", "compliance_lists", "personal_data"],
+        &[
+            "ledger_read",
+            "risk_read",
+            "compliance_read",
+            "compliance_review",
+            "compliance_lists",
+            "personal_data",
+            "withdrawal_read",
+        ],
     ),
     (
         "compliance_l3",
-        &["ledger_read", "risk_read", "compliance_read", "compliance_review", "compliance_lists", "personal_data"],
+        &[
+            "ledger_read",
+            "risk_read",
+            "compliance_read",
+            "compliance_review",
+            "compliance_lists",
+            "personal_data",
+            "withdrawal_read",
+        ],
     ),
-    ("treasury_custodian", &["ledger_read", "ledger_write", "custody_read", "custody_ceremony"]),
-    ("administrator", &["staff_read", "staff_manage", "staff_approve", "keys_manage", "custody_read"]),
+    (
+        "treasury_custodian",
+        &["ledger_read", "ledger_write", "custody_read", "custody_ceremony", "withdrawal_read", "withdrawal_approve"],
+    ),
+    (
+        "administrator",
+        &["staff_read", "staff_manage", "staff_approve", "keys_manage", "custody_read", "withdrawal_policy"],
+    ),
     (
         "auditor",
-        &["ledger_read", "staff_read", "audit_read", "audit_verify", "custody_read", "risk_read", "compliance_read"],
+        &[
+            "ledger_read",
+            "staff_read",
+            "audit_read",
+            "audit_verify",
+            "custody_read",
+            "risk_read",
+            "compliance_read",
+            "withdrawal_read",
+        ],
     ),
 ];
 

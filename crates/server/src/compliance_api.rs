@@ -449,41 +449,53 @@ pub(crate) async fn check_destination(
     match state.compliance().screen_address(&address) {
         AddressVerdict::Clear | AddressVerdict::Review(_) => Ok(Json(serde_json::json!({"allowed": true}))),
         AddressVerdict::Refuse(listing) => {
-            let keyring = state.keyring()?;
-            let details = serde_json::json!({"address": canonical(&address), "asset": asset, "source": listing.source,
-                "category": format!("{:?}", listing.category).to_lowercase(), "reason": listing.reason,
-                "direction": "withdrawal"})
-            .to_string();
-            let mut record = state.record(
-                &customer.actor(),
-                "compliance.destination.refused",
-                &format!("customer:{}", customer.record.id),
-                Outcome::Denied,
-            );
-            record.details.insert("address".into(), canonical(&address).into_owned());
-            record.details.insert("source".into(), listing.source.clone());
-            let new = rampart_store::NewCase {
-                customer_id: customer.record.id,
-                kind: "address_match",
-                outcome: "hold",
-                details: &details,
-            };
-            if state
-                .store()
-                .open_compliance_case(new, state.now_ns(), &state.auditor(&keyring), vec![record.clone()])
-                .await?
-                .is_none()
-            {
-                // A case is open already: the refusal is still on the record.
-                state.audit(vec![record]).await?;
-            }
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "destination_refused",
-                "withdrawals to this address are not possible; contact support if you believe this is wrong",
-            ))
+            Err(refuse_destination(&state, &customer, &address, &asset, &listing).await?)
         }
     }
+}
+
+/// Refuses a withdrawal destination on a sanctions or block list: audits the refusal, opens an `address_match` case
+/// (or leaves the open one), and answers the error the customer sees, which never says which list.
+pub(crate) async fn refuse_destination(
+    state: &AppState,
+    customer: &Customer,
+    address: &str,
+    asset: &str,
+    listing: &rampart_compliance::Listing,
+) -> Result<ApiError, ApiError> {
+    let keyring = state.keyring()?;
+    let details = serde_json::json!({"address": canonical(address), "asset": asset, "source": listing.source,
+        "category": format!("{:?}", listing.category).to_lowercase(), "reason": listing.reason,
+        "direction": "withdrawal"})
+    .to_string();
+    let mut record = state.record(
+        &customer.actor(),
+        "compliance.destination.refused",
+        &format!("customer:{}", customer.record.id),
+        Outcome::Denied,
+    );
+    record.details.insert("address".into(), canonical(address).into_owned());
+    record.details.insert("source".into(), listing.source.clone());
+    let new = rampart_store::NewCase {
+        customer_id: customer.record.id,
+        kind: "address_match",
+        outcome: "hold",
+        details: &details,
+    };
+    if state
+        .store()
+        .open_compliance_case(new, state.now_ns(), &state.auditor(&keyring), vec![record.clone()])
+        .await?
+        .is_none()
+    {
+        // A case is open already: the refusal is still on the record.
+        state.audit(vec![record]).await?;
+    }
+    Ok(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "destination_refused",
+        "withdrawals to this address are not possible; contact support if you believe this is wrong",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ fn internal(what: impl std::fmt::Display) -> ApiError {
     ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred")
 }
 
-fn chain_error(e: ChainError) -> ApiError {
+pub(crate) fn chain_error(e: ChainError) -> ApiError {
     match e {
         ChainError::Rejected(reason) => {
             ApiError::new(axum::http::StatusCode::CONFLICT, "rejected_by_chain", format!("the chain refused: {reason}"))
@@ -215,7 +215,7 @@ pub async fn ensure_hot_wallet(state: &AppState, custody: &Custody) -> Result<Wa
 }
 
 /// The hot wallet's key, opened with the data key: impossible while sealed.
-fn open_hot_key(keyring: &Keyring, wallet: &WalletRecord) -> Result<HotKey, ApiError> {
+pub(crate) fn open_hot_key(keyring: &Keyring, wallet: &WalletRecord) -> Result<HotKey, ApiError> {
     let sealed = wallet.hot_key.as_deref().ok_or_else(|| internal("a hot wallet without a key"))?;
     let bytes = keyring.decrypt(sealed, &hot_key_aad(&wallet.asset)).map_err(internal)?;
     HotKey::from_bytes(&bytes).map_err(internal)
@@ -674,7 +674,7 @@ async fn disconnect(
 
 /// The virtual size of a key-path-only Taproot transaction, rounded up: 10.5 vB of overhead, 57.5 per input, 43 per
 /// output.
-fn estimated_vsize(inputs: usize, outputs: usize) -> u64 {
+pub(crate) fn estimated_vsize(inputs: usize, outputs: usize) -> u64 {
     let quarter = 42 + 230 * inputs as u64 + 172 * outputs as u64;
     quarter.div_ceil(4)
 }
@@ -683,7 +683,7 @@ fn outpoint(u: &Utxo) -> Result<OutPoint, ApiError> {
     Ok(OutPoint { txid: Txid::from_slice(&u.txid).map_err(internal)?, vout: u.vout })
 }
 
-fn unsigned(inputs: &[Utxo], outputs: Vec<TxOut>) -> Result<Transaction, ApiError> {
+pub(crate) fn unsigned(inputs: &[Utxo], outputs: Vec<TxOut>) -> Result<Transaction, ApiError> {
     Ok(Transaction {
         version: Version::TWO,
         lock_time: LockTime::ZERO,
@@ -702,7 +702,7 @@ fn unsigned(inputs: &[Utxo], outputs: Vec<TxOut>) -> Result<Transaction, ApiErro
     })
 }
 
-fn prevouts(inputs: &[Utxo]) -> Vec<TxOut> {
+pub(crate) fn prevouts(inputs: &[Utxo]) -> Vec<TxOut> {
     inputs
         .iter()
         .map(|u| TxOut {
@@ -713,7 +713,7 @@ fn prevouts(inputs: &[Utxo]) -> Vec<TxOut> {
 }
 
 /// The dust limit of a Taproot output.
-const DUST_SAT: u64 = 330;
+pub(crate) const DUST_SAT: u64 = 330;
 
 /// What one sweeper pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -833,27 +833,39 @@ pub async fn sweep_once(state: &AppState, custody: &Custody) -> Result<SweepRepo
             report.fee = fee;
         }
     }
-    if plan.refill_to_hot > 0 {
-        let open = state.store().refill_proposals(Some(&asset)).await?;
-        if !open.iter().any(|p| p.state == "pending" || p.state == "approved") {
-            let mut record = state.record("system", "custody.refill.proposed", "-", Outcome::Success);
-            record.details.insert("amount_sat".into(), plan.refill_to_hot.to_string());
-            state
-                .store()
-                .propose_refill(
-                    &asset,
-                    plan.refill_to_hot,
-                    "the hot wallet is below its floor",
-                    "system",
-                    state.now_ns(),
-                    &state.auditor(&keyring),
-                    vec![record],
-                )
-                .await?;
-            report.refill_proposed = Some(plan.refill_to_hot);
-        }
+    if plan.refill_to_hot > 0
+        && propose_refill_for(state, custody, plan.refill_to_hot, "the hot wallet is below its floor").await?
+    {
+        report.refill_proposed = Some(plan.refill_to_hot);
     }
     Ok(report)
+}
+
+/// Proposes a refill of `amount` from cold to hot, by the system, unless one is pending or approved already:
+/// `true` if it proposed one.
+pub(crate) async fn propose_refill_for(
+    state: &AppState,
+    custody: &Custody,
+    amount: u64,
+    reason: &str,
+) -> Result<bool, ApiError> {
+    let asset = &custody.config.asset;
+    if amount == 0 {
+        return Ok(false);
+    }
+    let open = state.store().refill_proposals(Some(asset)).await?;
+    if open.iter().any(|p| p.state == "pending" || p.state == "approved") {
+        return Ok(false);
+    }
+    let keyring = state.keyring()?;
+    let mut record = state.record("system", "custody.refill.proposed", "-", Outcome::Success);
+    record.details.insert("amount_sat".into(), amount.to_string());
+    record.details.insert("reason".into(), reason.to_owned());
+    state
+        .store()
+        .propose_refill(asset, amount, reason, "system", state.now_ns(), &state.auditor(&keyring), vec![record])
+        .await?;
+    Ok(true)
 }
 
 async fn state_fee(custody: &Custody, inputs: usize, outputs: usize) -> Result<u64, ApiError> {
@@ -875,7 +887,12 @@ async fn broadcast_signed(state: &AppState, custody: &Custody, keyring: &Keyring
 /// Sends one signed custody transaction, then mirrors it in the ledger (transfers with ids derived from the txid,
 /// so a repeat is harmless). A refusal by the chain fails it and releases its outputs; an unreachable chain leaves it
 /// signed for the next pass.
-async fn broadcast_one(state: &AppState, custody: &Custody, keyring: &Keyring, id: i64) -> Result<bool, ApiError> {
+pub(crate) async fn broadcast_one(
+    state: &AppState,
+    custody: &Custody,
+    keyring: &Keyring,
+    id: i64,
+) -> Result<bool, ApiError> {
     let Some(t) = state.store().custody_tx(id).await? else { return Ok(false) };
     let tx: Transaction = deserialize(&t.tx).map_err(internal)?;
     let target = format!("tx:{}", tx.compute_txid());
@@ -904,7 +921,10 @@ async fn broadcast_one(state: &AppState, custody: &Custody, keyring: &Keyring, i
             return Ok(false);
         }
     }
-    mirror_in_ledger(state, custody, &t).await?;
+    // A withdrawal's transaction reaches the ledger when it confirms, by posting the withdrawals' holds.
+    if t.kind != "withdrawal" {
+        mirror_in_ledger(state, custody, &t).await?;
+    }
     let record = state.record("system", &format!("custody.{}.broadcast", t.kind), &target, Outcome::Success);
     Ok(state
         .store()
@@ -1106,6 +1126,10 @@ pub async fn custody_pass(state: &AppState, custody: &Custody) -> Result<(WatchR
         tracing::info!(ceremony = id, "a custody ceremony expired");
     }
     let watched = watch_once(state, custody).await?;
+    let paid = crate::withdrawals::pass(state, custody).await?;
+    if paid != crate::withdrawals::PassReport::default() {
+        tracing::info!(?paid, "withdrawals");
+    }
     let swept = sweep_once(state, custody).await?;
     Ok((watched, swept))
 }

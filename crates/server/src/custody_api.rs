@@ -54,7 +54,7 @@ fn key32(name: &str, value: &str) -> Result<[u8; 32], ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_key", format!("{name} must be 32 bytes")))
 }
 
-fn staff_id(principal: &Principal) -> Result<i64, ApiError> {
+pub(crate) fn staff_id(principal: &Principal) -> Result<i64, ApiError> {
     match principal {
         Principal::Staff(s) => Ok(s.id),
         Principal::DevRoot => Err(ApiError::new(

@@ -38,7 +38,7 @@ const SIGN_IN_ATTEMPTS_MAX: u32 = 5;
 /// The mark support puts on the recovery link it sends after resetting the factors.
 const SUPPORT_RESET: &str = "support_reset";
 /// How long emailed links work.
-const EMAIL_LINK_S: u64 = 24 * 3600;
+pub(crate) const EMAIL_LINK_S: u64 = 24 * 3600;
 const RECOVERY_LINK_S: u64 = 3600;
 /// The ledger account code of a customer's balance in one asset.
 pub const CUSTOMER_ACCOUNT_CODE: u16 = 1;
@@ -143,11 +143,11 @@ fn check_new_password(password: &SecretString, email: &str) -> Result<(), ApiErr
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))
 }
 
-fn link(state: &AppState, path: &str, token: &SecretString) -> String {
+pub(crate) fn link(state: &AppState, path: &str, token: &SecretString) -> String {
     format!("{}{path}?token={}", state.identity().public_url.trim_end_matches('/'), token.expose_secret())
 }
 
-fn lock_until(state: &AppState, hours: u64) -> u64 {
+pub(crate) fn lock_until(state: &AppState, hours: u64) -> u64 {
     state.now_ns().saturating_add(hours.saturating_mul(3600 * NS))
 }
 
@@ -380,7 +380,7 @@ fn owner_id(owner: &str) -> Option<i64> {
     owner.strip_prefix("customer:")?.parse().ok()
 }
 
-async fn ticket_customer(
+pub(crate) async fn ticket_customer(
     state: &AppState,
     token: &SecretString,
     purpose: &'static str,

@@ -24,6 +24,8 @@ pub mod risk;
 mod staff_api;
 mod telemetry;
 mod vault;
+pub mod withdrawals;
+mod withdrawals_api;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -84,6 +86,7 @@ struct Inner {
     risk: Option<Arc<risk::Risk>>,
     geofencing: Option<Arc<geofence::Geofencing>>,
     compliance: Arc<compliance::Compliance>,
+    withdrawals: Arc<withdrawals::Withdrawals>,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ impl AppState {
                 risk: None,
                 geofencing: None,
                 compliance: Arc::new(compliance::Compliance::new(compliance::ComplianceConfig::default())),
+                withdrawals: Arc::new(withdrawals::Withdrawals::new(withdrawals::WithdrawalsConfig::default())),
             }),
         }
     }
@@ -197,6 +201,18 @@ impl AppState {
         &self.inner.store
     }
 
+    /// The same state with this withdrawals configuration. Call before the state is shared.
+    pub fn with_withdrawals(mut self, config: withdrawals::WithdrawalsConfig) -> Result<AppState, String> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.withdrawals = Arc::new(withdrawals::Withdrawals::new(config));
+        Ok(self)
+    }
+
+    /// Withdrawals: configuration and the policy in force.
+    pub fn withdrawals(&self) -> &withdrawals::Withdrawals {
+        &self.inner.withdrawals
+    }
+
     /// The asset registry.
     pub fn assets(&self) -> &AssetRegistry {
         &self.inner.assets
@@ -268,6 +284,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/compliance/travel-rule", get(compliance_api::travel_rule).post(compliance_api::record_travel_rule))
         .route("/v1/compliance/reviews", get(compliance_api::reviews).post(compliance_api::open_review))
         .route("/v1/compliance/reviews/{id}/decide", post(compliance_api::decide_review))
+        .route("/v1/withdrawals", get(withdrawals_api::queue))
+        .route("/v1/withdrawals/policies", get(withdrawals_api::policies).post(withdrawals_api::propose_policy))
+        .route("/v1/withdrawals/policies/{version}/decide", post(withdrawals_api::decide_policy))
+        .route("/v1/withdrawals/{id}", get(withdrawals_api::staff_one))
+        .route("/v1/withdrawals/{id}/approve", post(withdrawals_api::approve))
+        .route("/v1/withdrawals/{id}/reject", post(withdrawals_api::reject))
         .route("/v1/dev/chain/mine", post(custody_api::dev_mine))
         .route("/v1/dev/chain/faucet", post(custody_api::dev_faucet))
         .route("/v1/dev/chain/reorg", post(custody_api::dev_reorg))
@@ -303,6 +325,12 @@ pub fn router(state: AppState) -> Router {
             get(compliance_api::my_kyc).post(compliance_api::submit_kyc).layer(DefaultBodyLimit::max(KYC_BYTES_MAX)),
         )
         .route("/v1/me/destinations/screen", post(compliance_api::check_destination))
+        .route("/v1/me/withdrawals", get(withdrawals_api::mine).post(withdrawals_api::request))
+        .route("/v1/me/withdrawals/{id}", get(withdrawals_api::one))
+        .route("/v1/me/withdrawals/{id}/cancel", post(withdrawals_api::cancel))
+        .route("/v1/me/whitelist", get(withdrawals_api::whitelist).post(withdrawals_api::add_address))
+        .route("/v1/me/whitelist/{id}", delete(withdrawals_api::remove_address))
+        .route("/v1/me/whitelist-only", put(withdrawals_api::set_whitelist_only))
         .route_layer(middleware::from_fn_with_state(state.clone(), identity::authenticate_customer));
     Router::new()
         .route("/healthz", get(handlers::healthz))
@@ -321,6 +349,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/verify-email", post(customer_api::verify_email))
         .route("/v1/customers/devices/confirm", post(customer_api::confirm_device))
         .route("/v1/customers/email/confirm", post(customer_api::confirm_email_change))
+        .route("/v1/customers/whitelist/confirm", post(withdrawals_api::confirm_address))
         .route("/v1/customers/sign-in", post(customer_api::sign_in))
         .route("/v1/customers/sign-in/verify", post(customer_api::verify_sign_in))
         .route("/v1/customers/sign-in/webauthn/options", post(passkeys::sign_in_options))

@@ -178,7 +178,7 @@ fn totp_aad(id: i64) -> String {
 
 /// A staff member's TOTP secret, decrypted. A ciphertext under a key version this node has not seen (another node
 /// rotated) makes it reload the stored keys once and try again.
-async fn totp_secret(state: &AppState, staff: &StaffRecord) -> Result<Option<TotpSecret>, ApiError> {
+pub(crate) async fn totp_secret(state: &AppState, staff: &StaffRecord) -> Result<Option<TotpSecret>, ApiError> {
     let Some(ciphertext) = staff.totp_secret.as_deref() else { return Ok(None) };
     let aad = totp_aad(staff.id);
     let mut keyring = state.keyring()?;

@@ -1180,6 +1180,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The review of a transfer by its reference (a withdrawal's id).
+    pub async fn transfer_review_of(&self, reference: &str) -> Result<Option<TransferReview>, StoreError> {
+        let id: Option<i64> = on_reader!(self, |pool, sql| {
+            sqlx::query_scalar(&sql("SELECT id FROM transfer_reviews WHERE reference = $1"))
+                .bind(reference)
+                .fetch_optional(pool)
+                .await?
+        });
+        match id {
+            Some(id) => self.transfer_review(id).await,
+            None => Ok(None),
+        }
+    }
+
     /// One review with its decisions.
     pub async fn transfer_review(&self, id: i64) -> Result<Option<TransferReview>, StoreError> {
         type Row = (i64, String, i64, String, String, String, i64, i64);

@@ -15,8 +15,54 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn i(v: u64) -> Result<i64, StoreError> {
+pub(crate) fn i(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit a 64-bit column")))
+}
+
+/// Inserts a custody transaction and reserves the outputs it spends inside a transaction of [`on_backend!`]:
+/// `Some(id)`, or `None` when an output is reserved already (the caller then drops the transaction, which rolls back
+/// what this wrote).
+macro_rules! insert_custody_tx {
+    ($tx:ident, $sql:ident, $new:expr, $spends:expr, $now:expr) => {
+        'insert: {
+            let new: &CustodyTx = $new;
+            let id: i64 = sqlx::query_scalar(&$sql(
+                "INSERT INTO custody_txs (asset, kind, txid, tx, prevouts, to_cold, to_hot, fee, state, ceremony_id, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
+            ))
+            .bind(&new.asset)
+            .bind(&new.kind)
+            .bind(&new.txid)
+            .bind(&new.tx)
+            .bind(&new.prevouts)
+            .bind(i(new.to_cold)?)
+            .bind(i(new.to_hot)?)
+            .bind(i(new.fee)?)
+            .bind(&new.state)
+            .bind(new.ceremony_id)
+            .bind(ts($now))
+            .fetch_one(&mut *$tx.0)
+            .await?;
+            let spends: &[(Vec<u8>, u32)] = $spends;
+            for (txid, vout) in spends {
+                let reserved = sqlx::query(&$sql(
+                    "UPDATE custody_utxos SET spent_by = $1 WHERE asset = $2 AND txid = $3 AND vout = $4 \
+                     AND spent_by IS NULL",
+                ))
+                .bind(&new.txid)
+                .bind(&new.asset)
+                .bind(txid)
+                .bind(i64::from(*vout))
+                .execute(&mut *$tx.0)
+                .await?
+                .rows_affected();
+                if reserved != 1 {
+                    break 'insert None;
+                }
+            }
+            Some(id)
+        }
+    };
 }
 
 /// A custodian: a staff member who holds shares of cold keys, known by their identity keys.
@@ -1434,40 +1480,10 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<Option<i64>, StoreError> {
         on_backend!(self, |tx, sql| {
-            let id: i64 = sqlx::query_scalar(&sql(
-                "INSERT INTO custody_txs (asset, kind, txid, tx, prevouts, to_cold, to_hot, fee, state, ceremony_id, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
-            ))
-            .bind(&new.asset)
-            .bind(&new.kind)
-            .bind(&new.txid)
-            .bind(&new.tx)
-            .bind(&new.prevouts)
-            .bind(i(new.to_cold)?)
-            .bind(i(new.to_hot)?)
-            .bind(i(new.fee)?)
-            .bind(&new.state)
-            .bind(new.ceremony_id)
-            .bind(ts(now_ns))
-            .fetch_one(&mut *tx.0)
-            .await?;
-            for (txid, vout) in spends {
-                let reserved = sqlx::query(&sql(
-                    "UPDATE custody_utxos SET spent_by = $1 WHERE asset = $2 AND txid = $3 AND vout = $4 \
-                     AND spent_by IS NULL",
-                ))
-                .bind(&new.txid)
-                .bind(&new.asset)
-                .bind(txid)
-                .bind(i64::from(*vout))
-                .execute(&mut *tx.0)
-                .await?
-                .rows_affected();
-                if reserved != 1 {
-                    // Dropping the transaction rolls back the insert and the reservations made so far.
-                    return Ok(None);
-                }
-            }
+            let Some(id) = insert_custody_tx!(tx, sql, new, spends, now_ns) else {
+                // Dropping the transaction rolls back the insert and the reservations made so far.
+                return Ok(None);
+            };
             let records = records
                 .into_iter()
                 .map(|mut r| {
@@ -1520,6 +1536,18 @@ impl Store {
             true
         })
         .pipe(Ok)
+    }
+
+    /// The height of the block that confirmed our transaction `txid` (the spend of its inputs), if one did.
+    pub async fn custody_tx_height(&self, txid: &[u8]) -> Result<Option<u64>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let h: Option<i64> =
+                sqlx::query_scalar(&sql("SELECT MIN(spent_height) FROM custody_utxos WHERE spent_by = $1"))
+                    .bind(txid)
+                    .fetch_one(pool)
+                    .await?;
+            Ok(h.map(u))
+        })
     }
 
     /// Custody transactions of an asset in one of `states`, oldest first.

@@ -14,7 +14,9 @@
 mod backend;
 mod audit;
 mod compliance;
+#[macro_use]
 mod custody;
+#[macro_use]
 mod customers;
 mod flow;
 mod platform;
@@ -23,6 +25,7 @@ mod risk;
 mod rows;
 mod sqlite;
 mod staff;
+mod withdrawals;
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,6 +52,10 @@ use rampart_ledger::{
 };
 pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRecord};
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
+pub use withdrawals::{
+    Advanced, Approved, Changes, NewWithdrawal, Payment, PolicyDecided, PolicyRecord, Position, QueueItem, Requested,
+    WhitelistEntry, WithdrawalRecord,
+};
 
 /// The largest batch of accounts or transfers one command accepts, as in TigerBeetle.
 pub const BATCH_LEN_MAX: usize = 8190;

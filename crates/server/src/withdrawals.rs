@@ -1,0 +1,1004 @@
+//! Withdrawals, the service's side: the gates a request passes (whitelist, KYC limits, sanctions, risk, the
+//! compliance review, the policy), the moves of the state machine with their audit entries, notifications and
+//! ledger effects, and the worker pass that resumes interrupted requests, ends waits past their time limit, pays
+//! approved withdrawals from the hot wallet (or queues them for a refill from cold storage), follows their
+//! transactions to confirmation and posts the holds.
+//!
+//! Crash safety: every move is one database transaction that checks the state it moves from. A request is
+//! recorded (with its hold) before any gate that can wait for people; one left in `requested` by a crash is screened
+//! by the worker. A payment is recorded (signed transaction, reserved coins, withdrawals in `signing`) in one
+//! transaction before it is broadcast; after a crash the same stored transaction is broadcast again, so nothing is
+//! ever signed twice.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use axum::http::StatusCode;
+use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::hashes::Hash;
+use bitcoin::{Address, Amount as Sats, ScriptBuf, Transaction, TxOut, Txid};
+use rampart_audit::Outcome as AuditOutcome;
+use rampart_core::{AccountId, Asset, AssetCode, TransferId};
+use rampart_ledger::{NewTransfer, TransferFlags};
+use rampart_notify::{Notification, mask_address};
+use rampart_risk::Outcome as RiskOutcome;
+use rampart_store::{Advanced, Changes, CustodyTx, Effects, Payment, WithdrawalRecord};
+use rampart_withdrawal::policy::Destination;
+use rampart_withdrawal::{Decision, Facts, Initiator, Policy, PolicyApproved, State};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::custody::{self, Custody};
+use crate::error::ApiError;
+use crate::identity::notice;
+
+/// The ledger code of a withdrawal's hold and its posting.
+pub const WITHDRAWAL_CODE: u16 = 20;
+/// The ledger code of the part of a network fee the exchange pays when it exceeds what was held.
+const FEE_EXCESS_CODE: u16 = 14;
+/// Nanoseconds in a second.
+const NS: u64 = 1_000_000_000;
+
+/// How withdrawals run.
+#[derive(Debug, Clone)]
+pub struct WithdrawalsConfig {
+    /// Micro-dollars per whole unit of each asset: the price table for limits, the policy and the Travel Rule (no
+    /// price feed is fetched).
+    pub usd_micro_per_unit: BTreeMap<String, u64>,
+    /// The smallest withdrawal per asset, in its smallest unit.
+    pub min_amount: BTreeMap<String, u128>,
+    /// The network fee held with each withdrawal per asset (the most a customer pays), in its smallest unit.
+    pub fee_held: BTreeMap<String, u128>,
+    /// How long a new whitelist address waits after its confirmation before it can be used.
+    pub cooling_off_s: u64,
+    /// How long a withdrawal may wait for approvals or review before it expires.
+    pub approval_ttl_s: u64,
+    /// The default policy's threshold for a large withdrawal, in whole dollars.
+    pub large_usd: u64,
+    /// The default policy's number of approvals for a large withdrawal.
+    pub large_approvals: u8,
+    /// A withdrawal left in `requested` this long (a crash between recording and screening) is screened by the
+    /// worker.
+    pub resume_after_s: u64,
+    /// A broadcast transaction unconfirmed this long is broadcast again.
+    pub rebroadcast_after_s: u64,
+    /// The most withdrawals one transaction pays.
+    pub batch_max: usize,
+}
+
+impl Default for WithdrawalsConfig {
+    fn default() -> WithdrawalsConfig {
+        WithdrawalsConfig {
+            usd_micro_per_unit: BTreeMap::from([("BTC".to_owned(), 90_000 * 1_000_000)]),
+            min_amount: BTreeMap::from([("BTC".to_owned(), 10_000)]),
+            fee_held: BTreeMap::from([("BTC".to_owned(), 20_000)]),
+            cooling_off_s: 24 * 3600,
+            approval_ttl_s: 24 * 3600,
+            large_usd: 50_000,
+            large_approvals: 3,
+            resume_after_s: 30,
+            rebroadcast_after_s: 600,
+            batch_max: 100,
+        }
+    }
+}
+
+/// The staff group that every holder of the `withdrawal_approve` permission belongs to (besides their roles).
+pub const APPROVER_GROUP: &str = "withdrawal_approver";
+
+/// The runtime: configuration and the policy in force.
+pub struct Withdrawals {
+    /// Configuration.
+    pub config: WithdrawalsConfig,
+    policy: RwLock<Arc<Policy>>,
+}
+
+impl Withdrawals {
+    /// Withdrawals with this configuration, the default policy in force until [`load`] reads the stored one.
+    pub fn new(config: WithdrawalsConfig) -> Withdrawals {
+        let policy = Policy::default_for(config.large_usd, APPROVER_GROUP, config.large_approvals);
+        Withdrawals { config, policy: RwLock::new(Arc::new(policy)) }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn install(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    /// The value of `units` of `asset` in micro-dollars, from the price table.
+    pub fn usd_micro(&self, asset: &Asset, units: u128) -> Option<u64> {
+        let price = *self.config.usd_micro_per_unit.get(asset.code.as_str())?;
+        Some(crate::risk::usd_micro(units, asset.decimals, price))
+    }
+}
+
+/// Reads the active policy, installing the configured default as version 1 on a database that has none.
+pub async fn load(state: &AppState) -> Result<u32, ApiError> {
+    let w = state.withdrawals();
+    if state.store().active_withdrawal_policy().await?.is_none() {
+        let keyring = state.keyring()?;
+        let body = w.policy().to_json();
+        let record =
+            state.record("system", "withdrawal.policy.installed", "withdrawal_policy:1", AuditOutcome::Success);
+        state
+            .store()
+            .install_withdrawal_policy(&body, "system", state.now_ns(), &state.auditor(&keyring), vec![record])
+            .await?;
+    }
+    refresh_policy(state).await
+}
+
+/// Makes sure a stored policy is in force (the first use after start-up reads it, installing the default on a new
+/// database); answers its version.
+pub async fn ensure_policy(state: &AppState) -> Result<u32, ApiError> {
+    match state.withdrawals().policy().version {
+        0 => load(state).await,
+        v => Ok(v),
+    }
+}
+
+/// Installs the stored active policy if it is newer than the one in force; answers its version.
+pub async fn refresh_policy(state: &AppState) -> Result<u32, ApiError> {
+    let w = state.withdrawals();
+    let Some(active) = state.store().active_withdrawal_policy().await? else { return Ok(w.policy().version) };
+    let version = u32::try_from(active.version).unwrap_or(0);
+    if version != w.policy().version {
+        let mut policy = Policy::from_json(&active.body).map_err(|e| internal(format!("the stored policy: {e}")))?;
+        policy.version = version;
+        w.install(policy);
+    }
+    Ok(version)
+}
+
+/// The policy of `version` (the one in force, or a stored earlier one).
+pub(crate) async fn policy_version(state: &AppState, version: i64) -> Result<Arc<Policy>, ApiError> {
+    let current = state.withdrawals().policy();
+    if i64::from(current.version) == version {
+        return Ok(current);
+    }
+    let stored = state.store().withdrawal_policies().await?;
+    let record = stored
+        .into_iter()
+        .find(|p| i64::from(p.version) == version)
+        .ok_or_else(|| internal(format!("withdrawal policy version {version} is missing")))?;
+    let mut policy = Policy::from_json(&record.body).map_err(|e| internal(format!("stored policy {version}: {e}")))?;
+    policy.version = u32::try_from(version).unwrap_or(0);
+    Ok(Arc::new(policy))
+}
+
+pub(crate) fn internal(what: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %what, "withdrawals");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred")
+}
+
+/// What the gates found, kept with the withdrawal: the facts the policy reads (so that a later decision, after
+/// approvals, reads the same ones) and what staff need to see.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Screening {
+    /// The customer's KYC level when asked.
+    pub kyc_level: u8,
+    /// The customer's group.
+    pub group: String,
+    /// For each window of the policy, the customer's earlier withdrawals in micro-dollars.
+    pub window_usd: Vec<(u64, u64)>,
+    /// Seconds since the destination was whitelisted (`None`: a one-time address).
+    pub whitelisted_for_s: Option<u64>,
+    /// The risk score the policy reads (raised to the high band when the address is on a risk list).
+    pub risk_score: u32,
+    /// The risk engine's outcome.
+    pub risk_outcome: String,
+    /// The rules that matched.
+    pub risk_reasons: Vec<String>,
+    /// The address screening: `clear`, or the list and category of a risk listing.
+    pub address: String,
+    /// The policy's decision, in words.
+    #[serde(default)]
+    pub decision: String,
+}
+
+/// The withdrawal's id as the hold's transfer id.
+pub fn withdrawal_number(w: &WithdrawalRecord) -> Result<u128, ApiError> {
+    u128::from_str_radix(&w.id, 16).map_err(|_| internal(format!("withdrawal id {:?} is not hex", w.id)))
+}
+
+fn digest16(parts: &[&[u8]]) -> u128 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(u64::try_from(p.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(p);
+    }
+    u128::from_be_bytes(h.finalize()[..16].try_into().expect("16 bytes"))
+}
+
+fn resolution_id(purpose: &str, w: &WithdrawalRecord) -> TransferId {
+    TransferId(digest16(&[b"rampart.withdrawal.v1", purpose.as_bytes(), w.id.as_bytes()]))
+}
+
+fn amount_of(w: &WithdrawalRecord) -> Result<u128, ApiError> {
+    w.amount.parse().map_err(|_| internal(format!("withdrawal {} has amount {:?}", w.id, w.amount)))
+}
+
+fn fee_held_of(w: &WithdrawalRecord) -> Result<u128, ApiError> {
+    w.fee_held.parse().map_err(|_| internal(format!("withdrawal {} has fee {:?}", w.id, w.fee_held)))
+}
+
+fn asset_of(state: &AppState, w: &WithdrawalRecord) -> Result<Asset, ApiError> {
+    state.assets().lookup(&w.asset).cloned().map_err(|_| internal(format!("withdrawal {} of unknown asset", w.id)))
+}
+
+/// The hold: the amount and the fee held, from the customer's account towards the hot wallet, never expiring.
+pub fn hold(id: u128, customer_account: AccountId, asset: AssetCode, amount: u128) -> NewTransfer {
+    NewTransfer {
+        id: TransferId(id),
+        debit_account_id: customer_account,
+        credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+        amount: rampart_core::Amount::new(amount),
+        pending_id: None,
+        asset,
+        code: WITHDRAWAL_CODE,
+        flags: TransferFlags { pending: true, ..TransferFlags::default() },
+        timeout_s: 0,
+        user_data: id,
+    }
+}
+
+fn void(w: &WithdrawalRecord, asset: AssetCode) -> Result<NewTransfer, ApiError> {
+    Ok(NewTransfer {
+        id: resolution_id("void", w),
+        debit_account_id: AccountId(0),
+        credit_account_id: AccountId(0),
+        amount: rampart_core::Amount::ZERO,
+        pending_id: Some(TransferId(withdrawal_number(w)?)),
+        asset,
+        code: 0,
+        flags: TransferFlags { void_pending_transfer: true, ..TransferFlags::default() },
+        timeout_s: 0,
+        user_data: withdrawal_number(w)?,
+    })
+}
+
+/// The confirmation's ledger effect: the hold posted for the amount and the customer's share of the network fee
+/// (at most what was held; the rest is released), and any excess paid by the exchange's fee account.
+fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiError> {
+    let share = u128::from(u64::try_from(w.network_fee.unwrap_or(0)).unwrap_or(0));
+    let held = fee_held_of(w)?;
+    let charged = share.min(held);
+    let excess = share - charged;
+    let id = withdrawal_number(w)?;
+    let mut batch = vec![NewTransfer {
+        id: resolution_id("post", w),
+        debit_account_id: AccountId(0),
+        credit_account_id: AccountId(0),
+        amount: rampart_core::Amount::new(amount_of(w)? + charged),
+        pending_id: Some(TransferId(id)),
+        asset,
+        code: 0,
+        flags: TransferFlags { post_pending_transfer: true, linked: excess > 0, ..TransferFlags::default() },
+        timeout_s: 0,
+        user_data: id,
+    }];
+    if excess > 0 {
+        batch.push(NewTransfer {
+            id: resolution_id("fee_excess", w),
+            debit_account_id: custody::custody_ledger_account(asset.as_str(), "fees"),
+            credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+            amount: rampart_core::Amount::new(excess),
+            pending_id: None,
+            asset,
+            code: FEE_EXCESS_CODE,
+            flags: TransferFlags::default(),
+            timeout_s: 0,
+            user_data: id,
+        });
+    }
+    Ok(batch)
+}
+
+/// A move's notification: every move is shown in the app; the ones a customer must know at once are emailed too.
+fn notification(state: &AppState, w: &WithdrawalRecord, to: State, detail: &str) -> Result<Notification, ApiError> {
+    let asset = asset_of(state, w)?;
+    let amount = asset.format_amount(rampart_core::Amount::new(amount_of(w)?));
+    Ok(Notification::WithdrawalStatus {
+        asset: asset.code,
+        amount,
+        status: to.as_str().to_owned(),
+        detail: detail.to_owned(),
+    })
+}
+
+fn emailed(to: State) -> bool {
+    matches!(
+        to,
+        State::AwaitingApproval
+            | State::AwaitingReview
+            | State::Frozen
+            | State::Rejected
+            | State::Confirmed
+            | State::Cancelled
+            | State::Failed
+            | State::Expired
+    )
+}
+
+/// Moves `w` along `path` (from its state as read), with its audit entries (one per step), the customer's
+/// notification, and the ledger effect: an end other than `confirmed` voids the hold, `confirmed` posts it.
+pub(crate) async fn advance(
+    state: &AppState,
+    w: &WithdrawalRecord,
+    path: &[State],
+    actor: &str,
+    reason: &str,
+    changes: &Changes<'_>,
+) -> Result<Advanced, ApiError> {
+    let from = w.state()?;
+    let last = *path.last().expect("a move has a destination");
+    let keyring = state.keyring()?;
+    let mut records = Vec::new();
+    let mut at = from;
+    for &to in path {
+        at.move_to(to).map_err(internal)?;
+        let mut r = state.record(actor, &format!("withdrawal.{to}"), &format!("withdrawal:{}", w.id), outcome_of(to));
+        r.details.insert("from".into(), at.as_str().into());
+        r.details.insert("customer".into(), w.customer_id.to_string());
+        if !reason.is_empty() {
+            r.details.insert("reason".into(), reason.into());
+        }
+        records.push(r);
+        at = to;
+    }
+    let code = asset_of(state, w)?.code;
+    let ledger = match last {
+        State::Confirmed => post(w, code)?,
+        s if s.is_final() => vec![void(w, code)?],
+        _ => vec![],
+    };
+    let n = notification(state, w, last, reason)?;
+    let effects = Effects {
+        records,
+        notices: vec![if emailed(last) { notice(&keyring, n, None) } else { in_app(n) }],
+        ..Effects::default()
+    };
+    Ok(state
+        .store()
+        .advance_withdrawal(
+            &w.id,
+            from,
+            path,
+            actor,
+            reason,
+            changes,
+            &ledger,
+            state.now_ns(),
+            &state.auditor(&keyring),
+            effects,
+        )
+        .await?)
+}
+
+pub(crate) fn in_app(n: Notification) -> rampart_store::Notice {
+    rampart_store::Notice { kind: n.kind().to_owned(), title: n.title(), email: None }
+}
+
+fn outcome_of(to: State) -> AuditOutcome {
+    match to {
+        State::Rejected | State::Failed | State::Expired => AuditOutcome::Denied,
+        _ => AuditOutcome::Success,
+    }
+}
+
+/// The risk engine's finding for a withdrawal.
+pub struct RiskFinding {
+    /// Allow, hold or freeze (a challenge or a block never reaches a recorded withdrawal).
+    pub outcome: RiskOutcome,
+    /// The score.
+    pub score: u32,
+    /// The rules that matched.
+    pub reasons: Vec<String>,
+    /// The case a hold or freeze opened.
+    pub case: Option<i64>,
+}
+
+/// The facts the policy reads, rebuilt from a withdrawal and its screening.
+pub(crate) fn facts_for<'a>(w: &'a WithdrawalRecord, s: &'a Screening) -> Result<Facts<'a>, ApiError> {
+    Ok(Facts {
+        withdrawal: withdrawal_number(w)?,
+        initiator: if w.initiator == "api_key" { Initiator::ApiKey } else { Initiator::Session },
+        group: &s.group,
+        kyc_level: s.kyc_level,
+        asset: &w.asset,
+        amount: amount_of(w)?,
+        usd_micro: u64::try_from(w.usd_micro).unwrap_or(0),
+        window_usd_micro: &s.window_usd,
+        destination: match s.whitelisted_for_s {
+            Some(age_s) => Destination::Whitelisted { age_s },
+            None => Destination::OneTime,
+        },
+        risk_score: s.risk_score,
+    })
+}
+
+fn screening_of(w: &WithdrawalRecord) -> Result<Screening, ApiError> {
+    serde_json::from_str(&w.screening).map_err(|e| internal(format!("withdrawal {} screening: {e}", w.id)))
+}
+
+fn initiator_subject(w: &WithdrawalRecord) -> String {
+    format!("customer:{}", w.customer_id)
+}
+
+/// The proof that the policy allows paying `w`: the policy version that decided, evaluated again on the stored
+/// facts with the stored approvals. `None` if it does not (which never happens to a withdrawal that reached
+/// `approved` through the service).
+pub async fn policy_approved(state: &AppState, w: &WithdrawalRecord) -> Result<Option<PolicyApproved>, ApiError> {
+    let Some(version) = w.policy_version else { return Ok(None) };
+    let policy = policy_version(state, version).await?;
+    let s = screening_of(w)?;
+    let f = facts_for(w, &s)?;
+    let approvals: Vec<_> = state.store().withdrawal_approvals(&w.id).await?.into_iter().map(|(a, _, _)| a).collect();
+    Ok(policy.approved(&f, &initiator_subject(w), &approvals))
+}
+
+/// Where the policy sends a screened withdrawal (or one whose reviews passed): approved, awaiting approvals, or
+/// rejected.
+async fn decide_by_policy(
+    state: &AppState,
+    w: &WithdrawalRecord,
+    mut screening: Screening,
+    mut path: Vec<State>,
+    actor: &str,
+    base: Changes<'_>,
+) -> Result<Advanced, ApiError> {
+    let policy = state.withdrawals().policy();
+    let decision = policy.evaluate(&facts_for(w, &screening)?);
+    let version = i64::from(policy.version);
+    let (to, rule, requirement, reason) = match &decision {
+        Decision::Allow(ok) => (State::Approved, Some(ok.rule().to_owned()), None, String::new()),
+        Decision::Approvals { rule, requirement } => (
+            State::AwaitingApproval,
+            Some(rule.clone()),
+            Some(serde_json::to_string(requirement).map_err(internal)?),
+            format!("the policy's rule {rule:?} requires staff approvals"),
+        ),
+        Decision::Block { rule, reason } => (State::Rejected, rule.clone(), None, reason.clone()),
+    };
+    screening.decision = match &decision {
+        Decision::Allow(ok) => format!("allowed by rule {:?} of policy {version}", ok.rule()),
+        Decision::Approvals { rule, .. } => format!("rule {rule:?} of policy {version} requires approvals"),
+        Decision::Block { rule: Some(rule), .. } => format!("blocked by rule {rule:?} of policy {version}"),
+        Decision::Block { rule: None, .. } => format!("no rule of policy {version} allows it"),
+    };
+    path.push(to);
+    let screening_json = serde_json::to_string(&screening).map_err(internal)?;
+    let expires = (to == State::AwaitingApproval)
+        .then(|| state.now_ns().saturating_add(state.withdrawals().config.approval_ttl_s.saturating_mul(NS)));
+    let changes = Changes {
+        screening: Some(&screening_json),
+        policy_version: Some(version),
+        policy_rule: rule.as_deref(),
+        requirement: requirement.as_deref(),
+        reason: (!reason.is_empty()).then_some(reason.as_str()),
+        expires_at_ns: expires.or(base.expires_at_ns),
+        ..base
+    };
+    advance(state, w, &path, actor, &reason, &changes).await
+}
+
+/// Screens a recorded withdrawal with the risk engine's finding: a freeze or hold, or a compliance review above
+/// the threshold, waits for people; otherwise the policy decides. Moves `requested → screened → …` in one step.
+pub(crate) async fn screen(
+    state: &AppState,
+    w: &WithdrawalRecord,
+    mut screening: Screening,
+    risk: RiskFinding,
+    actor: &str,
+) -> Result<Advanced, ApiError> {
+    screening.risk_outcome = risk.outcome.name().to_owned();
+    screening.risk_reasons = risk.reasons;
+    let review = open_review(state, w).await?;
+    let waiting = match risk.outcome {
+        RiskOutcome::Freeze => Some(State::Frozen),
+        RiskOutcome::Hold => Some(State::AwaitingReview),
+        _ if review.is_some() => Some(State::AwaitingReview),
+        _ => None,
+    };
+    let base = Changes {
+        risk_score: Some(i64::from(screening.risk_score)),
+        risk_case: risk.case,
+        review_id: review,
+        ..Changes::default()
+    };
+    match waiting {
+        Some(to) => {
+            let json = serde_json::to_string(&screening).map_err(internal)?;
+            let reason = match to {
+                State::Frozen => "the risk engine froze the account until a reviewer decides",
+                _ if risk.case.is_some() => "held for a risk review",
+                _ => "held for the three-level compliance review",
+            };
+            let changes = Changes {
+                screening: Some(&json),
+                expires_at_ns: Some(
+                    state.now_ns().saturating_add(state.withdrawals().config.approval_ttl_s.saturating_mul(NS)),
+                ),
+                ..base
+            };
+            advance(state, w, &[State::Screened, to], actor, reason, &changes).await
+        }
+        None => decide_by_policy(state, w, screening, vec![State::Screened], actor, base).await,
+    }
+}
+
+/// Opens the three-level review of a withdrawal above the threshold (or finds the one a crash left behind).
+async fn open_review(state: &AppState, w: &WithdrawalRecord) -> Result<Option<i64>, ApiError> {
+    let usd = u64::try_from(w.usd_micro).unwrap_or(0);
+    if !rampart_compliance::review::needed(usd, state.compliance().config().review_usd) {
+        return Ok(None);
+    }
+    let transfer = crate::compliance::Transfer {
+        customer_id: w.customer_id,
+        reference: &w.id,
+        asset: &w.asset,
+        amount: &w.amount,
+        amount_usd: usd,
+    };
+    if let Some(id) = crate::compliance::open_transfer_review(state, &initiator_subject(w), transfer).await? {
+        return Ok(Some(id));
+    }
+    Ok(state.store().transfer_review_of(&w.id).await?.map(|r| r.id))
+}
+
+/// Moves a withdrawal waiting for a risk reviewer or the compliance review on when they have decided: a release
+/// and an approved review hand it to the policy; a risk case kept frozen or a rejected review rejects it.
+pub(crate) async fn progress_review(state: &AppState, w: &WithdrawalRecord) -> Result<Option<Advanced>, ApiError> {
+    let from = w.state()?;
+    let mut risk_clear = true;
+    if let Some(case) = w.risk_case {
+        match state.store().risk_case(case).await? {
+            Some((c, _)) if c.state == "resolved" => match c.resolution.as_deref() {
+                Some("release") => {}
+                other => {
+                    let reason = format!("the risk review ended the withdrawal ({})", other.unwrap_or("closed"));
+                    return Ok(Some(
+                        advance(state, w, &[State::Rejected], "risk", &reason, &Changes::default()).await?,
+                    ));
+                }
+            },
+            _ => risk_clear = false,
+        }
+    }
+    let mut review_clear = true;
+    if let Some(review) = w.review_id {
+        match state.store().transfer_review(review).await?.map(|r| r.state) {
+            Some(rampart_compliance::review::State::Approved) => {}
+            Some(rampart_compliance::review::State::Rejected { level }) => {
+                let reason = format!("the compliance review rejected the withdrawal at level {level}");
+                return Ok(Some(
+                    advance(state, w, &[State::Rejected], "compliance", &reason, &Changes::default()).await?,
+                ));
+            }
+            _ => review_clear = false,
+        }
+    }
+    match (risk_clear, review_clear) {
+        (true, true) => {
+            let s = screening_of(w)?;
+            Ok(Some(decide_by_policy(state, w, s, vec![], "system", Changes::default()).await?))
+        }
+        (true, false) if from == State::Frozen => Ok(Some(
+            advance(
+                state,
+                w,
+                &[State::AwaitingReview],
+                "risk",
+                "released; the compliance review goes on",
+                &Changes::default(),
+            )
+            .await?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// What one worker pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Requests screened after an interruption.
+    pub resumed: u64,
+    /// Waits that ended (reviews decided).
+    pub progressed: u64,
+    /// Waits that expired.
+    pub expired: u64,
+    /// Withdrawals paid (moved to signing).
+    pub paid: u64,
+    /// Withdrawals queued for a refill.
+    pub queued: u64,
+    /// Withdrawals broadcast.
+    pub broadcast: u64,
+    /// Withdrawals confirmed.
+    pub confirmed: u64,
+    /// Withdrawals failed.
+    pub failed: u64,
+    /// Withdrawals refused at payment because the policy did not approve them.
+    pub refused: u64,
+}
+
+/// One pass: resume, progress reviews, expire, pay, follow transactions. Runs in the custody worker after the
+/// watcher (so that confirmations are current) and before the sweeper (so that hot coins pay customers first).
+pub async fn pass(state: &AppState, custody: &Custody) -> Result<PassReport, ApiError> {
+    let mut report = PassReport::default();
+    ensure_policy(state).await?;
+    refresh_policy(state).await?;
+    let now = state.now_ns();
+    let config = &state.withdrawals().config;
+    let store = state.store();
+
+    for w in store.withdrawals_in(&[State::Requested], now.saturating_sub(config.resume_after_s * NS), 100).await? {
+        resume(state, &w).await?;
+        report.resumed += 1;
+    }
+    for w in store.withdrawals_in(&[State::AwaitingReview, State::Frozen], now, 500).await? {
+        if progress_review(state, &w).await?.is_some() {
+            report.progressed += 1;
+        }
+    }
+    for w in store.withdrawals_in(&[State::AwaitingApproval, State::AwaitingReview], now, 500).await? {
+        if w.expires_at.is_some_and(|e| u64::try_from(e).unwrap_or(0) <= now) {
+            let reason = "waited for approval past its time limit; the funds are returned";
+            if let Advanced::Done(_) =
+                advance(state, &w, &[State::Expired], "system", reason, &Changes::default()).await?
+            {
+                report.expired += 1;
+            }
+        }
+    }
+    pay(state, custody, &mut report).await?;
+    follow(state, custody, &mut report).await?;
+    Ok(report)
+}
+
+/// Screens a withdrawal a crash left in `requested`: its gates run again (the risk engine included).
+async fn resume(state: &AppState, w: &WithdrawalRecord) -> Result<(), ApiError> {
+    let mut screening = screening_of(w).unwrap_or_default();
+    if screening.group.is_empty() {
+        screening.group = "retail".into();
+    }
+    let kind = rampart_risk::EventKind::Withdrawal {
+        amount_micro_usd: u64::try_from(w.usd_micro).unwrap_or(0),
+        destination: w.address.clone(),
+    };
+    let event = rampart_risk::Event {
+        at_ns: state.now_ns(),
+        user: rampart_risk::UserId(u64::try_from(w.customer_id).unwrap_or(0)),
+        ip: None,
+        device: None,
+        country: None,
+        kind,
+    };
+    let assessed = crate::risk::assess(state, w.customer_id, event).await?;
+    let risk = RiskFinding {
+        outcome: match assessed.decision.outcome {
+            // A resumed request has nobody to challenge: it waits for a reviewer instead.
+            RiskOutcome::Challenge | RiskOutcome::Block => RiskOutcome::Hold,
+            o => o,
+        },
+        score: assessed.decision.score,
+        reasons: assessed.decision.enforced().map(|r| r.rule.to_string()).collect(),
+        case: assessed.case,
+    };
+    screening.risk_score = screening.risk_score.max(risk.score);
+    screen(state, w, screening, risk, "system").await?;
+    Ok(())
+}
+
+/// Pays approved and queued withdrawals of the custody asset from the hot wallet, oldest first, in one
+/// transaction, as far as its confirmed coins reach; the rest wait (`queued`) for a refill, which is proposed once.
+async fn pay(state: &AppState, custody: &Custody, report: &mut PassReport) -> Result<(), ApiError> {
+    let config = &state.withdrawals().config;
+    let asset = custody.config.asset.clone();
+    let ready: Vec<WithdrawalRecord> = state
+        .store()
+        .withdrawals_in(&[State::Approved, State::Queued], state.now_ns(), 1000)
+        .await?
+        .into_iter()
+        .filter(|w| w.asset == asset)
+        .collect();
+    if ready.is_empty() {
+        return Ok(());
+    }
+    // Every payment needs the policy's proof, made again from the stored facts and approvals.
+    let mut approved = Vec::new();
+    for w in ready {
+        match policy_approved(state, &w).await? {
+            Some(proof) => approved.push((w, proof)),
+            None => {
+                let reason = "the withdrawal policy does not approve this withdrawal; it was not signed";
+                advance(state, &w, &[State::Cancelled], "system", reason, &Changes::default()).await?;
+                report.refused += 1;
+            }
+        }
+    }
+    let Some((seen, _)) = state.store().seen_tip(&asset).await? else { return Ok(()) };
+    let coins = state.store().spendable_utxos(&asset, "hot", seen).await?;
+    let wallet = custody::ensure_hot_wallet(state, custody).await?;
+    let rate = custody.chain.fee_rate().await.map_err(custody::chain_error)?.max(1);
+    let mut chosen: Vec<(WithdrawalRecord, PolicyApproved, ScriptBuf)> = Vec::new();
+    let mut waiting = Vec::new();
+    let mut total: u64 = 0;
+    let available: u64 = coins.iter().map(|c| c.value).sum();
+    for (w, proof) in approved {
+        let amount = u64::try_from(amount_of(&w)?).map_err(internal)?;
+        let script = destination_script(custody, &w)?;
+        let fee = rate * custody::estimated_vsize(coins.len().max(1), chosen.len() + 2);
+        if chosen.len() < config.batch_max && waiting.is_empty() && total + amount + fee <= available {
+            total += amount;
+            chosen.push((w, proof, script));
+        } else {
+            waiting.push((w, amount));
+        }
+    }
+    for (w, _) in &waiting {
+        if w.state == State::Approved.as_str() {
+            let reason = "the hot wallet cannot pay it yet: waiting for a refill from cold storage";
+            if let Advanced::Done(_) =
+                advance(state, w, &[State::Queued], "system", reason, &Changes::default()).await?
+            {
+                report.queued += 1;
+            }
+        }
+    }
+    if !waiting.is_empty() {
+        let short: u64 =
+            waiting.iter().map(|(_, a)| a).sum::<u64>() + rate * custody::estimated_vsize(2, waiting.len() + 1);
+        custody::propose_refill_for(
+            state,
+            custody,
+            short.saturating_sub(available.saturating_sub(total)),
+            "withdrawals wait for funds",
+        )
+        .await?;
+    }
+    if chosen.is_empty() {
+        return Ok(());
+    }
+    report.paid += sign_and_record(state, custody, &wallet, coins, rate, chosen).await?;
+    Ok(())
+}
+
+fn destination_script(custody: &Custody, w: &WithdrawalRecord) -> Result<ScriptBuf, ApiError> {
+    let address = w
+        .address
+        .parse::<Address<bitcoin::address::NetworkUnchecked>>()
+        .ok()
+        .and_then(|a| a.require_network(custody.network()).ok())
+        .ok_or_else(|| internal(format!("withdrawal {} has address {:?} outside the network", w.id, w.address)))?;
+    Ok(address.script_pubkey())
+}
+
+/// Builds, signs and records the transaction paying `chosen`. The signer takes each withdrawal's
+/// [`PolicyApproved`] and checks it is that withdrawal's: there is no other way to a signature.
+async fn sign_and_record(
+    state: &AppState,
+    custody: &Custody,
+    wallet: &rampart_store::WalletRecord,
+    coins: Vec<rampart_store::Utxo>,
+    rate: u64,
+    chosen: Vec<(WithdrawalRecord, PolicyApproved, ScriptBuf)>,
+) -> Result<u64, ApiError> {
+    for (w, proof, _) in &chosen {
+        assert_eq!(proof.withdrawal(), withdrawal_number(w)?, "a policy approval signs only its own withdrawal");
+    }
+    let keyring = state.keyring()?;
+    let hot_script = ScriptBuf::from_bytes(wallet.script_pubkey.clone());
+    let pay_total: u64 = chosen.iter().map(|(w, _, _)| amount_of(w).map(|a| a as u64)).sum::<Result<u64, _>>()?;
+    // Oldest coins first until the payments, the fee for the inputs so far and a change output are covered.
+    let mut inputs = Vec::new();
+    let mut gathered = 0u64;
+    let mut fee = 0;
+    for c in coins {
+        inputs.push(c.clone());
+        gathered += c.value;
+        fee = rate * custody::estimated_vsize(inputs.len(), chosen.len() + 1);
+        if gathered >= pay_total + fee {
+            break;
+        }
+    }
+    if gathered < pay_total + fee {
+        return Ok(0);
+    }
+    let mut outputs: Vec<TxOut> = chosen
+        .iter()
+        .map(|(w, _, script)| Ok(TxOut { value: Sats::from_sat(amount_of(w)? as u64), script_pubkey: script.clone() }))
+        .collect::<Result<_, ApiError>>()?;
+    let mut change = gathered - pay_total - fee;
+    if change >= custody::DUST_SAT {
+        outputs.push(TxOut { value: Sats::from_sat(change), script_pubkey: hot_script });
+    } else {
+        fee += change;
+        change = 0;
+    }
+    let mut tx = custody::unsigned(&inputs, outputs)?;
+    let spent = custody::prevouts(&inputs);
+    let paths: Vec<(u32, u32)> = inputs.iter().map(|u| u.path.unwrap_or((rampart_custody::HOT_BRANCH, 0))).collect();
+    custody::open_hot_key(&keyring, wallet)?.sign_key_spends(&mut tx, &spent, &paths).map_err(internal)?;
+    let txid = tx.compute_txid();
+    let n = chosen.len() as u64;
+    let payments: Vec<Payment> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, (w, proof, _))| {
+            let share = fee / n + u64::from((i as u64) < fee % n);
+            let mut r =
+                state.record("system", "withdrawal.signing", &format!("withdrawal:{}", w.id), AuditOutcome::Success);
+            r.details.insert("txid".into(), txid.to_string());
+            r.details.insert("policy_version".into(), proof.version().to_string());
+            r.details.insert("policy_rule".into(), proof.rule().to_owned());
+            r.details.insert("network_fee".into(), share.to_string());
+            let n = notification(state, w, State::Signing, "")?;
+            Ok(Payment {
+                id: w.id.clone(),
+                from: w.state()?,
+                network_fee: share,
+                effects: Effects { records: vec![r], notices: vec![in_app(n)], ..Effects::default() },
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    let new = CustodyTx {
+        id: 0,
+        asset: custody.config.asset.clone(),
+        kind: "withdrawal".into(),
+        txid: txid.to_byte_array().to_vec(),
+        tx: serialize(&tx),
+        prevouts: serialize(&spent),
+        to_cold: 0,
+        to_hot: change,
+        fee,
+        state: "signed".into(),
+        ceremony_id: None,
+        failure: None,
+    };
+    let mut record = state.record("system", "custody.withdrawal.signed", &format!("tx:{txid}"), AuditOutcome::Success);
+    record.details.insert("withdrawals".into(), n.to_string());
+    record.details.insert("fee_sat".into(), fee.to_string());
+    let spends: Vec<(Vec<u8>, u32)> = inputs.iter().map(|u| (u.txid.clone(), u.vout)).collect();
+    let recorded = state
+        .store()
+        .pay_withdrawals(payments, &new, &spends, "system", state.now_ns(), &state.auditor(&keyring), vec![record])
+        .await?;
+    Ok(if recorded.is_some() { n } else { 0 })
+}
+
+/// Follows paying transactions: broadcasts what is signed (again, after a crash: the same bytes), moves
+/// withdrawals to `broadcast` when the chain took the transaction, to `failed` when it refused it, and to
+/// `confirmed` (posting the hold) at the asset's confirmation depth.
+async fn follow(state: &AppState, custody: &Custody, report: &mut PassReport) -> Result<(), ApiError> {
+    let keyring = state.keyring()?;
+    let asset = custody.config.asset.clone();
+    let confirmations = u64::from(state.assets().lookup(&asset).map_err(internal)?.confirmations.max(1));
+    let seen = state.store().seen_tip(&asset).await?.map(|(h, _)| h).unwrap_or(0);
+    let moving = state.store().withdrawals_in(&[State::Signing, State::Broadcast], state.now_ns(), 1000).await?;
+    let mut txs: BTreeMap<i64, Vec<WithdrawalRecord>> = BTreeMap::new();
+    for w in moving {
+        if let Some(t) = w.custody_tx {
+            txs.entry(t).or_default().push(w);
+        }
+    }
+    for (id, ws) in txs {
+        let Some(mut t) = state.store().custody_tx(id).await? else { continue };
+        if t.state == "signed" {
+            custody::broadcast_one(state, custody, &keyring, id).await?;
+            t = state.store().custody_tx(id).await?.ok_or_else(|| internal("a custody transaction vanished"))?;
+        }
+        let txid = Txid::from_slice(&t.txid).map_err(internal)?;
+        for w in ws {
+            let from = w.state()?;
+            match (from, t.state.as_str()) {
+                (State::Signing, "broadcast" | "confirmed") => {
+                    let sent = sent_notice(state, &w, &txid)?;
+                    let mut r = state.record(
+                        "system",
+                        "withdrawal.broadcast",
+                        &format!("withdrawal:{}", w.id),
+                        AuditOutcome::Success,
+                    );
+                    r.details.insert("txid".into(), txid.to_string());
+                    let effects =
+                        Effects { records: vec![r], notices: vec![notice(&keyring, sent, None)], ..Effects::default() };
+                    if let Advanced::Done(_) = state
+                        .store()
+                        .advance_withdrawal(
+                            &w.id,
+                            from,
+                            &[State::Broadcast],
+                            "system",
+                            "",
+                            &Changes::default(),
+                            &[],
+                            state.now_ns(),
+                            &state.auditor(&keyring),
+                            effects,
+                        )
+                        .await?
+                    {
+                        report.broadcast += 1;
+                    }
+                }
+                (State::Signing | State::Broadcast, "failed") => {
+                    let reason = format!(
+                        "the chain refused the transaction: {}",
+                        t.failure.as_deref().unwrap_or("no reason given")
+                    );
+                    if let Advanced::Done(_) =
+                        advance(state, &w, &[State::Failed], "system", &reason, &Changes::default()).await?
+                    {
+                        report.failed += 1;
+                    }
+                }
+                (State::Broadcast, "confirmed") => {
+                    let Some(height) = state.store().custody_tx_height(&t.txid).await? else { continue };
+                    if seen + 1 >= height + confirmations {
+                        let reason = format!("confirmed in block {height}");
+                        if let Advanced::Done(_) =
+                            advance(state, &w, &[State::Confirmed], "system", &reason, &Changes::default()).await?
+                        {
+                            report.confirmed += 1;
+                        }
+                    }
+                }
+                (State::Broadcast, "broadcast") => {
+                    let age = state.now_ns().saturating_sub(u64::try_from(w.updated_at).unwrap_or(0));
+                    if age >= state.withdrawals().config.rebroadcast_after_s * NS {
+                        rebroadcast(state, custody, &t).await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sent_notice(state: &AppState, w: &WithdrawalRecord, txid: &Txid) -> Result<Notification, ApiError> {
+    let asset = asset_of(state, w)?;
+    Ok(Notification::WithdrawalSent {
+        asset: asset.code,
+        amount: asset.format_amount(rampart_core::Amount::new(amount_of(w)?)),
+        txid: txid.to_string(),
+    })
+}
+
+/// Sends a stuck transaction again (a mempool may have dropped it); the chain's answer is logged, never acted on
+/// here, since a refusal may only mean that a block the watcher has not read yet confirmed it.
+async fn rebroadcast(state: &AppState, custody: &Custody, t: &CustodyTx) -> Result<(), ApiError> {
+    let tx: Transaction = deserialize(&t.tx).map_err(internal)?;
+    let outcome = custody.chain.broadcast(&tx).await;
+    let mut r = state.record(
+        "system",
+        "custody.withdrawal.rebroadcast",
+        &format!("tx:{}", tx.compute_txid()),
+        AuditOutcome::Success,
+    );
+    if let Err(e) = &outcome {
+        r.outcome = AuditOutcome::Failure;
+        r.details.insert("error".into(), e.to_string());
+    }
+    state.audit(vec![r]).await
+}
+
+/// Hashes what a request asks for, to tell a retry (same key, same request) from a reused key.
+pub fn request_hash(asset: &str, amount: u128, address: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [asset.as_bytes(), amount.to_string().as_bytes(), address.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// The masked destination for notifications.
+pub fn masked(address: &str) -> String {
+    mask_address(address)
+}

@@ -1,0 +1,1045 @@
+//! Withdrawals: the request with its ledger hold, checked transitions with their event rows, staff approvals, the
+//! versioned policy and the address whitelist. Every command is one transaction; a transition locks the withdrawal's
+//! row and refuses to move from any state but the one the caller saw, so two workers (or a worker and a person)
+//! never both move it.
+
+use rampart_audit::AuditRecord;
+use rampart_ledger::{CreateTransferResult, NewTransfer};
+use rampart_withdrawal::{Approval, ApprovalRefused, State};
+
+use crate::audit::{self, Auditor};
+use crate::backend::Pipe;
+use crate::custody::CustodyTx;
+use crate::customers::Effects;
+use crate::{Store, StoreError, flow, ts};
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+use crate::custody::i;
+
+/// A withdrawal as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WithdrawalRecord {
+    /// The id: 32 hex digits, also the ledger hold's transfer id.
+    pub id: String,
+    /// The customer.
+    pub customer_id: i64,
+    /// The client's idempotency key.
+    pub idempotency_key: String,
+    /// SHA-256 of what was asked (asset, amount, address), to tell a retry from a reused key.
+    pub request_hash: Vec<u8>,
+    /// The asset.
+    pub asset: String,
+    /// The amount, in the asset's smallest unit, as decimal text.
+    pub amount: String,
+    /// The network fee held beside the amount, in the smallest unit.
+    pub fee_held: String,
+    /// The amount's value in micro-dollars when asked.
+    pub usd_micro: i64,
+    /// The destination, canonical.
+    pub address: String,
+    /// The whitelist entry, when the address is on the whitelist.
+    pub whitelist_id: Option<i64>,
+    /// `session` or `api_key`.
+    pub initiator: String,
+    /// Who asked (`customer:<id>` or `customer:<id>/<key>`).
+    pub actor: String,
+    /// The state's name.
+    pub state: String,
+    /// What the gates found, JSON.
+    pub screening: String,
+    /// The risk engine's score.
+    pub risk_score: i64,
+    /// The risk case a hold or freeze opened.
+    pub risk_case: Option<i64>,
+    /// The three-level compliance review.
+    pub review_id: Option<i64>,
+    /// The policy version that decided.
+    pub policy_version: Option<i64>,
+    /// The rule that matched.
+    pub policy_rule: Option<String>,
+    /// The approvals required, JSON.
+    pub requirement: Option<String>,
+    /// Why it was refused, failed or cancelled.
+    pub reason: Option<String>,
+    /// The custody transaction that pays it.
+    pub custody_tx: Option<i64>,
+    /// Its share of that transaction's network fee, in the smallest unit.
+    pub network_fee: Option<i64>,
+    /// When it was asked, in nanoseconds.
+    pub created_at: i64,
+    /// When it last moved.
+    pub updated_at: i64,
+    /// When a wait for people ends it.
+    pub expires_at: Option<i64>,
+}
+
+impl WithdrawalRecord {
+    /// The state.
+    pub fn state(&self) -> Result<State, StoreError> {
+        State::parse(&self.state).ok_or_else(|| StoreError::Corrupt(format!("unknown withdrawal state {}", self.state)))
+    }
+}
+
+const COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, usd_micro, address, \
+     whitelist_id, initiator, actor, state, screening, risk_score, risk_case, review_id, policy_version, policy_rule, \
+     requirement, reason, custody_tx, network_fee, created_at, updated_at, expires_at";
+
+/// A withdrawal to record, with its hold.
+pub struct NewWithdrawal<'a> {
+    /// The id (32 hex digits of the hold's transfer id).
+    pub id: &'a str,
+    /// The customer.
+    pub customer_id: i64,
+    /// The client's key.
+    pub idempotency_key: &'a str,
+    /// SHA-256 of the request's content.
+    pub request_hash: [u8; 32],
+    /// The asset.
+    pub asset: &'a str,
+    /// Smallest units.
+    pub amount: u128,
+    /// Smallest units held for the network fee.
+    pub fee_held: u128,
+    /// Micro-dollars.
+    pub usd_micro: u64,
+    /// Canonical address.
+    pub address: &'a str,
+    /// The whitelist entry.
+    pub whitelist_id: Option<i64>,
+    /// `session` or `api_key`.
+    pub initiator: &'a str,
+    /// Who asked.
+    pub actor: &'a str,
+    /// The hold: a pending transfer from the customer's account of `amount + fee_held`.
+    pub hold: NewTransfer,
+}
+
+/// The customer's position when a withdrawal is recorded, read under the customer's row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The KYC level.
+    pub kyc_level: u8,
+    /// Micro-dollars of withdrawals that count against limits since the start of the UTC day.
+    pub today_usd_micro: u64,
+    /// Since the start of the UTC month.
+    pub month_usd_micro: u64,
+}
+
+/// What recording a withdrawal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested<E> {
+    /// Recorded, funds held.
+    Recorded(WithdrawalRecord),
+    /// The same request was recorded before under this key.
+    Existing(WithdrawalRecord),
+    /// The key was used before for a different request.
+    KeyReused,
+    /// The account is not active (locked or frozen).
+    NotActive,
+    /// Withdrawals are suspended until this time, for this reason.
+    Locked {
+        /// Nanoseconds.
+        until_ns: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The limits refuse it.
+    OverLimit(E),
+    /// The ledger refused the hold (insufficient funds, …); nothing recorded.
+    Ledger(CreateTransferResult),
+}
+
+/// What a transition changes beside the state; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Changes<'a> {
+    /// Gate findings, JSON.
+    pub screening: Option<&'a str>,
+    /// Risk score.
+    pub risk_score: Option<i64>,
+    /// Risk case.
+    pub risk_case: Option<i64>,
+    /// Compliance review.
+    pub review_id: Option<i64>,
+    /// Policy version.
+    pub policy_version: Option<i64>,
+    /// Rule.
+    pub policy_rule: Option<&'a str>,
+    /// Required approvals, JSON.
+    pub requirement: Option<&'a str>,
+    /// Reason.
+    pub reason: Option<&'a str>,
+    /// Custody transaction.
+    pub custody_tx: Option<i64>,
+    /// Network fee share.
+    pub network_fee: Option<i64>,
+    /// The time limit of a wait.
+    pub expires_at_ns: Option<u64>,
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advanced {
+    /// Moved; the record as it is now.
+    Done(WithdrawalRecord),
+    /// It was not in the expected state (someone else moved it); its state now.
+    Stale(String),
+    /// No such withdrawal.
+    NotFound,
+}
+
+/// What an approval did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approved {
+    /// Recorded; `true` when it completed the quorum and the withdrawal is now approved.
+    Recorded {
+        /// The layer it counts for.
+        layer: u32,
+        /// Whether the withdrawal moved to `approved`.
+        complete: bool,
+    },
+    /// Refused by the policy's rules for approvers.
+    Refused(ApprovalRefused),
+    /// Not awaiting approval.
+    NotAwaiting(String),
+    /// No such withdrawal.
+    NotFound,
+}
+
+/// A withdrawal a transaction pays.
+pub struct Payment {
+    /// The withdrawal.
+    pub id: String,
+    /// The state it was seen in (`approved` or `queued`).
+    pub from: State,
+    /// Its share of the network fee.
+    pub network_fee: u64,
+    /// Its notification and audit entries.
+    pub effects: Effects,
+}
+
+/// A version of the withdrawal policy.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PolicyRecord {
+    /// The version.
+    pub version: i32,
+    /// The document.
+    pub body: String,
+    /// Who proposed it.
+    pub proposed_by: String,
+    /// `proposed`, `active`, `superseded` or `rejected`.
+    pub state: String,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// Why.
+    pub note: String,
+    /// When proposed.
+    pub created_at: i64,
+    /// When decided.
+    pub decided_at: Option<i64>,
+}
+
+/// What deciding a policy proposal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyDecided {
+    /// Decided; the proposal as it is now.
+    Done(PolicyRecord),
+    /// The proposer cannot decide their own proposal.
+    OwnProposal,
+    /// Not a pending proposal.
+    NotProposed,
+    /// No such version.
+    NotFound,
+}
+
+/// An entry of a customer's address whitelist.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WhitelistEntry {
+    /// The id.
+    pub id: i64,
+    /// The customer.
+    pub customer_id: i64,
+    /// The asset.
+    pub asset: String,
+    /// The address, canonical.
+    pub address: String,
+    /// The customer's label.
+    pub label: String,
+    /// `unconfirmed`, `active` or `removed`.
+    pub state: String,
+    /// When added.
+    pub created_at: i64,
+    /// When the emailed link confirmed it.
+    pub confirmed_at: Option<i64>,
+    /// When its cooling-off ends.
+    pub usable_at: Option<i64>,
+    /// When removed.
+    pub removed_at: Option<i64>,
+}
+
+const WHITELIST_COLUMNS: &str =
+    "id, customer_id, asset, address, label, state, created_at, confirmed_at, usable_at, removed_at";
+
+/// A row of the staff queue: the withdrawal with what a reviewer needs about its customer and destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueItem {
+    /// The withdrawal.
+    pub withdrawal: WithdrawalRecord,
+    /// Approvals so far.
+    pub approvals: Vec<(Approval, String, i64)>,
+    /// The customer's earlier withdrawals: how many were confirmed, and their value in micro-dollars.
+    pub customer_confirmed: (i64, i64),
+    /// Earlier withdrawals to the same address by anyone: how many, by how many customers.
+    pub destination_seen: (i64, i64),
+}
+
+/// Sums, under the customer's row lock, the withdrawals that count against limits since `since_ns`.
+macro_rules! usd_since {
+    ($tx:ident, $sql:ident, $customer:expr, $since:expr) => {{
+        let total: Option<i64> = sqlx::query_scalar(&$sql(
+            "SELECT CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 AND created_at >= $2 \
+             AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired')",
+        ))
+        .bind($customer)
+        .bind(ts($since))
+        .fetch_one(&mut *$tx.0)
+        .await?;
+        u(total.unwrap_or(0))
+    }};
+}
+
+/// Loads a withdrawal, locked on PostgreSQL (SQLite's writer holds the database already).
+macro_rules! lock_withdrawal {
+    ($self:ident, $tx:ident, $sql:ident, $id:expr) => {{
+        let lock = if matches!($self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+        let q = $sql(&format!("SELECT {COLUMNS} FROM withdrawals WHERE id = $1{lock}"));
+        let row: Option<WithdrawalRecord> = sqlx::query_as(&q).bind($id).fetch_optional(&mut *$tx.0).await?;
+        row
+    }};
+}
+
+/// Records the moves along `path` (each checked by the state machine) and updates the row.
+macro_rules! record_moves {
+    ($tx:ident, $sql:ident, $w:expr, $path:expr, $actor:expr, $reason:expr, $changes:expr, $now:expr) => {{
+        let w: &WithdrawalRecord = $w;
+        let mut from = w.state()?;
+        let seq: Option<i64> =
+            sqlx::query_scalar(&$sql("SELECT MAX(seq) FROM withdrawal_events WHERE withdrawal_id = $1"))
+                .bind(&w.id)
+                .fetch_one(&mut *$tx.0)
+                .await?;
+        let mut seq = seq.unwrap_or(0);
+        for &to in $path {
+            from.move_to(to).map_err(|e| StoreError::Corrupt(format!("withdrawal {}: {e}", w.id)))?;
+            seq += 1;
+            sqlx::query(&$sql(
+                "INSERT INTO withdrawal_events (withdrawal_id, seq, from_state, to_state, actor, reason, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            ))
+            .bind(&w.id)
+            .bind(seq)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind($actor)
+            .bind($reason)
+            .bind(ts($now))
+            .execute(&mut *$tx.0)
+            .await?;
+            from = to;
+        }
+        let c: &Changes<'_> = $changes;
+        let expires = c.expires_at_ns.map(i).transpose()?;
+        let q = $sql(&format!(
+            "UPDATE withdrawals SET state = $1, updated_at = $2, screening = COALESCE($3, screening), \
+             risk_score = COALESCE($4, risk_score), risk_case = COALESCE($5, risk_case), \
+             review_id = COALESCE($6, review_id), policy_version = COALESCE($7, policy_version), \
+             policy_rule = COALESCE($8, policy_rule), requirement = COALESCE($9, requirement), \
+             reason = COALESCE($10, reason), custody_tx = COALESCE($11, custody_tx), \
+             network_fee = COALESCE($12, network_fee), expires_at = COALESCE($13, expires_at) \
+             WHERE id = $14 RETURNING {COLUMNS}"
+        ));
+        let row: WithdrawalRecord = sqlx::query_as(&q)
+            .bind(from.as_str())
+            .bind(ts($now))
+            .bind(c.screening)
+            .bind(c.risk_score)
+            .bind(c.risk_case)
+            .bind(c.review_id)
+            .bind(c.policy_version)
+            .bind(c.policy_rule)
+            .bind(c.requirement)
+            .bind(c.reason)
+            .bind(c.custody_tx)
+            .bind(c.network_fee)
+            .bind(expires)
+            .bind(&w.id)
+            .fetch_one(&mut *$tx.0)
+            .await?;
+        row
+    }};
+}
+
+/// Applies a ledger batch (a hold's void or post) inside the transaction; anything but recorded is a bug or a
+/// race the caller must see, so it rolls everything back.
+macro_rules! ledger_batch {
+    ($tx:ident, $batch:expr, $now:expr) => {{
+        let batch: &[NewTransfer] = $batch;
+        if !batch.is_empty() {
+            let results = flow::create_transfers(&mut $tx, batch, $now).await?;
+            if let Some(bad) = results.iter().find(|r| !r.is_recorded()) {
+                return Err(StoreError::Corrupt(format!(
+                    "the ledger refused a withdrawal's hold change: {}",
+                    bad.as_str()
+                )));
+            }
+        }
+    }};
+}
+
+impl Store {
+    /// Records a withdrawal and holds its funds, in one transaction: under the customer's row lock it re-reads the
+    /// account's status and withdrawal lock, answers a retried idempotency key with the withdrawal it made, sums
+    /// the day's and month's withdrawals for `limits`, and creates the hold. Nothing is written unless all pass.
+    pub async fn request_withdrawal<E>(
+        &self,
+        new: &NewWithdrawal<'_>,
+        day_start_ns: u64,
+        month_start_ns: u64,
+        frozen_ok: bool,
+        limits: impl FnOnce(Position) -> Result<(), E>,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<Requested<E>, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+            let q = sql(&format!(
+                "SELECT status, withdrawal_lock_until, withdrawal_lock_reason, kyc_level FROM customers \
+                 WHERE id = $1{lock}"
+            ));
+            let row: Option<(String, Option<i64>, Option<String>, i64)> =
+                sqlx::query_as(&q).bind(new.customer_id).fetch_optional(&mut *tx.0).await?;
+            let Some((status, lock_until, lock_reason, kyc_level)) = row else {
+                return Ok(Requested::NotActive);
+            };
+            let q = sql(&format!("SELECT {COLUMNS} FROM withdrawals WHERE customer_id = $1 AND idempotency_key = $2"));
+            let existing: Option<WithdrawalRecord> =
+                sqlx::query_as(&q).bind(new.customer_id).bind(new.idempotency_key).fetch_optional(&mut *tx.0).await?;
+            if let Some(existing) = existing {
+                return Ok(if existing.request_hash == new.request_hash {
+                    Requested::Existing(existing)
+                } else {
+                    Requested::KeyReused
+                });
+            }
+            if status != "active" && !(frozen_ok && status == "frozen") {
+                return Ok(Requested::NotActive);
+            }
+            if let Some(until) = lock_until.map(u).filter(|&until| until > now_ns) {
+                return Ok(Requested::Locked {
+                    until_ns: until,
+                    reason: lock_reason.unwrap_or_else(|| "security change".into()),
+                });
+            }
+            let position = Position {
+                kyc_level: u8::try_from(kyc_level).unwrap_or(0),
+                today_usd_micro: usd_since!(tx, sql, new.customer_id, day_start_ns),
+                month_usd_micro: usd_since!(tx, sql, new.customer_id, month_start_ns),
+            };
+            if let Err(e) = limits(position) {
+                return Ok(Requested::OverLimit(e));
+            }
+            let results = flow::create_transfers(&mut tx, std::slice::from_ref(&new.hold), now_ns).await?;
+            if results[0] != CreateTransferResult::Ok {
+                return Ok(Requested::Ledger(results[0]));
+            }
+            let q = sql(&format!(
+                "INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, \
+                 usd_micro, address, whitelist_id, initiator, actor, state, created_at, updated_at) VALUES ($1, $2, \
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'requested', $13, $13) RETURNING {COLUMNS}"
+            ));
+            let record: WithdrawalRecord = sqlx::query_as(&q)
+                .bind(new.id)
+                .bind(new.customer_id)
+                .bind(new.idempotency_key)
+                .bind(new.request_hash.to_vec())
+                .bind(new.asset)
+                .bind(new.amount.to_string())
+                .bind(new.fee_held.to_string())
+                .bind(i(new.usd_micro)?)
+                .bind(new.address)
+                .bind(new.whitelist_id)
+                .bind(new.initiator)
+                .bind(new.actor)
+                .bind(ts(now_ns))
+                .fetch_one(&mut *tx.0)
+                .await?;
+            write_effects!(tx, sql, new.customer_id, now_ns, effects, auditor);
+            Requested::Recorded(record)
+        })
+        .pipe(Ok)
+    }
+
+    /// Moves a withdrawal that is in `from` along `path` (every step checked by the state machine and recorded),
+    /// with `changes`, a ledger batch (the hold's void or post) and `effects`, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn advance_withdrawal(
+        &self,
+        id: &str,
+        from: State,
+        path: &[State],
+        actor: &str,
+        reason: &str,
+        changes: &Changes<'_>,
+        ledger: &[NewTransfer],
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<Advanced, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let Some(w) = lock_withdrawal!(self, tx, sql, id) else { return Ok(Advanced::NotFound) };
+            if w.state != from.as_str() {
+                return Ok(Advanced::Stale(w.state));
+            }
+            let row = record_moves!(tx, sql, &w, path, actor, reason, changes, now_ns);
+            ledger_batch!(tx, ledger, now_ns);
+            write_effects!(tx, sql, w.customer_id, now_ns, effects, auditor);
+            Advanced::Done(row)
+        })
+        .pipe(Ok)
+    }
+
+    /// Records the transaction that pays these withdrawals (signed, its inputs reserved) and moves each of them
+    /// from the state it was seen in to `signing`, in one transaction: `None`, and nothing written, if an input is
+    /// reserved already or a withdrawal moved meanwhile (cancelled by its customer, say).
+    pub async fn pay_withdrawals(
+        &self,
+        payments: Vec<Payment>,
+        custody_tx: &CustodyTx,
+        spends: &[(Vec<u8>, u32)],
+        actor: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let Some(tx_id) = insert_custody_tx!(tx, sql, custody_tx, spends, now_ns) else { return Ok(None) };
+            for p in payments {
+                let Some(w) = lock_withdrawal!(self, tx, sql, &p.id) else { return Ok(None) };
+                if w.state != p.from.as_str() {
+                    return Ok(None);
+                }
+                let changes =
+                    Changes { custody_tx: Some(tx_id), network_fee: Some(i(p.network_fee)?), ..Changes::default() };
+                record_moves!(tx, sql, &w, &[State::Signing], actor, "paid by the hot wallet", &changes, now_ns);
+                write_effects!(tx, sql, w.customer_id, now_ns, p.effects, auditor);
+            }
+            let records = records
+                .into_iter()
+                .map(|mut r| {
+                    r.target = format!("custody_tx:{tx_id}");
+                    r
+                })
+                .collect();
+            audit::append(&mut tx, records, auditor).await?;
+            Some(tx_id)
+        })
+        .pipe(Ok)
+    }
+
+    /// Records a staff approval of a withdrawal awaiting approval: `decide` sees the approvals so far and answers
+    /// the layer this one counts for and whether the policy's requirement is then met (in which case the
+    /// withdrawal moves to `approved` in the same transaction).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn approve_withdrawal(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: &str,
+        decide: impl FnOnce(&WithdrawalRecord, &[Approval]) -> Result<(u32, bool), ApprovalRefused>,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<Approved, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let Some(w) = lock_withdrawal!(self, tx, sql, id) else { return Ok(Approved::NotFound) };
+            if w.state != State::AwaitingApproval.as_str() {
+                return Ok(Approved::NotAwaiting(w.state));
+            }
+            let rows: Vec<(String, i64)> = sqlx::query_as(&sql(
+                "SELECT approver, layer FROM withdrawal_approvals WHERE withdrawal_id = $1 ORDER BY created_at",
+            ))
+            .bind(id)
+            .fetch_all(&mut *tx.0)
+            .await?;
+            let approvals: Vec<Approval> = rows
+                .into_iter()
+                .map(|(approver, layer)| Approval { approver, layer: u32::try_from(layer).unwrap_or(u32::MAX) })
+                .collect();
+            let (layer, complete) = match decide(&w, &approvals) {
+                Ok(d) => d,
+                Err(refused) => return Ok(Approved::Refused(refused)),
+            };
+            sqlx::query(&sql("INSERT INTO withdrawal_approvals (withdrawal_id, approver, layer, reason, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)"))
+            .bind(id)
+            .bind(approver)
+            .bind(i64::from(layer))
+            .bind(reason)
+            .bind(ts(now_ns))
+            .execute(&mut *tx.0)
+            .await?;
+            if complete {
+                record_moves!(
+                    tx,
+                    sql,
+                    &w,
+                    &[State::Approved],
+                    approver,
+                    "approvals complete",
+                    &Changes::default(),
+                    now_ns
+                );
+            }
+            write_effects!(tx, sql, w.customer_id, now_ns, effects, auditor);
+            Approved::Recorded { layer, complete }
+        })
+        .pipe(Ok)
+    }
+
+    /// The approvals of a withdrawal, in order: (approval, reason, time).
+    pub async fn withdrawal_approvals(&self, id: &str) -> Result<Vec<(Approval, String, i64)>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(&sql(
+                "SELECT approver, layer, reason, created_at FROM withdrawal_approvals WHERE withdrawal_id = $1 \
+                 ORDER BY created_at, approver",
+            ))
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(approver, layer, reason, at)| {
+                    (Approval { approver, layer: u32::try_from(layer).unwrap_or(u32::MAX) }, reason, at)
+                })
+                .collect())
+        })
+    }
+
+    /// A withdrawal by id.
+    pub async fn withdrawal(&self, id: &str) -> Result<Option<WithdrawalRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!("SELECT {COLUMNS} FROM withdrawals WHERE id = $1"));
+            Ok(sqlx::query_as(&q).bind(id).fetch_optional(pool).await?)
+        })
+    }
+
+    /// A customer's withdrawal by its idempotency key.
+    pub async fn customer_withdrawal_by_key(
+        &self,
+        customer_id: i64,
+        key: &str,
+    ) -> Result<Option<WithdrawalRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!("SELECT {COLUMNS} FROM withdrawals WHERE customer_id = $1 AND idempotency_key = $2"));
+            Ok(sqlx::query_as(&q).bind(customer_id).bind(key).fetch_optional(pool).await?)
+        })
+    }
+
+    /// Micro-dollars of a customer's withdrawals that count against limits, asked since `since_ns`.
+    pub async fn withdrawn_usd_since(&self, customer_id: i64, since_ns: u64) -> Result<u64, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let total: Option<i64> = sqlx::query_scalar(&sql(
+                "SELECT CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 AND created_at >= $2 \
+                 AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired')",
+            ))
+            .bind(customer_id)
+            .bind(ts(since_ns))
+            .fetch_one(pool)
+            .await?;
+            Ok(u(total.unwrap_or(0)))
+        })
+    }
+
+    /// A customer's withdrawals, newest first.
+    pub async fn customer_withdrawals(
+        &self,
+        customer_id: i64,
+        limit: u32,
+    ) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!(
+                "SELECT {COLUMNS} FROM withdrawals WHERE customer_id = $1 ORDER BY created_at DESC, id LIMIT $2"
+            ));
+            Ok(sqlx::query_as(&q).bind(customer_id).bind(i64::from(limit)).fetch_all(pool).await?)
+        })
+    }
+
+    /// Withdrawals in one of `states` last moved at or before `before_ns`, oldest first.
+    pub async fn withdrawals_in(
+        &self,
+        states: &[State],
+        before_ns: u64,
+        limit: u32,
+    ) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        let names: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!(
+                "SELECT {COLUMNS} FROM withdrawals WHERE state IN ({}) AND updated_at <= $1 \
+                 ORDER BY updated_at, id LIMIT $2",
+                names.join(", ")
+            ));
+            Ok(sqlx::query_as(&q).bind(ts(before_ns)).bind(i64::from(limit)).fetch_all(pool).await?)
+        })
+    }
+
+    /// The withdrawals a custody transaction pays.
+    pub async fn withdrawals_of_custody_tx(&self, custody_tx: i64) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!("SELECT {COLUMNS} FROM withdrawals WHERE custody_tx = $1 ORDER BY id"));
+            Ok(sqlx::query_as(&q).bind(custody_tx).fetch_all(pool).await?)
+        })
+    }
+
+    /// The moves a withdrawal made: (from, to, actor, reason, time).
+    pub async fn withdrawal_events(&self, id: &str) -> Result<Vec<(String, String, String, String, i64)>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            Ok(sqlx::query_as(&sql(
+                "SELECT from_state, to_state, actor, reason, at FROM withdrawal_events WHERE withdrawal_id = $1 \
+                 ORDER BY seq",
+            ))
+            .bind(id)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// The staff queue: withdrawals in `states`, oldest first, with the customer's and the destination's history.
+    pub async fn withdrawal_queue(&self, states: &[State], limit: u32) -> Result<Vec<QueueItem>, StoreError> {
+        let waiting = self.withdrawals_in(states, u64::MAX >> 1, limit).await?;
+        let mut out = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            let approvals = self.withdrawal_approvals(&w.id).await?;
+            let (customer_confirmed, destination_seen) = on_reader!(self, |pool, sql| {
+                let mine: (i64, Option<i64>) = sqlx::query_as(&sql(
+                    "SELECT COUNT(*), CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 \
+                     AND state = 'confirmed'",
+                ))
+                .bind(w.customer_id)
+                .fetch_one(pool)
+                .await?;
+                let seen: (i64, i64) = sqlx::query_as(&sql(
+                    "SELECT COUNT(*), COUNT(DISTINCT customer_id) FROM withdrawals WHERE address = $1 AND id <> $2",
+                ))
+                .bind(&w.address)
+                .bind(&w.id)
+                .fetch_one(pool)
+                .await?;
+                ((mine.0, mine.1.unwrap_or(0)), seen)
+            });
+            out.push(QueueItem { withdrawal: w, approvals, customer_confirmed, destination_seen });
+        }
+        Ok(out)
+    }
+
+    /// The active withdrawal policy.
+    pub async fn active_withdrawal_policy(&self) -> Result<Option<PolicyRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            Ok(sqlx::query_as(&sql(
+                "SELECT version, body, proposed_by, state, decided_by, note, created_at, decided_at \
+                 FROM withdrawal_policies WHERE state = 'active'",
+            ))
+            .fetch_optional(pool)
+            .await?)
+        })
+    }
+
+    /// Every version of the policy, newest first.
+    pub async fn withdrawal_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            Ok(sqlx::query_as(&sql(
+                "SELECT version, body, proposed_by, state, decided_by, note, created_at, decided_at \
+                 FROM withdrawal_policies ORDER BY version DESC",
+            ))
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Installs the first policy when there is none (at start-up, from the configuration): `false` if one exists.
+    pub async fn install_withdrawal_policy(
+        &self,
+        body: &str,
+        by: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let any: i64 =
+                sqlx::query_scalar(&sql("SELECT COUNT(*) FROM withdrawal_policies")).fetch_one(&mut *tx.0).await?;
+            if any > 0 {
+                return Ok(false);
+            }
+            sqlx::query(&sql(
+                "INSERT INTO withdrawal_policies (version, body, proposed_by, state, decided_by, note, created_at, \
+                 decided_at) VALUES (1, $1, $2, 'active', $2, 'installed from the configuration', $3, $3)",
+            ))
+            .bind(body)
+            .bind(by)
+            .bind(ts(now_ns))
+            .execute(&mut *tx.0)
+            .await?;
+            audit::append(&mut tx, records, auditor).await?;
+            true
+        })
+        .pipe(Ok)
+    }
+
+    /// Proposes a new version of the policy: the next version number, `proposed`.
+    pub async fn propose_withdrawal_policy(
+        &self,
+        body: &str,
+        by: &str,
+        note: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<i32, StoreError> {
+        on_backend!(self, |tx, sql| {
+            // The head row's lock (SQLite: the writer) orders concurrent proposals; a race on the key is retried.
+            let version: i32 = sqlx::query_scalar(&sql(
+                "INSERT INTO withdrawal_policies (version, body, proposed_by, state, note, created_at) \
+                 SELECT COALESCE(MAX(version), 0) + 1, $1, $2, 'proposed', $3, $4 FROM withdrawal_policies \
+                 RETURNING version",
+            ))
+            .bind(body)
+            .bind(by)
+            .bind(note)
+            .bind(ts(now_ns))
+            .fetch_one(&mut *tx.0)
+            .await?;
+            let records = records
+                .into_iter()
+                .map(|mut r| {
+                    r.details.insert("version".into(), version.to_string());
+                    r
+                })
+                .collect();
+            audit::append(&mut tx, records, auditor).await?;
+            version
+        })
+        .pipe(Ok)
+    }
+
+    /// Decides a proposed policy: a person other than its proposer activates it (the active one is superseded) or
+    /// rejects it, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decide_withdrawal_policy(
+        &self,
+        version: i32,
+        approve: bool,
+        by: &str,
+        note: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<PolicyDecided, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+            let q = sql(&format!(
+                "SELECT version, body, proposed_by, state, decided_by, note, created_at, decided_at \
+                 FROM withdrawal_policies WHERE version = $1{lock}"
+            ));
+            let row: Option<PolicyRecord> = sqlx::query_as(&q).bind(version).fetch_optional(&mut *tx.0).await?;
+            let Some(row) = row else { return Ok(PolicyDecided::NotFound) };
+            if row.state != "proposed" {
+                return Ok(PolicyDecided::NotProposed);
+            }
+            if row.proposed_by == by {
+                return Ok(PolicyDecided::OwnProposal);
+            }
+            if approve {
+                sqlx::query(&sql("UPDATE withdrawal_policies SET state = 'superseded' WHERE state = 'active'"))
+                    .execute(&mut *tx.0)
+                    .await?;
+            }
+            let q = sql("UPDATE withdrawal_policies SET state = $1, decided_by = $2, note = $3, decided_at = $4 \
+                 WHERE version = $5 RETURNING version, body, proposed_by, state, decided_by, note, created_at, \
+                 decided_at");
+            let done: PolicyRecord = sqlx::query_as(&q)
+                .bind(if approve { "active" } else { "rejected" })
+                .bind(by)
+                .bind(note)
+                .bind(ts(now_ns))
+                .bind(version)
+                .fetch_one(&mut *tx.0)
+                .await?;
+            audit::append(&mut tx, records, auditor).await?;
+            PolicyDecided::Done(done)
+        })
+        .pipe(Ok)
+    }
+
+    /// Adds an address to a customer's whitelist, unconfirmed until the emailed link is followed. `None` if it is
+    /// on the list already.
+    pub async fn add_whitelist_address(
+        &self,
+        customer_id: i64,
+        asset: &str,
+        address: &str,
+        label: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: impl FnOnce(i64) -> Effects,
+    ) -> Result<Option<WhitelistEntry>, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let q = sql(&format!(
+                "INSERT INTO whitelist_addresses (customer_id, asset, address, label, state, created_at) \
+                 VALUES ($1, $2, $3, $4, 'unconfirmed', $5) ON CONFLICT DO NOTHING RETURNING {WHITELIST_COLUMNS}"
+            ));
+            let row: Option<WhitelistEntry> = sqlx::query_as(&q)
+                .bind(customer_id)
+                .bind(asset)
+                .bind(address)
+                .bind(label)
+                .bind(ts(now_ns))
+                .fetch_optional(&mut *tx.0)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            write_effects!(tx, sql, customer_id, now_ns, effects(row.id), auditor);
+            Some(row)
+        })
+        .pipe(Ok)
+    }
+
+    /// Confirms an unconfirmed whitelist entry (the emailed link): usable from `usable_at_ns`.
+    pub async fn confirm_whitelist_address(
+        &self,
+        id: i64,
+        customer_id: i64,
+        usable_at_ns: u64,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<Option<WhitelistEntry>, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let q = sql(&format!(
+                "UPDATE whitelist_addresses SET state = 'active', confirmed_at = $1, usable_at = $2 \
+                 WHERE id = $3 AND customer_id = $4 AND state = 'unconfirmed' RETURNING {WHITELIST_COLUMNS}"
+            ));
+            let row: Option<WhitelistEntry> = sqlx::query_as(&q)
+                .bind(ts(now_ns))
+                .bind(ts(usable_at_ns))
+                .bind(id)
+                .bind(customer_id)
+                .fetch_optional(&mut *tx.0)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            write_effects!(tx, sql, customer_id, now_ns, effects, auditor);
+            Some(row)
+        })
+        .pipe(Ok)
+    }
+
+    /// Removes a whitelist entry.
+    pub async fn remove_whitelist_address(
+        &self,
+        id: i64,
+        customer_id: i64,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<Option<WhitelistEntry>, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let q = sql(&format!(
+                "UPDATE whitelist_addresses SET state = 'removed', removed_at = $1 WHERE id = $2 AND customer_id = $3 \
+                 AND state <> 'removed' RETURNING {WHITELIST_COLUMNS}"
+            ));
+            let row: Option<WhitelistEntry> =
+                sqlx::query_as(&q).bind(ts(now_ns)).bind(id).bind(customer_id).fetch_optional(&mut *tx.0).await?;
+            let Some(row) = row else { return Ok(None) };
+            write_effects!(tx, sql, customer_id, now_ns, effects, auditor);
+            Some(row)
+        })
+        .pipe(Ok)
+    }
+
+    /// A customer's live whitelist (unconfirmed and active entries).
+    pub async fn whitelist(&self, customer_id: i64) -> Result<Vec<WhitelistEntry>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!(
+                "SELECT {WHITELIST_COLUMNS} FROM whitelist_addresses WHERE customer_id = $1 AND state <> 'removed' \
+                 ORDER BY id"
+            ));
+            Ok(sqlx::query_as(&q).bind(customer_id).fetch_all(pool).await?)
+        })
+    }
+
+    /// The live whitelist entry of an address.
+    pub async fn whitelist_entry(
+        &self,
+        customer_id: i64,
+        asset: &str,
+        address: &str,
+    ) -> Result<Option<WhitelistEntry>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!(
+                "SELECT {WHITELIST_COLUMNS} FROM whitelist_addresses WHERE customer_id = $1 AND asset = $2 \
+                 AND address = $3 AND state <> 'removed'"
+            ));
+            Ok(sqlx::query_as(&q).bind(customer_id).bind(asset).bind(address).fetch_optional(pool).await?)
+        })
+    }
+
+    /// Whether the customer withdraws to whitelisted addresses only.
+    pub async fn whitelist_only(&self, customer_id: i64) -> Result<bool, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let on: Option<bool> = sqlx::query_scalar(&sql("SELECT whitelist_only FROM customers WHERE id = $1"))
+                .bind(customer_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(on.unwrap_or(false))
+        })
+    }
+
+    /// Turns the whitelist-only mode on or off, with a withdrawal lock when turning it off (a security change).
+    pub async fn set_whitelist_only(
+        &self,
+        customer_id: i64,
+        on: bool,
+        lock: Option<(u64, &str)>,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let changed =
+                sqlx::query(&sql("UPDATE customers SET whitelist_only = $1 WHERE id = $2 AND whitelist_only <> $1"))
+                    .bind(on)
+                    .bind(customer_id)
+                    .execute(&mut *tx.0)
+                    .await?
+                    .rows_affected();
+            if changed == 0 {
+                return Ok(false);
+            }
+            if let Some((until, reason)) = lock {
+                sqlx::query(&sql(
+                    "UPDATE customers SET withdrawal_lock_until = $1, withdrawal_lock_reason = $2 WHERE id = $3 \
+                     AND (withdrawal_lock_until IS NULL OR withdrawal_lock_until < $1)",
+                ))
+                .bind(ts(until))
+                .bind(reason)
+                .bind(customer_id)
+                .execute(&mut *tx.0)
+                .await?;
+            }
+            write_effects!(tx, sql, customer_id, now_ns, effects, auditor);
+            true
+        })
+        .pipe(Ok)
+    }
+}
