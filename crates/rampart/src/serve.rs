@@ -96,8 +96,12 @@ async fn dev_unseal(config: &Config, store: &rampart_store::Store) -> anyhow::Re
         Some(seal) => seal,
         None => {
             let admins = vec!["admin".to_owned(), "admin2".to_owned()];
-            crate::init::initialise(store, 5, 3, &admins, Some(&dir)).await?;
+            let done = crate::init::initialise(store, 5, 3, &admins, Some(&dir)).await?;
             println!("  initialised: 5 unseal shares written to {} (development only!)", dir.display());
+            // The first administrators' one-time enrolment codes, printed once as `rampart init` prints them.
+            for (name, code) in &done.admins {
+                println!("  first administrator {name}: enrolment code {}", secrecy::ExposeSecret::expose_secret(code));
+            }
             store.seal_config().await?.context("the seal configuration was just written")?
         }
     };

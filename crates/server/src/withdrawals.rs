@@ -358,6 +358,11 @@ pub(crate) async fn advance(
         _ => vec![],
     };
     let n = notification(state, w, last, reason)?;
+    // The reason of the last move is the one the customer and staff see.
+    let mut changes = changes.clone();
+    if changes.reason.is_none() && !reason.is_empty() {
+        changes.reason = Some(reason);
+    }
     let effects = Effects {
         records,
         notices: vec![if emailed(last) { notice(&keyring, n, None) } else { in_app(n) }],
@@ -371,7 +376,7 @@ pub(crate) async fn advance(
             path,
             actor,
             reason,
-            changes,
+            &changes,
             &ledger,
             state.now_ns(),
             &state.auditor(&keyring),

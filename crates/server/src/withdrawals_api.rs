@@ -289,6 +289,13 @@ pub(crate) async fn request(
     let today = store.withdrawn_usd_since(customer_id, day_start).await?;
     let month = store.withdrawn_usd_since(customer_id, month_start).await?;
     limits.check(kyc, today, month, usd).map_err(over_limit)?;
+    // The balance, read before the gates with side effects (the risk engine learns from every request it scores);
+    // the hold in the recording transaction is what decides.
+    let fee_held = config.fee_held.get(asset.code.as_str()).copied().unwrap_or(0);
+    let account = store.account(customer_ledger_account(customer_id, asset.code.as_str())).await?;
+    if account.is_none_or(|a| a.available().units() < amount + fee_held) {
+        return Err(insufficient_funds());
+    }
 
     // Sanctions and the exchange's address lists.
     let mut address_note = "clear".to_owned();
@@ -356,7 +363,6 @@ pub(crate) async fn request(
 
     // Recorded, with the funds held, in one transaction.
     crate::custody::ensure_custody_accounts(&state, asset.code.as_str()).await?;
-    let fee_held = config.fee_held.get(asset.code.as_str()).copied().unwrap_or(0);
     let id: u128 = loop {
         let v = u128::from_be_bytes(rand::random());
         if v != 0 {
@@ -445,11 +451,7 @@ pub(crate) async fn request(
         Requested::OverLimit(e) => return Err(over_limit(e)),
         Requested::Ledger(result) => {
             return Err(match result {
-                rampart_ledger::CreateTransferResult::ExceedsCredits => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "insufficient_funds",
-                    "the available balance does not cover the amount and the network fee held with it",
-                ),
+                rampart_ledger::CreateTransferResult::ExceedsCredits => insufficient_funds(),
                 other => ApiError::new(
                     StatusCode::CONFLICT,
                     other.as_str(),
@@ -496,6 +498,14 @@ pub(crate) async fn request(
         _ => store.withdrawal(&w.id).await?.ok_or_else(|| internal("a recorded withdrawal vanished"))?,
     };
     Ok((StatusCode::CREATED, Json(view(&state, &w).await?)))
+}
+
+fn insufficient_funds() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "insufficient_funds",
+        "the available balance does not cover the amount and the network fee held with it",
+    )
 }
 
 fn key_reused() -> ApiError {

@@ -49,10 +49,10 @@ CREATE TABLE withdrawals (
         'expired')),
     -- What the gates found, as JSON (risk decision and reasons, screening verdict, policy decision).
     screening       TEXT NOT NULL DEFAULT '{}',
-    risk_score      INTEGER NOT NULL DEFAULT 0,
+    risk_score      BIGINT NOT NULL DEFAULT 0,
     risk_case       BIGINT,
     review_id       BIGINT,
-    policy_version  INTEGER,
+    policy_version  BIGINT,
     policy_rule     TEXT,
     requirement     TEXT,
     reason          TEXT,
@@ -71,7 +71,7 @@ CREATE INDEX withdrawals_custody_tx ON withdrawals (custody_tx);
 -- Every transition, in order: the state machine's own record beside the audit log.
 CREATE TABLE withdrawal_events (
     withdrawal_id TEXT NOT NULL REFERENCES withdrawals (id),
-    seq           INTEGER NOT NULL,
+    seq           BIGINT NOT NULL,
     from_state    TEXT NOT NULL,
     to_state      TEXT NOT NULL,
     actor         TEXT NOT NULL,
@@ -83,7 +83,7 @@ CREATE TABLE withdrawal_events (
 CREATE TABLE withdrawal_approvals (
     withdrawal_id TEXT NOT NULL REFERENCES withdrawals (id),
     approver      TEXT NOT NULL,
-    layer         INTEGER NOT NULL,
+    layer         BIGINT NOT NULL,
     reason        TEXT NOT NULL,
     created_at    BIGINT NOT NULL,
     PRIMARY KEY (withdrawal_id, approver)

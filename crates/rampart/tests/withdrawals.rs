@@ -1,0 +1,586 @@
+//! Withdrawals end to end, over HTTP against the real binary on the development chain, on SQLite and PostgreSQL:
+//! a small withdrawal straight through to confirmation; a large one waiting for three staff approvals; one above
+//! USD 10,000 through the three compliance levels; one frozen by the risk engine and released by a reviewer; a
+//! sanctioned destination refused; a withdrawal during the security lock refused with its end; a whitelisted address
+//! refused until its cooling-off ends; a customer cancelling; a broadcast the chain refuses returning the funds; a
+//! withdrawal forced into `approved` behind the policy's back never signed; 500 concurrent requests from one
+//! account never overdrawing it.
+
+#[allow(dead_code)]
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::customer::*;
+use common::production::Staff;
+use common::{Answer, Api, Db, Server};
+use serde_json::{Value, json};
+
+const SAT_PER_BTC: u64 = 100_000_000;
+/// The network fee held with each withdrawal (the server's default, 0.0002 BTC).
+const FEE_HELD_SAT: u64 = 20_000;
+/// How long the worker may take to move a withdrawal.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config() -> String {
+    r#"
+[identity]
+client_ip_header = "x-forwarded-for"
+step_up_window_s = 900
+rate_limit_per_s = 100000
+rate_limit_burst = 100000
+
+[mail]
+outbox_interval_ms = 100
+
+[custody]
+interval_ms = 100
+dev_block_interval_s = 0
+
+[compliance]
+# Level 0 may withdraw USD 60,000 a day here, so that one customer can show every path.
+kyc_limits_usd = [[60000, 100000], [60000, 100000], [60000, 100000]]
+
+[withdrawals]
+# From USD 5,000 the default policy asks for three approvals; above USD 10,000 the compliance review comes first.
+large_usd = 5000
+cooling_off_s = 3
+min_amount = { BTC = "0.000001" }
+resume_after_s = 2
+"#
+    .to_owned()
+}
+
+/// A regtest address of its own for each `n` (a P2WSH of a one-byte script).
+fn address(n: u8) -> String {
+    let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, n]);
+    bitcoin::Address::p2wsh(&script, bitcoin::Network::Regtest).to_string()
+}
+
+fn btc(sat: u64) -> String {
+    format!("{}.{:08}", sat / SAT_PER_BTC, sat % SAT_PER_BTC).trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn sat(text: &str) -> u64 {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let frac = format!("{frac:0<8}");
+    whole.parse::<u64>().expect("whole") * SAT_PER_BTC + frac.parse::<u64>().expect("fraction")
+}
+
+struct World {
+    ctx: Ctx,
+    root: Api,
+    approvers: Vec<(Staff, Api)>,
+    reviewers: Vec<(Staff, Api)>,
+    risk: (Staff, Api),
+    db_url: String,
+}
+
+impl World {
+    async fn mine(&self, blocks: u64) {
+        self.root.post("/v1/dev/chain/mine", &json!({"blocks": blocks})).await.expect(200);
+    }
+
+    async fn faucet(&self, address: &str, sat: u64) {
+        let answer = self.root.post("/v1/dev/chain/faucet", &json!({"address": address, "amount_sat": sat})).await;
+        assert!(answer.status.is_success(), "{}", answer.text);
+    }
+
+    /// Pays the hot wallet `sat` (in a block of its own) and waits until the watcher has seen it.
+    async fn fund_hot(&self, sat: u64) {
+        let status = self.root.get("/v1/custody/status").await.expect(200).clone();
+        let hot = status["hot_address"].as_str().expect("a hot wallet").to_owned();
+        let before = status["hot_sat"].as_u64().unwrap_or(0);
+        self.faucet(&hot, sat).await;
+        self.mine(1).await;
+        wait_for("the hot wallet's coins", || async {
+            let s = self.root.get("/v1/custody/status").await.expect(200).clone();
+            s["hot_sat"].as_u64().unwrap_or(0) >= before + sat
+        })
+        .await;
+    }
+
+    /// A customer signed in with `sat` deposited and credited.
+    async fn customer(&self, label: &str, sat: u64) -> Customer {
+        let mut c = Customer::register(&self.ctx, label).await;
+        c.sign_in().await;
+        if sat > 0 {
+            let answer = c.post("/v1/me/deposit-address", &json!({})).await;
+            let deposit = answer.expect(200)["address"].as_str().expect("an address").to_owned();
+            self.faucet(&deposit, sat).await;
+            self.mine(3).await;
+            let wanted = btc(sat);
+            wait_for("the deposit credited", || async { available(&c).await == sat }).await;
+            assert_eq!(btc(available(&c).await), wanted);
+        }
+        c
+    }
+
+    async fn staff_decide(&self, who: &mut (Staff, Api), id: &str, verb: &str) -> Answer {
+        let code = who.0.authenticator.next_code().await;
+        who.1
+            .post(
+                &format!("/v1/withdrawals/{id}/{verb}"),
+                &json!({"reason": format!("{verb} after checking"), "totp_code": code}),
+            )
+            .await
+    }
+}
+
+/// Waits until `check` holds, at most [`DEADLINE`].
+async fn wait_for<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn available(c: &Customer) -> u64 {
+    balance(c).await.0
+}
+
+/// (available, held) of BTC.
+async fn balance(c: &Customer) -> (u64, u64) {
+    let answer = c.get("/v1/me/balances").await;
+    let list = answer.expect(200).as_array().expect("a list").clone();
+    list.iter()
+        .find(|b| b["asset"] == json!("BTC"))
+        .map(|b| (sat(b["available"].as_str().unwrap_or("0")), sat(b["pending"].as_str().unwrap_or("0"))))
+        .unwrap_or((0, 0))
+}
+
+async fn withdraw(c: &Customer, key: &str, amount_sat: u64, to: &str, extra: Value) -> Answer {
+    let mut body = json!({"asset": "BTC", "amount": btc(amount_sat), "address": to, "idempotency_key": key});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    c.post("/v1/me/withdrawals", &body).await
+}
+
+fn travel_rule(c: &Customer, to: &str) -> Value {
+    json!({"travel_rule": {
+        "originator": {"name": "Alice Example", "account": c.handle},
+        "beneficiary": {"name": "Bob Example", "account": to, "institution": null}
+    }})
+}
+
+async fn view(c: &Customer, id: &str) -> Value {
+    c.get(&format!("/v1/me/withdrawals/{id}")).await.expect(200).clone()
+}
+
+/// Waits until the withdrawal is in `state`; answers its view.
+async fn wait_state(c: &Customer, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let v = view(c, id).await;
+        if v["state"] == json!(state) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "withdrawal {id} is not {state} within {DEADLINE:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn staff_member(root_admin: &Api, admin2: &Api, server: &Server, name: &str, role: &str) -> (Staff, Api) {
+    let (id, code) = root_admin.create_staff(name).await;
+    admin2.approve(root_admin.request_role(id, role).await).await;
+    let mut s = Staff::enrol(server, name, &code, &format!("{name}'s long passphrase"), &[role]).await;
+    s.sign_in(server, &[role]).await;
+    let api = s.api(server);
+    (s, api)
+}
+
+/// The first administrators' enrolment codes the development server printed.
+fn admin_code(server: &Server, name: &str) -> String {
+    let tail = server.log.tail();
+    let prefix = format!("first administrator {name}: enrolment code ");
+    tail.lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_owned))
+        .unwrap_or_else(|| panic!("the server printed no enrolment code for {name}:\n{tail}"))
+}
+
+on_both_backends!(withdrawals_end_to_end);
+
+async fn withdrawals_end_to_end(db: Db) {
+    let server = Server::start_with_config(&db, &config()).await;
+    let root: Api = (*server).clone();
+    let mut admin =
+        Staff::enrol(&server, "admin", &admin_code(&server, "admin"), "first administrator!", &["administrator"]).await;
+    let mut admin2 =
+        Staff::enrol(&server, "admin2", &admin_code(&server, "admin2"), "second administrator", &["administrator"])
+            .await;
+    admin.sign_in(&server, &["administrator"]).await;
+    admin2.sign_in(&server, &["administrator"]).await;
+    let (a1, a2) = (admin.api(&server), admin2.api(&server));
+    let mut approvers = Vec::new();
+    for (i, role) in ["treasury_custodian", "risk_analyst", "treasury_custodian", "risk_analyst"].iter().enumerate() {
+        approvers.push(staff_member(&a1, &a2, &server, &format!("approver{i}"), role).await);
+    }
+    let mut reviewers = Vec::new();
+    for level in 1..=3 {
+        reviewers
+            .push(staff_member(&a1, &a2, &server, &format!("reviewer{level}"), &format!("compliance_l{level}")).await);
+    }
+    let risk = staff_member(&a1, &a2, &server, "analyst", "risk_analyst").await;
+    let mut world = World {
+        ctx: Ctx { api: root.clone(), maildir: db.maildir() },
+        root: root.clone(),
+        approvers,
+        reviewers,
+        risk,
+        db_url: db.database_url_or_sqlite(),
+    };
+
+    // The hot wallet exists once a deposit address does; fund it with 2 BTC.
+    let alice = world.customer("alice", 50_000_000).await;
+    world.fund_hot(2 * SAT_PER_BTC).await;
+
+    small_goes_straight_through(&world, alice).await;
+    large_waits_for_three_approvals(&mut world).await;
+    above_ten_thousand_dollars_passes_three_compliance_levels(&mut world).await;
+    frozen_by_risk_and_released_by_a_reviewer(&mut world).await;
+    refusals_before_anything_is_held(&world).await;
+    whitelisted_addresses_wait_for_their_cooling_off(&world).await;
+    cancelled_and_failed_withdrawals_return_the_funds(&world).await;
+    nothing_is_signed_without_the_policy(&world).await;
+    concurrent_requests_never_overdraw(&world).await;
+
+    // Everything above left the ledger balanced and the audit log intact.
+    let check = root.get("/v1/ledger/check").await.expect(200).clone();
+    assert!(check["violation"].is_null(), "{check}");
+    root.assert_audit_intact().await;
+}
+
+async fn small_goes_straight_through(world: &World, mut alice: Customer) {
+    alice.step_up().await;
+    let to = address(1);
+    let answer = withdraw(&alice, "small-1", 100_000, &to, json!({})).await;
+    let created = answer.expect(201).clone();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    assert!(["approved", "signing", "broadcast"].contains(&created["state"].as_str().unwrap()), "{created}");
+    assert_eq!((created["amount"].as_str(), created["fee_held"].as_str()), (Some("0.001"), Some("0.0002")));
+    // The same request again answers the same withdrawal; the same key for another request is refused.
+    let again = withdraw(&alice, "small-1", 100_000, &to, json!({})).await;
+    assert_eq!(again.expect(200)["id"], json!(id));
+    withdraw(&alice, "small-1", 200_000, &to, json!({})).await.assert_error(409, "idempotency_key_reused");
+    // Held at once: the amount and the fee.
+    let (avail, held) = balance(&alice).await;
+    assert_eq!((avail, held), (50_000_000 - 100_000 - FEE_HELD_SAT, 100_000 + FEE_HELD_SAT));
+
+    let sent = wait_state(&alice, &id, "broadcast").await;
+    let txid = sent["txid"].as_str().expect("a txid").to_owned();
+    assert_eq!(txid.len(), 64);
+    world.mine(3).await;
+    let done = wait_state(&alice, &id, "confirmed").await;
+    let fee = sat(done["network_fee"].as_str().expect("the fee share"));
+    assert!(fee > 0 && fee <= FEE_HELD_SAT, "{done}");
+    // Posted: the amount and the actual fee left the account; the rest of the fee held came back.
+    assert_eq!(balance(&alice).await, (50_000_000 - 100_000 - fee, 0));
+    let kinds = alice.notifications().await;
+    for k in ["withdrawal_requested", "withdrawal_sent", "withdrawal_status"] {
+        assert!(kinds.contains(&k.to_owned()), "{kinds:?}");
+    }
+    alice.mail("Withdrawal sent").await;
+    // Every move, in order, on the staff view.
+    let staff = world.root.get(&format!("/v1/withdrawals/{id}")).await.expect(200).clone();
+    let moves: Vec<&str> = staff["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert_eq!(moves, ["screened", "approved", "signing", "broadcast", "confirmed"], "{staff}");
+}
+
+async fn large_waits_for_three_approvals(world: &mut World) {
+    let mut bob = world.customer("bob", 20_000_000).await;
+    bob.step_up().await;
+    let to = address(2);
+    // USD 5,400: the Travel Rule's data is required.
+    withdraw(&bob, "large-1", 6_000_000, &to, json!({})).await.assert_error(400, "travel_rule_required");
+    let answer = withdraw(&bob, "large-1", 6_000_000, &to, travel_rule(&bob, &to)).await;
+    let created = answer.expect(201).clone();
+    assert_eq!(created["state"], json!("awaiting_approval"), "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let queue = world.root.get("/v1/withdrawals").await.expect(200).clone();
+    let item = queue.as_array().unwrap().iter().find(|q| q["withdrawal"]["id"] == json!(id)).expect("queued").clone();
+    assert_eq!(item["requirement"], json!({"group": "withdrawal_approver", "threshold": 3}), "{item}");
+    assert_eq!(item["customer"], json!(bob.id));
+    assert!(item["screening"]["decision"].as_str().unwrap().contains("large"), "{item}");
+
+    // A reviewer without the permission cannot approve; each approver counts once.
+    let mut l1 = world.reviewers.remove(0);
+    world.staff_decide(&mut l1, &id, "approve").await.assert_error(403, "forbidden");
+    world.reviewers.insert(0, l1);
+    let mut first = world.approvers.remove(0);
+    let a = world.staff_decide(&mut first, &id, "approve").await;
+    assert_eq!(a.expect(200)["complete"], json!(false), "{}", a.text);
+    world.staff_decide(&mut first, &id, "approve").await.assert_error(403, "already_approved");
+    // A wrong code is refused and changes nothing.
+    let wrong = first.0.authenticator.wrong_code();
+    first
+        .1
+        .post(&format!("/v1/withdrawals/{id}/approve"), &json!({"reason": "ok", "totp_code": wrong}))
+        .await
+        .assert_error(401, "invalid_second_factor");
+    world.approvers.insert(0, first);
+    for i in 1..=2 {
+        let mut s = world.approvers.remove(i);
+        let a = world.staff_decide(&mut s, &id, "approve").await;
+        assert_eq!(a.expect(200)["complete"], json!(i == 2), "{}", a.text);
+        world.approvers.insert(i, s);
+    }
+    // A fourth approval, after the quorum, is refused.
+    let mut fourth = world.approvers.remove(3);
+    world.staff_decide(&mut fourth, &id, "approve").await.assert_error(409, "not_awaiting_approval");
+    world.approvers.insert(3, fourth);
+    wait_state(&bob, &id, "broadcast").await;
+    world.mine(3).await;
+    wait_state(&bob, &id, "confirmed").await;
+    let approvals = world.root.audit_entries("action=withdrawal.approved_by").await;
+    let mine: Vec<&Value> = approvals.iter().filter(|e| e["target"] == json!(format!("withdrawal:{id}"))).collect();
+    let success = mine.iter().filter(|e| e["outcome"] == json!("success")).count();
+    assert_eq!(success, 3, "{mine:?}");
+}
+
+async fn above_ten_thousand_dollars_passes_three_compliance_levels(world: &mut World) {
+    let mut carol = world.customer("carol", 30_000_000).await;
+    // A second sign-in from the same address: it is no longer new since the sign-in, so the risk engine's freeze of
+    // a large withdrawal from a new address right after signing in does not apply. (The engine counts in seconds.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    carol.sign_in().await;
+    carol.step_up().await;
+    let to = address(3);
+    // 0.12 BTC = USD 10,800.
+    let answer = withdraw(&carol, "review-1", 12_000_000, &to, travel_rule(&carol, &to)).await;
+    let created = answer.expect(201).clone();
+    assert_eq!(created["state"], json!("awaiting_review"), "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let reviews = world.root.get("/v1/compliance/reviews").await.expect(200).clone();
+    let review = reviews.as_array().unwrap().iter().find(|r| r["reference"] == json!(id)).expect("a review").clone();
+    let review_id = review["id"].as_i64().unwrap();
+    for (i, r) in world.reviewers.iter().enumerate() {
+        let answer =
+            r.1.post(
+                &format!("/v1/compliance/reviews/{review_id}/decide"),
+                &json!({"approve": true, "reason": format!("level {} checked", i + 1)}),
+            )
+            .await;
+        answer.expect(200);
+    }
+    // Then the policy: USD 10,800 is large, three approvals.
+    wait_state(&carol, &id, "awaiting_approval").await;
+    for i in 0..3 {
+        let mut s = world.approvers.remove(i);
+        world.staff_decide(&mut s, &id, "approve").await.expect(200);
+        world.approvers.insert(i, s);
+    }
+    wait_state(&carol, &id, "broadcast").await;
+    world.mine(3).await;
+    wait_state(&carol, &id, "confirmed").await;
+}
+
+async fn frozen_by_risk_and_released_by_a_reviewer(world: &mut World) {
+    let mut dave = world.customer("dave", 30_000_000).await;
+    dave.step_up().await;
+    let to = address(4);
+    // USD 10,800 from an address the customer never used, right after signing in: the risk engine freezes.
+    dave.ip = fresh_ip();
+    let answer = withdraw(&dave, "frozen-1", 12_000_000, &to, travel_rule(&dave, &to)).await;
+    let created = answer.expect(201).clone();
+    assert_eq!(created["state"], json!("frozen"), "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    dave.get("/v1/me").await.assert_error(403, "account_frozen");
+    let cases = world.risk.1.get("/v1/risk/cases").await.expect(200).clone();
+    let case =
+        cases.as_array().unwrap().iter().find(|c| c["customer_id"] == json!(dave.id)).expect("a risk case").clone();
+    let case_id = case["id"].as_i64().unwrap();
+    world
+        .risk
+        .1
+        .post(
+            &format!("/v1/risk/cases/{case_id}/resolve"),
+            &json!({"resolution": "release", "note": "called the customer"}),
+        )
+        .await
+        .expect(200);
+    // Released: the compliance review of a transfer above USD 10,000 goes on; the first level rejects it.
+    wait_for("the withdrawal to wait for the compliance review", || async {
+        let w = world.root.get(&format!("/v1/withdrawals/{id}")).await.expect(200).clone();
+        w["withdrawal"]["withdrawal"]["state"] == json!("awaiting_review")
+    })
+    .await;
+    let reviews = world.root.get("/v1/compliance/reviews").await.expect(200).clone();
+    let review = reviews.as_array().unwrap().iter().find(|r| r["reference"] == json!(id)).expect("a review").clone();
+    world.reviewers[0]
+        .1
+        .post(
+            &format!("/v1/compliance/reviews/{}/decide", review["id"]),
+            &json!({"approve": false, "reason": "source of funds unclear"}),
+        )
+        .await
+        .expect(200);
+    let done = wait_state(&dave, &id, "rejected").await;
+    assert!(done["reason"].as_str().unwrap().contains("compliance review"), "{done}");
+    assert_eq!(balance(&dave).await, (30_000_000, 0));
+}
+
+async fn refusals_before_anything_is_held(world: &World) {
+    let mut erin = world.customer("erin", 10_000_000).await;
+    erin.step_up().await;
+    // A sanctioned or blocked destination.
+    let blocked = address(5);
+    world
+        .root
+        .post("/v1/compliance/addresses", &json!({"address": blocked, "category": "blocked", "reason": "a mixer"}))
+        .await
+        .expect(201);
+    withdraw(&erin, "blocked-1", 100_000, &blocked, json!({})).await.assert_error(403, "destination_refused");
+    // Bad input.
+    withdraw(&erin, "bad-1", 100_000, "bc1qnotregtest", json!({})).await.assert_error(400, "invalid_address");
+    withdraw(&erin, "bad-2", 50, &address(6), json!({})).await.assert_error(400, "below_minimum");
+    withdraw(&erin, "bad 3", 100_000, &address(6), json!({})).await.assert_error(400, "invalid_idempotency_key");
+    withdraw(&erin, "big-1", 20_000_000, &address(6), travel_rule(&erin, &address(6)))
+        .await
+        .assert_error(409, "insufficient_funds");
+    // Over the daily KYC limit (USD 60,000 here): 0.7 BTC is USD 63,000.
+    withdraw(&erin, "limit-1", 70_000_000, &address(6), travel_rule(&erin, &address(6)))
+        .await
+        .assert_error(403, "over_limit");
+    assert_eq!(balance(&erin).await, (10_000_000, 0));
+
+    // Turning the whitelist-only mode off is a security change: withdrawals wait 24 hours, and the refusal says
+    // until when.
+    erin.put("/v1/me/whitelist-only", &json!({"enabled": true})).await.expect(200);
+    let before = now_s();
+    erin.put("/v1/me/whitelist-only", &json!({"enabled": false})).await.expect(200);
+    let refused = withdraw(&erin, "locked-1", 100_000, &address(6), json!({})).await;
+    refused.assert_error(403, "security_lock");
+    let message = refused.body["error"]["message"].as_str().unwrap().to_owned();
+    let until: u64 =
+        message.split('(').nth(1).and_then(|s| s.split(')').next()).and_then(|n| n.parse().ok()).expect(&message);
+    let hours = (until / 1_000_000_000 - before) / 3600;
+    assert!((23..=24).contains(&hours), "{message}");
+    assert_eq!(balance(&erin).await, (10_000_000, 0));
+}
+
+async fn whitelisted_addresses_wait_for_their_cooling_off(world: &World) {
+    let mut grace = world.customer("grace", 10_000_000).await;
+    grace.step_up().await;
+    let to = address(7);
+    let added =
+        grace.post("/v1/me/whitelist", &json!({"asset": "BTC", "address": to, "label": "my cold wallet"})).await;
+    assert_eq!(added.expect(201)["state"], json!("unconfirmed"));
+    // Until the emailed link confirms it, it cannot be used.
+    withdraw(&grace, "wl-0", 100_000, &to, json!({})).await.assert_error(403, "address_unconfirmed");
+    let mail = grace.mail("Confirm a new withdrawal address").await;
+    let confirmed = world.root.post_public("/v1/customers/whitelist/confirm", &json!({"token": mail.token()})).await;
+    assert_eq!(confirmed.expect(200)["state"], json!("active"));
+    withdraw(&grace, "wl-1", 100_000, &to, json!({})).await.assert_error(403, "address_cooling_off");
+    // With the whitelist-only mode on, any other address is refused.
+    grace.put("/v1/me/whitelist-only", &json!({"enabled": true})).await.expect(200);
+    withdraw(&grace, "wl-2", 100_000, &address(8), json!({})).await.assert_error(403, "address_not_whitelisted");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answer = withdraw(&grace, "wl-3", 100_000, &to, json!({})).await;
+    let id = answer.expect(201)["id"].as_str().unwrap().to_owned();
+    wait_state(&grace, &id, "broadcast").await;
+    world.mine(3).await;
+    wait_state(&grace, &id, "confirmed").await;
+}
+
+async fn cancelled_and_failed_withdrawals_return_the_funds(world: &World) {
+    let mut heidi = world.customer("heidi", 10_000_000).await;
+    heidi.step_up().await;
+    let to = address(9);
+    let answer = withdraw(&heidi, "cancel-1", 6_000_000, &to, travel_rule(&heidi, &to)).await;
+    let id = answer.expect(201)["id"].as_str().unwrap().to_owned();
+    assert_eq!(balance(&heidi).await, (10_000_000 - 6_000_000 - FEE_HELD_SAT, 6_000_000 + FEE_HELD_SAT));
+    let cancelled = heidi.post(&format!("/v1/me/withdrawals/{id}/cancel"), &json!({})).await;
+    assert_eq!(cancelled.expect(200)["state"], json!("cancelled"));
+    heidi.post(&format!("/v1/me/withdrawals/{id}/cancel"), &json!({})).await.assert_error(409, "not_cancellable");
+    assert_eq!(balance(&heidi).await, (10_000_000, 0));
+    // Another customer's withdrawal is not found.
+    let ivan = world.customer("ivan", 1_000_000).await;
+    ivan.get(&format!("/v1/me/withdrawals/{id}")).await.assert_error(404, "not_found");
+
+    // 300 satoshis: a dust output the chain refuses; the withdrawal fails and the funds come back.
+    let answer = withdraw(&heidi, "dust-1", 300, &to, json!({})).await;
+    let id = answer.expect(201)["id"].as_str().unwrap().to_owned();
+    let failed = wait_state(&heidi, &id, "failed").await;
+    assert!(failed["reason"].as_str().unwrap().contains("refused"), "{failed}");
+    assert_eq!(balance(&heidi).await, (10_000_000, 0));
+}
+
+async fn nothing_is_signed_without_the_policy(world: &World) {
+    let mut judy = world.customer("judy", 10_000_000).await;
+    judy.step_up().await;
+    let to = address(10);
+    let answer = withdraw(&judy, "forged-1", 6_000_000, &to, travel_rule(&judy, &to)).await;
+    let created = answer.expect(201).clone();
+    assert_eq!(created["state"], json!("awaiting_approval"));
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Someone with database access moves it to `approved` without a single approval.
+    let changed = force_state(&world.db_url, &id, "approved").await;
+    assert_eq!(changed, 1);
+    // The signer asks the policy again, which does not approve it: it is cancelled, never signed.
+    let done = wait_state(&judy, &id, "cancelled").await;
+    assert!(done["reason"].as_str().unwrap().contains("policy"), "{done}");
+    assert!(done["txid"].is_null(), "{done}");
+    assert_eq!(balance(&judy).await, (10_000_000, 0));
+}
+
+async fn force_state(url: &str, id: &str, state: &str) -> u64 {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+        sqlx::query("UPDATE withdrawals SET state = $1 WHERE id = $2")
+            .bind(state)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .expect("update")
+            .rows_affected()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        sqlx::query("UPDATE withdrawals SET state = ?1 WHERE id = ?2")
+            .bind(state)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .expect("update")
+            .rows_affected()
+    }
+}
+
+async fn concurrent_requests_never_overdraw(world: &World) {
+    // 0.003 BTC covers ten withdrawals of 0.0001 BTC with 0.0002 BTC of fee held each: 500 ask at once.
+    let mut kim = world.customer("kim", 300_000).await;
+    kim.step_up().await;
+    let kim = Arc::new(kim);
+    let to = address(11);
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let kim = kim.clone();
+        let to = to.clone();
+        tasks.push(tokio::spawn(async move {
+            let answer = withdraw(&kim, &format!("many-{i}"), 10_000, &to, json!({})).await;
+            (answer.status.as_u16(), answer.body["error"]["code"].as_str().unwrap_or_default().to_owned())
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.expect("a request") {
+            (201, _) => created += 1,
+            (409, code) if code == "insufficient_funds" => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(created, 10, "exactly ten fit");
+    let (avail, held) = balance(&kim).await;
+    assert_eq!(avail + held, 300_000);
+    assert_eq!(held, 10 * 30_000);
+    let mine = kim.get("/v1/me/withdrawals?limit=200").await.expect(200).as_array().unwrap().len();
+    assert_eq!(mine, 10);
+}
