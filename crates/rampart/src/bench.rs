@@ -49,6 +49,9 @@ pub enum BenchCommand {
     /// Sanctions screening: name queries against the whole SDN list (rate and latency on one thread), address
     /// lookups, and re-screening a million customers on every core.
     Screening(crate::bench_screening::ScreeningArgs),
+    /// Withdrawal requests accepted per second over HTTP through the whole gate chain, with latency percentiles, on
+    /// SQLite or PostgreSQL.
+    Withdrawals(crate::bench_withdrawals::WithdrawalsArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -101,6 +104,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Custody(args) => crate::bench_custody::run(args).await,
         BenchCommand::Risk(args) => crate::bench_risk::run(args).await,
         BenchCommand::Screening(args) => crate::bench_screening::run(args).await,
+        BenchCommand::Withdrawals(args) => crate::bench_withdrawals::run(args).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod bench_auth;
 mod bench_custody;
 mod bench_risk;
 mod bench_screening;
+mod bench_withdrawals;
 mod config;
 mod custodian;
 mod custodian_cmd;

@@ -44,7 +44,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use customer_api::{customer_ledger_account, mask_email, normalise_email};
+pub use customer_api::{CUSTOMER_ACCOUNT_CODE, customer_ledger_account, mask_email, normalise_email};
 pub use dto::{
     AccountRequest, AccountView, AssetTotalsView, AssetView, BatchResults, ItemResult, LedgerCheck, TransferRequest,
     TransferView,

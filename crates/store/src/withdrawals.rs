@@ -778,20 +778,21 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<bool, StoreError> {
         on_backend!(self, |tx, sql| {
-            let any: i64 =
-                sqlx::query_scalar(&sql("SELECT COUNT(*) FROM withdrawal_policies")).fetch_one(&mut *tx.0).await?;
-            if any > 0 {
-                return Ok(false);
-            }
-            sqlx::query(&sql(
+            // Two nodes (or two first requests) may install at once: the first insert wins, the other does nothing.
+            let installed = sqlx::query(&sql(
                 "INSERT INTO withdrawal_policies (version, body, proposed_by, state, decided_by, note, created_at, \
-                 decided_at) VALUES (1, $1, $2, 'active', $2, 'installed from the configuration', $3, $3)",
+                 decided_at) SELECT 1, $1, $2, 'active', $2, 'installed from the configuration', $3, $3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM withdrawal_policies) ON CONFLICT DO NOTHING",
             ))
             .bind(body)
             .bind(by)
             .bind(ts(now_ns))
             .execute(&mut *tx.0)
-            .await?;
+            .await?
+            .rows_affected();
+            if installed == 0 {
+                return Ok(false);
+            }
             audit::append(&mut tx, records, auditor).await?;
             true
         })
