@@ -31,6 +31,9 @@ step_up_window_s = 3600
 rate_limit_per_s = 100000
 rate_limit_burst = 100000
 
+[compliance]
+kyc_limits_usd = [[1000000, 1000000], [1000000, 1000000], [1000000, 1000000]]
+
 [custody]
 interval_ms = 50
 dev_block_interval_s = 0
@@ -78,14 +81,24 @@ async fn balance(c: &Customer) -> (u64, u64) {
 }
 
 async fn withdrawals(c: &Customer) -> Vec<Value> {
-    c.get("/v1/me/withdrawals?limit=200").await.expect(200).as_array().expect("a list").clone()
+    let list = c.get("/v1/me/withdrawals?limit=200").await.expect(200).as_array().expect("a list").clone();
+    // The page holds them all (a hundred rounds of at most two requests), or the sums below would be wrong.
+    assert!(list.len() < 200, "more withdrawals than one page");
+    list
 }
 
 /// The customer's money adds up: what is available, what is held for withdrawals in flight and what confirmed
 /// withdrawals spent (amount and fee share) make the deposit; holds are exactly those of withdrawals in flight.
 async fn assert_money_adds_up(c: &Customer, seed: u64, round: usize) -> Vec<Value> {
-    let (available, held) = balance(c).await;
-    let list = withdrawals(c).await;
+    // The worker moves withdrawals meanwhile: the balance is read between two identical lists, so that all three
+    // describe one moment.
+    let (list, (available, held)) = loop {
+        let before = withdrawals(c).await;
+        let balance = balance(c).await;
+        if withdrawals(c).await == before {
+            break (before, balance);
+        }
+    };
     let mut in_flight = 0;
     let mut spent = 0;
     for w in &list {
@@ -138,9 +151,9 @@ async fn killed_at_random_points(db: Db) {
     let mut made: BTreeMap<String, String> = BTreeMap::new(); // key -> withdrawal id
     let mut n = 0u32;
     for round in 0..kills {
-        // One to three requests at once, sometimes a block, then a kill at a random moment.
+        // One or two requests at once, sometimes a block, then a kill at a random moment.
         let mut tasks = Vec::new();
-        for _ in 0..rng.random_range(1..=3) {
+        for _ in 0..rng.random_range(1..=2) {
             n += 1;
             let a = Asked { key: format!("k{n}"), amount: rng.random_range(10_000..200_000), to: address(n) };
             asked.insert(a.key.clone(), a.clone());
@@ -182,7 +195,13 @@ async fn killed_at_random_points(db: Db) {
                     made.insert(a.key.clone(), body["id"].as_str().unwrap().to_owned());
                 }
                 409 if body["error"]["code"] == json!("insufficient_funds") => {}
-                other => panic!("seed {seed} round {round}: retry of {} answered {other}: {body}", a.key),
+                other => {
+                    panic!(
+                        "seed {seed} round {round}: retry of {} answered {other}: {body}\n{}",
+                        a.key,
+                        root.log.tail()
+                    )
+                }
             }
         }
         // A retry of a request that was answered answers the same withdrawal.

@@ -414,7 +414,10 @@ impl Store {
         effects: Effects,
     ) -> Result<Requested<E>, StoreError> {
         on_backend!(self, |tx, sql| {
-            let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+            // NO KEY UPDATE: it orders one customer's requests, yet lets other transactions insert rows that refer to
+            // the customer (a notification) while they hold ledger locks this one will wait for: FOR UPDATE would
+            // block their foreign-key checks, and the two would deadlock.
+            let lock = if matches!(self, Store::Postgres(_)) { " FOR NO KEY UPDATE" } else { "" };
             let q = sql(&format!(
                 "SELECT status, withdrawal_lock_until, withdrawal_lock_reason, kyc_level FROM customers \
                  WHERE id = $1{lock}"
