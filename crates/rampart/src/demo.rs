@@ -200,7 +200,7 @@ pub async fn run() -> anyhow::Result<()> {
     crate::demo_identity::run(demo.store.clone(), keyring.clone()).await?;
     crate::demo_custody::run(demo.store.clone(), keyring.clone()).await?;
     crate::demo_risk::run(demo.store.clone(), keyring).await?;
-    println!("\nThe end (for now): withdrawals and reserves come next.");
+    println!("\nThe end (for now): proof of reserves comes next.");
     Ok(())
 }
 

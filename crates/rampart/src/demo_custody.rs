@@ -64,6 +64,19 @@ pub(crate) async fn staff_session(
     name: &str,
     role: Role,
 ) -> anyhow::Result<String> {
+    Ok(staff_with_totp(http, state, clock, keyring, name, role).await?.0)
+}
+
+/// A staff account with `role`, enrolled and signed in over HTTP; answers the session token and the TOTP secret
+/// of their authenticator (for actions that ask for a code).
+pub(crate) async fn staff_with_totp(
+    http: &Http,
+    state: &AppState,
+    clock: &ManualClock,
+    keyring: &Keyring,
+    name: &str,
+    role: Role,
+) -> anyhow::Result<(String, rampart_auth::TotpSecret)> {
     let code = format!("enrol-{name}-0123456789");
     let auditor = state.auditor(keyring);
     state
@@ -113,7 +126,7 @@ pub(crate) async fn staff_session(
         )
         .await;
     ensure!(status == 200, "sign-in of {name}: {session}");
-    Ok(session["token"].as_str().context("a session token")?.to_owned())
+    Ok((session["token"].as_str().context("a session token")?.to_owned(), secret))
 }
 
 /// Runs the custody chapters against the service on `store`, unsealed with `keyring`.
@@ -136,6 +149,12 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     .with_identity(IdentityConfig::default())
     .map_err(|e| anyhow!(e))?
     .with_custody(custody.clone())
+    .map_err(|e| anyhow!(e))?
+    // Withdrawals of USD 100 or more wait for three approvals here, so that chapter 27 can show them with small sums.
+    .with_withdrawals(rampart_server::withdrawals::WithdrawalsConfig {
+        large_usd: 100,
+        ..rampart_server::withdrawals::WithdrawalsConfig::default()
+    })
     .map_err(|e| anyhow!(e))?;
     // Deposits are scored too, valued at a reference price (a deployment would take it from a price feed).
     let risk_config = rampart_server::risk::RiskConfig {
@@ -453,5 +472,5 @@ async fn story(
     ensure!(watched.credited == 1, "released, then credited: {watched:?}");
     ensure!(balance(state.clone()).await? == before + 19_999_000, "credited once released");
     println!("   A reviewer resolves it: release. The next watcher pass credits the deposit held (+0.19999 BTC).");
-    Ok(())
+    crate::demo_withdrawals::story(http, state, clock, keyring, custody, root, customer.id).await
 }

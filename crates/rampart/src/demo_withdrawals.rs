@@ -1,0 +1,227 @@
+//! The demo's withdrawal chapters, in the custody demo's service: Erin withdraws through every gate with a signed
+//! API request to her whitelisted address; a small withdrawal is paid from the hot wallet and confirmed; a larger one
+//! waits for three staff approvals (each with a second factor, each person once). The story ends with the ledger's
+//! invariants, the cold share and the audit log.
+
+use anyhow::{Context, anyhow, ensure};
+use rampart_audit::Role;
+use rampart_auth::{ApiKeyId, ApiKeySecret};
+use rampart_core::{Clock, ManualClock};
+use rampart_crypto::Keyring;
+use rampart_server::AppState;
+use rampart_server::custody::{Custody, custody_pass};
+use rampart_store::{ApiKeyRecord, Auditor, Effects};
+use serde_json::{Value, json};
+
+use crate::demo_custody::{Http, staff_with_totp};
+
+const SEC: u64 = 1_000_000_000;
+
+fn chapter(title: &str) {
+    println!("\n== {title}");
+}
+
+/// A customer's API key that may withdraw (from 127.0.0.1 only), and a whitelisted address usable now: what a
+/// trading firm's withdrawal bot would hold.
+pub(crate) struct Bot {
+    pub(crate) key_id: String,
+    pub(crate) secret: ApiKeySecret,
+    pub(crate) address: String,
+}
+
+/// Creates the key and the whitelist entry in the store (as the customer's own steps would: a key made in a signed-in
+/// session with a fresh second factor, an address confirmed by its emailed link and past its cooling-off).
+pub(crate) async fn bot(
+    store: &rampart_store::Store,
+    keyring: &Keyring,
+    customer_id: i64,
+    address: &str,
+    now_ns: u64,
+) -> anyhow::Result<Bot> {
+    let auditor = Auditor { signer: keyring, checkpoint_every: crate::init::CHECKPOINT_EVERY };
+    let key_id = ApiKeyId::generate().to_string();
+    let secret = ApiKeySecret::generate();
+    let key = ApiKeyRecord {
+        id: key_id.clone(),
+        customer_id,
+        label: "withdrawals".into(),
+        secret: keyring.encrypt(secret.expose_bytes(), format!("api_key:{key_id}:secret").as_bytes()),
+        scopes: "read,withdraw".into(),
+        allow_list: "127.0.0.1/32".into(),
+        created_at_ns: now_ns,
+        expires_at_ns: now_ns + 86_400 * SEC,
+        revoked_at_ns: None,
+        last_used_ns: None,
+    };
+    store.create_api_key(&key, &auditor, Effects::default()).await?;
+    let entry = store
+        .add_whitelist_address(customer_id, "BTC", address, "cold storage", now_ns, &auditor, |_| Effects::default())
+        .await?
+        .context("a new whitelist entry")?;
+    store.confirm_whitelist_address(entry.id, customer_id, now_ns, now_ns, &auditor, Effects::default()).await?;
+    Ok(Bot { key_id, secret, address: address.to_owned() })
+}
+
+impl Bot {
+    /// `POST /v1/me/withdrawals`, signed at `now_ns`.
+    async fn withdraw(&self, http: &Http, now_ns: u64, key: &str, amount: &str) -> anyhow::Result<(u16, Value)> {
+        let path = "/v1/me/withdrawals";
+        let body = serde_json::to_vec(
+            &json!({"asset": "BTC", "amount": amount, "address": self.address, "idempotency_key": key}),
+        )?;
+        let ts = now_ns / 1_000_000;
+        let sign = rampart_auth::sign_hex(&self.secret, "POST", path, &body, ts);
+        let answer = http
+            .http
+            .post(format!("{}{path}", http.base))
+            .header("content-type", "application/json")
+            .header("x-rampart-key", &self.key_id)
+            .header("x-rampart-timestamp", ts.to_string())
+            .header("x-rampart-sign", sign)
+            .body(body)
+            .send()
+            .await?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+async fn pass(state: &AppState, custody: &Custody) -> anyhow::Result<()> {
+    custody_pass(state, custody).await.map_err(|e| anyhow!("{}", e.message()))?;
+    Ok(())
+}
+
+async fn withdrawal(state: &AppState, id: &str) -> anyhow::Result<rampart_store::WithdrawalRecord> {
+    state.store().withdrawal(id).await?.context("the withdrawal")
+}
+
+fn btc(sat: u64) -> String {
+    format!("{}.{:08} BTC", sat / 100_000_000, sat % 100_000_000)
+}
+
+/// Chapters 26 and 27.
+pub(crate) async fn story(
+    http: &Http,
+    state: &AppState,
+    clock: &ManualClock,
+    keyring: &Keyring,
+    custody: &Custody,
+    root: &str,
+    erin: i64,
+) -> anyhow::Result<()> {
+    let node = custody.dev.clone().context("the development chain")?;
+    chapter("26. Erin withdraws: every gate, the policy, the hot wallet's signature, three confirmations");
+    let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01]);
+    let destination = bitcoin::Address::p2wsh(&script, custody.chain.network()).to_string();
+    let bot = bot(state.store(), keyring, erin, &destination, clock.now_ns()).await?;
+    let account = rampart_server::customer_ledger_account(erin, "BTC");
+    let before = state.store().account(account).await?.context("Erin's account")?;
+    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-1", "0.001").await?;
+    ensure!(status == 201, "a withdrawal: {status} {created}");
+    let id = created["id"].as_str().context("an id")?.to_owned();
+    ensure!(created["state"] == "approved", "approved at once: {created}");
+    println!("   Erin's trading bot signs POST /v1/me/withdrawals for 0.001 BTC (USD 90) to her whitelisted address.");
+    println!(
+        "   The gates pass in order (account, whitelist, KYC limits, sanctions lists, risk engine); the request is"
+    );
+    println!(
+        "   recorded with 0.001 BTC and the 0.0002 BTC network fee held in the ledger, in one transaction; policy"
+    );
+    let w = withdrawal(state, &id).await?;
+    println!(
+        "   version {} decides: rule {:?}, approved.",
+        w.policy_version.unwrap_or(0),
+        w.policy_rule.as_deref().unwrap_or("?")
+    );
+    let (again, same) = bot.withdraw(http, clock.now_ns() + 1_000_000, "erin-1", "0.001").await?;
+    ensure!(again == 200 && same["id"] == created["id"], "the retry answers the same withdrawal: {same}");
+    println!(
+        "   Her bot retries after a timeout with the same idempotency key: the same withdrawal, not a second one."
+    );
+    pass(state, custody).await?;
+    let w = withdrawal(state, &id).await?;
+    ensure!(w.state == "broadcast", "paid and broadcast: {w:?}");
+    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
+    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    println!(
+        "   The worker re-derives the policy's approval from the stored facts (no signature without it), signs from"
+    );
+    println!("   the hot wallet (Bitcoin Core's interpreter checks it) and broadcasts {}.", tx.compute_txid());
+    node.mine(3)?;
+    pass(state, custody).await?;
+    let w = withdrawal(state, &id).await?;
+    ensure!(w.state == "confirmed", "confirmed at three blocks: {w:?}");
+    let after = state.store().account(account).await?.context("Erin's account")?;
+    let spent = before.available().units() - after.available().units();
+    println!(
+        "   Three blocks later it is confirmed: the hold is posted for the amount and Erin's share of the fee ({}),",
+        btc(u64::try_from(w.network_fee.unwrap_or(0)).unwrap_or(0))
+    );
+    println!(
+        "   the rest of the fee held returns: {} left her account in all.",
+        btc(u64::try_from(spent).unwrap_or(0))
+    );
+
+    chapter("27. A larger withdrawal waits for three staff approvals, each with a second factor, each person once");
+    let mut staff = Vec::new();
+    for name in ["olu", "pia", "quinn"] {
+        staff.push((name, staff_with_totp(http, state, clock, keyring, name, Role::TreasuryCustodian).await?));
+    }
+    clock.advance_ns(30 * SEC);
+    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-2", "0.002").await?;
+    ensure!(status == 201 && created["state"] == "awaiting_approval", "waits for approvals: {status} {created}");
+    let id = created["id"].as_str().context("an id")?.to_owned();
+    let (_, queue) = http.call(reqwest::Method::GET, "/v1/withdrawals", Some(root), None).await;
+    let item =
+        queue.as_array().and_then(|q| q.iter().find(|i| i["withdrawal"]["id"] == json!(id))).context("queued")?;
+    println!(
+        "   0.002 BTC (USD 180) is at or above this demo's large-withdrawal threshold (USD 100): the policy's rule"
+    );
+    let w = withdrawal(state, &id).await?;
+    println!(
+        "   {:?} requires {} (distinct people, the requester never among them). The staff queue shows it with",
+        w.policy_rule.as_deref().unwrap_or("?"),
+        item["requirement"]
+    );
+    println!("   the gates' findings, Erin's history and the destination's.");
+    let approve = |token: &str, secret: &rampart_auth::TotpSecret, step: u64| {
+        let body = json!({"reason": "matches the customer's usual activity", "totp_code": secret.code_at(step * 30)});
+        let path = format!("/v1/withdrawals/{id}/approve");
+        let token = token.to_owned();
+        async move { http.call(reqwest::Method::POST, &path, Some(&token), Some(&body)).await }
+    };
+    let mut step = clock.now_ns() / SEC / 30;
+    for (i, (name, (token, secret))) in staff.iter().enumerate() {
+        let (status, answer) = approve(token, secret, step).await;
+        ensure!(status == 200, "{name}'s approval: {status} {answer}");
+        println!("   {name} approves with a TOTP code: layer {}, complete: {}.", answer["layer"], answer["complete"]);
+        if i == 0 {
+            step += 1;
+            let (status, again) = approve(token, secret, step).await;
+            ensure!(status == 403 && again["error"]["code"] == "already_approved", "once only: {again}");
+            println!("   {name} tries again: refused ({}).", again["error"]["code"].as_str().unwrap_or_default());
+        }
+        step += 1;
+        clock.advance_ns(30 * SEC);
+    }
+    pass(state, custody).await?;
+    node.mine(3)?;
+    pass(state, custody).await?;
+    let w = withdrawal(state, &id).await?;
+    ensure!(w.state == "confirmed", "confirmed: {w:?}");
+    println!("   With the third approval it is approved, paid from the hot wallet and, three blocks later, confirmed.");
+
+    let report = state.store().verify_ledger().await?;
+    ensure!(report.violation.is_none(), "the books balance after withdrawals: {:?}", report.violation);
+    let status =
+        rampart_server::custody_api::status_of(state, custody).await.map_err(|e| anyhow!("{}", e.message()))?;
+    let audit = state.store().verify_audit(&keyring.verifying_key()).await?;
+    ensure!(audit.finding.is_none(), "the audit log verifies: {audit:?}");
+    println!(
+        "   The ledger balances (every hold accounted for); cold share {}.{:02} %; the audit log verifies ({} entries).",
+        status.cold_share_bps / 100,
+        status.cold_share_bps % 100,
+        audit.entries
+    );
+    Ok(())
+}
