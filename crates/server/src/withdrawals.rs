@@ -92,13 +92,15 @@ pub struct Withdrawals {
     /// Configuration.
     pub config: WithdrawalsConfig,
     policy: RwLock<Arc<Policy>>,
+    /// Whether this process has made sure the custody ledger accounts exist (once is enough: they are never removed).
+    accounts_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Withdrawals {
     /// Withdrawals with this configuration, the default policy in force until [`load`] reads the stored one.
     pub fn new(config: WithdrawalsConfig) -> Withdrawals {
         let policy = Policy::default_for(config.large_usd, APPROVER_GROUP, config.large_approvals);
-        Withdrawals { config, policy: RwLock::new(Arc::new(policy)) }
+        Withdrawals { config, policy: RwLock::new(Arc::new(policy)), accounts_ready: Default::default() }
     }
 
     /// The policy in force.
@@ -108,6 +110,16 @@ impl Withdrawals {
 
     pub(crate) fn install(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    /// Makes sure the custody ledger accounts of `asset` exist, once per process.
+    pub(crate) async fn ensure_accounts(&self, state: &AppState, asset: &str) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        if !self.accounts_ready.load(Ordering::Acquire) {
+            custody::ensure_custody_accounts(state, asset).await?;
+            self.accounts_ready.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The value of `units` of `asset` in micro-dollars, from the price table.

@@ -362,7 +362,7 @@ pub(crate) async fn request(
     }
 
     // Recorded, with the funds held, in one transaction.
-    crate::custody::ensure_custody_accounts(&state, asset.code.as_str()).await?;
+    state.withdrawals().ensure_accounts(&state, asset.code.as_str()).await?;
     let id: u128 = loop {
         let v = u128::from_be_bytes(rand::random());
         if v != 0 {
@@ -493,7 +493,7 @@ pub(crate) async fn request(
         case: assessed.case,
     };
     let w = match withdrawals::screen(&state, &w, screening, finding, &customer.actor()).await? {
-        Advanced::Done(w) => w,
+        Advanced::Done(w) => *w,
         // Moved meanwhile (cancelled at once, say): show it as it is.
         _ => store.withdrawal(&w.id).await?.ok_or_else(|| internal("a recorded withdrawal vanished"))?,
     };

@@ -183,7 +183,7 @@ pub struct Changes<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Advanced {
     /// Moved; the record as it is now.
-    Done(WithdrawalRecord),
+    Done(Box<WithdrawalRecord>),
     /// It was not in the expected state (someone else moved it); its state now.
     Stale(String),
     /// No such withdrawal.
@@ -402,6 +402,7 @@ impl Store {
     /// Records a withdrawal and holds its funds, in one transaction: under the customer's row lock it re-reads the
     /// account's status and withdrawal lock, answers a retried idempotency key with the withdrawal it made, sums
     /// the day's and month's withdrawals for `limits`, and creates the hold. Nothing is written unless all pass.
+    #[allow(clippy::too_many_arguments)]
     pub async fn request_withdrawal<E>(
         &self,
         new: &NewWithdrawal<'_>,
@@ -509,7 +510,7 @@ impl Store {
             let row = record_moves!(tx, sql, &w, path, actor, reason, changes, now_ns);
             ledger_batch!(tx, ledger, now_ns);
             write_effects!(tx, sql, w.customer_id, now_ns, effects, auditor);
-            Advanced::Done(row)
+            Advanced::Done(Box::new(row))
         })
         .pipe(Ok)
     }
@@ -517,6 +518,7 @@ impl Store {
     /// Records the transaction that pays these withdrawals (signed, its inputs reserved) and moves each of them
     /// from the state it was seen in to `signing`, in one transaction: `None`, and nothing written, if an input is
     /// reserved already or a withdrawal moved meanwhile (cancelled by its customer, say).
+    #[allow(clippy::too_many_arguments)]
     pub async fn pay_withdrawals(
         &self,
         payments: Vec<Payment>,
@@ -889,6 +891,7 @@ impl Store {
 
     /// Adds an address to a customer's whitelist, unconfirmed until the emailed link is followed. `None` if it is
     /// on the list already.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_whitelist_address(
         &self,
         customer_id: i64,

@@ -463,8 +463,21 @@ impl Requirement {
                 *next += 1;
                 met
             }
-            Requirement::All { all } => all.iter().fold(true, |acc, p| p.met_from(counts, next) && acc),
-            Requirement::Any { any } => any.iter().fold(false, |acc, p| p.met_from(counts, next) || acc),
+            // Every part is visited (no short circuit): each advances `next` past its groups.
+            Requirement::All { all } => {
+                let mut met = true;
+                for p in all {
+                    met &= p.met_from(counts, next);
+                }
+                met
+            }
+            Requirement::Any { any } => {
+                let mut met = false;
+                for p in any {
+                    met |= p.met_from(counts, next);
+                }
+                met
+            }
         }
     }
 
@@ -733,7 +746,7 @@ impl Policy {
                     .filter(|a| seen.insert(a.approver.as_str()))
                     .cloned()
                     .collect();
-                requirement.is_met(&counted).then(|| PolicyApproved {
+                requirement.is_met(&counted).then_some(PolicyApproved {
                     withdrawal: facts.withdrawal,
                     version: self.version,
                     rule,
