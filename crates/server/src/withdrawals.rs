@@ -348,10 +348,43 @@ pub(crate) async fn advance(
     changes: &Changes<'_>,
 ) -> Result<Advanced, ApiError> {
     let from = w.state()?;
-    let last = *path.last().expect("a move has a destination");
     let keyring = state.keyring()?;
+    let (effects, ledger) = move_effects(state, &keyring, w, path, actor, reason)?;
+    // The reason of the last move is the one the customer and staff see.
+    let mut changes = changes.clone();
+    if changes.reason.is_none() && !reason.is_empty() {
+        changes.reason = Some(reason);
+    }
+    Ok(state
+        .store()
+        .advance_withdrawal(
+            &w.id,
+            from,
+            path,
+            actor,
+            reason,
+            &changes,
+            &ledger,
+            state.now_ns(),
+            &state.auditor(&keyring),
+            effects,
+        )
+        .await?)
+}
+
+/// What moving `w` along `path` writes besides the row: an audit entry per step, the customer's notification of the
+/// last, and the ledger effect (an end other than `confirmed` voids the hold, `confirmed` posts it).
+pub(crate) fn move_effects(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    w: &WithdrawalRecord,
+    path: &[State],
+    actor: &str,
+    reason: &str,
+) -> Result<(Effects, Vec<NewTransfer>), ApiError> {
+    let last = *path.last().expect("a move has a destination");
     let mut records = Vec::new();
-    let mut at = from;
+    let mut at = w.state()?;
     for &to in path {
         at.move_to(to).map_err(internal)?;
         let mut r = state.record(actor, &format!("withdrawal.{to}"), &format!("withdrawal:{}", w.id), outcome_of(to));
@@ -370,31 +403,12 @@ pub(crate) async fn advance(
         _ => vec![],
     };
     let n = notification(state, w, last, reason)?;
-    // The reason of the last move is the one the customer and staff see.
-    let mut changes = changes.clone();
-    if changes.reason.is_none() && !reason.is_empty() {
-        changes.reason = Some(reason);
-    }
     let effects = Effects {
         records,
-        notices: vec![if emailed(last) { notice(&keyring, n, None) } else { in_app(n) }],
+        notices: vec![if emailed(last) { notice(keyring, n, None) } else { in_app(n) }],
         ..Effects::default()
     };
-    Ok(state
-        .store()
-        .advance_withdrawal(
-            &w.id,
-            from,
-            path,
-            actor,
-            reason,
-            &changes,
-            &ledger,
-            state.now_ns(),
-            &state.auditor(&keyring),
-            effects,
-        )
-        .await?)
+    Ok((effects, ledger))
 }
 
 pub(crate) fn in_app(n: Notification) -> rampart_store::Notice {
@@ -459,16 +473,47 @@ pub async fn policy_approved(state: &AppState, w: &WithdrawalRecord) -> Result<O
     Ok(policy.approved(&f, &initiator_subject(w), &approvals))
 }
 
+/// A move decided but not yet made: its path, its reason and the fields it sets.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Planned {
+    pub(crate) path: Vec<State>,
+    pub(crate) reason: String,
+    pub(crate) screening: String,
+    pub(crate) risk_score: Option<i64>,
+    pub(crate) risk_case: Option<i64>,
+    pub(crate) review_id: Option<i64>,
+    pub(crate) policy_version: Option<i64>,
+    pub(crate) policy_rule: Option<String>,
+    pub(crate) requirement: Option<String>,
+    pub(crate) expires_at_ns: Option<u64>,
+}
+
+impl Planned {
+    /// The fields the move sets.
+    pub(crate) fn changes(&self) -> Changes<'_> {
+        Changes {
+            screening: (!self.screening.is_empty()).then_some(self.screening.as_str()),
+            risk_score: self.risk_score,
+            risk_case: self.risk_case,
+            review_id: self.review_id,
+            policy_version: self.policy_version,
+            policy_rule: self.policy_rule.as_deref(),
+            requirement: self.requirement.as_deref(),
+            reason: (!self.reason.is_empty()).then_some(self.reason.as_str()),
+            expires_at_ns: self.expires_at_ns,
+            ..Changes::default()
+        }
+    }
+}
+
 /// Where the policy sends a screened withdrawal (or one whose reviews passed): approved, awaiting approvals, or
-/// rejected.
-async fn decide_by_policy(
+/// rejected; `base` carries what screening found and the path so far.
+pub(crate) fn plan_by_policy(
     state: &AppState,
     w: &WithdrawalRecord,
     mut screening: Screening,
-    mut path: Vec<State>,
-    actor: &str,
-    base: Changes<'_>,
-) -> Result<Advanced, ApiError> {
+    mut base: Planned,
+) -> Result<Planned, ApiError> {
     let policy = state.withdrawals().policy();
     let decision = policy.evaluate(&facts_for(w, &screening)?);
     let version = i64::from(policy.version);
@@ -488,20 +533,27 @@ async fn decide_by_policy(
         Decision::Block { rule: Some(rule), .. } => format!("blocked by rule {rule:?} of policy {version}"),
         Decision::Block { rule: None, .. } => format!("no rule of policy {version} allows it"),
     };
-    path.push(to);
-    let screening_json = serde_json::to_string(&screening).map_err(internal)?;
-    let expires = (to == State::AwaitingApproval)
-        .then(|| state.now_ns().saturating_add(state.withdrawals().config.approval_ttl_s.saturating_mul(NS)));
-    let changes = Changes {
-        screening: Some(&screening_json),
-        policy_version: Some(version),
-        policy_rule: rule.as_deref(),
-        requirement: requirement.as_deref(),
-        reason: (!reason.is_empty()).then_some(reason.as_str()),
-        expires_at_ns: expires.or(base.expires_at_ns),
-        ..base
-    };
-    advance(state, w, &path, actor, &reason, &changes).await
+    base.path.push(to);
+    base.screening = serde_json::to_string(&screening).map_err(internal)?;
+    base.policy_version = Some(version);
+    base.policy_rule = rule;
+    base.requirement = requirement;
+    base.reason = reason;
+    if to == State::AwaitingApproval {
+        base.expires_at_ns =
+            Some(state.now_ns().saturating_add(state.withdrawals().config.approval_ttl_s.saturating_mul(NS)));
+    }
+    Ok(base)
+}
+
+async fn decide_by_policy(
+    state: &AppState,
+    w: &WithdrawalRecord,
+    screening: Screening,
+    actor: &str,
+) -> Result<Advanced, ApiError> {
+    let plan = plan_by_policy(state, w, screening, Planned::default())?;
+    advance(state, w, &plan.path, actor, &plan.reason, &plan.changes()).await
 }
 
 /// Screens a recorded withdrawal with the risk engine's finding: a freeze or hold, or a compliance review above
@@ -516,37 +568,44 @@ pub(crate) async fn screen(
     screening.risk_outcome = risk.outcome.name().to_owned();
     screening.risk_reasons = risk.reasons;
     let review = open_review(state, w).await?;
+    let base = Planned {
+        path: vec![State::Screened],
+        risk_score: Some(i64::from(screening.risk_score)),
+        risk_case: risk.case,
+        review_id: review,
+        ..Planned::default()
+    };
     let waiting = match risk.outcome {
         RiskOutcome::Freeze => Some(State::Frozen),
         RiskOutcome::Hold => Some(State::AwaitingReview),
         _ if review.is_some() => Some(State::AwaitingReview),
         _ => None,
     };
-    let base = Changes {
-        risk_score: Some(i64::from(screening.risk_score)),
-        risk_case: risk.case,
-        review_id: review,
-        ..Changes::default()
-    };
-    match waiting {
-        Some(to) => {
-            let json = serde_json::to_string(&screening).map_err(internal)?;
-            let reason = match to {
+    let plan = match waiting {
+        Some(to) => Planned {
+            path: vec![State::Screened, to],
+            reason: match to {
                 State::Frozen => "the risk engine froze the account until a reviewer decides",
                 _ if risk.case.is_some() => "held for a risk review",
                 _ => "held for the three-level compliance review",
-            };
-            let changes = Changes {
-                screening: Some(&json),
-                expires_at_ns: Some(
-                    state.now_ns().saturating_add(state.withdrawals().config.approval_ttl_s.saturating_mul(NS)),
-                ),
-                ..base
-            };
-            advance(state, w, &[State::Screened, to], actor, reason, &changes).await
-        }
-        None => decide_by_policy(state, w, screening, vec![State::Screened], actor, base).await,
-    }
+            }
+            .to_owned(),
+            screening: serde_json::to_string(&screening).map_err(internal)?,
+            expires_at_ns: Some(
+                state.now_ns().saturating_add(state.withdrawals().config.approval_ttl_s.saturating_mul(NS)),
+            ),
+            ..base
+        },
+        None => plan_by_policy(state, w, screening, base)?,
+    };
+    advance(state, w, &plan.path, actor, &plan.reason, &plan.changes()).await
+}
+
+/// Whether a request with this risk outcome can be decided in the transaction that records it: nothing waits for a
+/// person (no risk hold or freeze, no compliance review).
+pub(crate) fn decidable_at_once(state: &AppState, usd_micro: u64, risk: RiskOutcome) -> bool {
+    matches!(risk, RiskOutcome::Allow | RiskOutcome::Challenge)
+        && !rampart_compliance::review::needed(usd_micro, state.compliance().config().review_usd)
 }
 
 /// Opens the three-level review of a withdrawal above the threshold (or finds the one a crash left behind).
@@ -603,7 +662,7 @@ pub(crate) async fn progress_review(state: &AppState, w: &WithdrawalRecord) -> R
     match (risk_clear, review_clear) {
         (true, true) => {
             let s = screening_of(w)?;
-            Ok(Some(decide_by_policy(state, w, s, vec![], "system", Changes::default()).await?))
+            Ok(Some(decide_by_policy(state, w, s, "system").await?))
         }
         (true, false) if from == State::Frozen => Ok(Some(
             advance(

@@ -12,7 +12,7 @@ use rampart_notify::Notification;
 use rampart_risk::Outcome as RiskOutcome;
 use rampart_store::{
     Advanced, Approved, Changes, Effects, NewTicket, NewWithdrawal, PolicyDecided, PolicyRecord, QueueItem, Requested,
-    WhitelistEntry, WithdrawalRecord,
+    Then, WhitelistEntry, WithdrawalRecord,
 };
 use rampart_withdrawal::{ApprovalRefused, Policy, Requirement, State as WState};
 use secrecy::SecretString;
@@ -361,6 +361,29 @@ pub(crate) async fn request(
         _ => {}
     }
 
+    // What the gates found, for the policy now and for staff later. The windows sum earlier withdrawals.
+    let mut window_usd = Vec::new();
+    for window_s in state.withdrawals().policy().windows() {
+        let since = now.saturating_sub(window_s * NS);
+        let total = store.withdrawn_usd_since(customer_id, since).await?;
+        window_usd.push((window_s, total));
+    }
+    let bands = state.withdrawals().policy().risk_bands;
+    let mut screening = Screening {
+        kyc_level: level,
+        group: "retail".into(),
+        window_usd,
+        whitelisted_for_s,
+        risk_score: if forced_high { assessed.decision.score.max(bands.high) } else { assessed.decision.score },
+        address: address_note,
+        ..Screening::default()
+    };
+    let finding = RiskFinding {
+        outcome: assessed.decision.outcome,
+        score: assessed.decision.score,
+        reasons: assessed.decision.enforced().map(|r| r.rule.to_string()).collect(),
+        case: assessed.case,
+    };
     // Recorded, with the funds held, in one transaction.
     state.withdrawals().ensure_accounts(&state, asset.code.as_str()).await?;
     let id: u128 = loop {
@@ -395,6 +418,63 @@ pub(crate) async fn request(
         },
         None,
     ));
+    let mut effects = effects;
+    let actor = customer.actor();
+    // When nothing waits for people, the policy decides now and the first moves are made in the recording
+    // transaction; otherwise the request is recorded first and screened after (a review is opened for it).
+    let provisional = WithdrawalRecord {
+        id: id_text.clone(),
+        customer_id,
+        idempotency_key: key.clone(),
+        request_hash: hash.to_vec(),
+        asset: asset.code.to_string(),
+        amount: amount.to_string(),
+        fee_held: fee_held.to_string(),
+        usd_micro: i64::try_from(usd).unwrap_or(i64::MAX),
+        address: address.clone(),
+        whitelist_id: None,
+        initiator: if api_key { "api_key" } else { "session" }.to_owned(),
+        actor: actor.clone(),
+        state: WState::Requested.as_str().to_owned(),
+        screening: "{}".into(),
+        risk_score: 0,
+        risk_case: None,
+        review_id: None,
+        policy_version: None,
+        policy_rule: None,
+        requirement: None,
+        reason: None,
+        custody_tx: None,
+        network_fee: None,
+        created_at: i64::try_from(now).unwrap_or(i64::MAX),
+        updated_at: i64::try_from(now).unwrap_or(i64::MAX),
+        expires_at: None,
+    };
+    let at_once = withdrawals::decidable_at_once(&state, usd, finding.outcome);
+    let plan = if at_once {
+        screening.risk_outcome = finding.outcome.name().to_owned();
+        screening.risk_reasons = finding.reasons.clone();
+        let base = withdrawals::Planned {
+            path: vec![WState::Screened],
+            risk_score: Some(i64::from(screening.risk_score)),
+            ..withdrawals::Planned::default()
+        };
+        let plan = withdrawals::plan_by_policy(&state, &provisional, screening.clone(), base)?;
+        let (more, ledger) =
+            withdrawals::move_effects(&state, &keyring, &provisional, &plan.path, &actor, &plan.reason)?;
+        effects.records.extend(more.records);
+        effects.notices.extend(more.notices);
+        Some((plan, ledger))
+    } else {
+        None
+    };
+    let then = plan.as_ref().map(|(plan, ledger)| Then {
+        path: plan.path.clone(),
+        actor: &actor,
+        reason: &plan.reason,
+        changes: plan.changes(),
+        ledger: ledger.clone(),
+    });
     let new = NewWithdrawal {
         id: &id_text,
         customer_id,
@@ -407,13 +487,14 @@ pub(crate) async fn request(
         address: &address,
         whitelist_id: entry.as_ref().filter(|_| whitelisted_for_s.is_some()).map(|e| e.id),
         initiator: if api_key { "api_key" } else { "session" },
-        actor: &customer.actor(),
+        actor: &actor,
         hold: withdrawals::hold(
             id,
             customer_ledger_account(customer_id, asset.code.as_str()),
             asset.code,
             amount + fee_held,
         ),
+        then,
     };
     // A freeze the risk engine just decided froze the account: the request is still recorded, so that the
     // reviewer who releases the account releases the withdrawal with it.
@@ -468,31 +549,12 @@ pub(crate) async fn request(
             amount: &w.amount,
             amount_usd: usd,
         };
-        crate::compliance::record_travel_rule(&state, &customer.actor(), transfer, data).await?;
+        crate::compliance::record_travel_rule(&state, &actor, transfer, data).await?;
     }
-    let mut window_usd = Vec::new();
-    for window_s in state.withdrawals().policy().windows() {
-        let since = now.saturating_sub(window_s * NS);
-        let total = store.withdrawn_usd_since(customer_id, since).await?;
-        window_usd.push((window_s, total.saturating_sub(usd)));
+    if at_once {
+        return Ok((StatusCode::CREATED, Json(view(&state, &w).await?)));
     }
-    let bands = state.withdrawals().policy().risk_bands;
-    let screening = Screening {
-        kyc_level: level,
-        group: "retail".into(),
-        window_usd,
-        whitelisted_for_s,
-        risk_score: if forced_high { assessed.decision.score.max(bands.high) } else { assessed.decision.score },
-        address: address_note,
-        ..Screening::default()
-    };
-    let finding = RiskFinding {
-        outcome: assessed.decision.outcome,
-        score: assessed.decision.score,
-        reasons: assessed.decision.enforced().map(|r| r.rule.to_string()).collect(),
-        case: assessed.case,
-    };
-    let w = match withdrawals::screen(&state, &w, screening, finding, &customer.actor()).await? {
+    let w = match withdrawals::screen(&state, &w, screening, finding, &actor).await? {
         Advanced::Done(w) => *w,
         // Moved meanwhile (cancelled at once, say): show it as it is.
         _ => store.withdrawal(&w.id).await?.ok_or_else(|| internal("a recorded withdrawal vanished"))?,

@@ -54,7 +54,7 @@ pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRe
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 pub use withdrawals::{
     Advanced, Approved, Changes, NewWithdrawal, Payment, PolicyDecided, PolicyRecord, Position, QueueItem, Requested,
-    WhitelistEntry, WithdrawalRecord,
+    Then, WhitelistEntry, WithdrawalRecord,
 };
 
 /// The largest batch of accounts or transfers one command accepts, as in TigerBeetle.

@@ -115,6 +115,23 @@ pub struct NewWithdrawal<'a> {
     pub actor: &'a str,
     /// The hold: a pending transfer from the customer's account of `amount + fee_held`.
     pub hold: NewTransfer,
+    /// The first moves, made in the same transaction when nothing waits for people (the decision is known before
+    /// the request is recorded): one commit instead of two.
+    pub then: Option<Then<'a>>,
+}
+
+/// Moves made in the transaction that records a withdrawal.
+pub struct Then<'a> {
+    /// The path from `requested`.
+    pub path: Vec<State>,
+    /// Who moves it.
+    pub actor: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// The fields the moves set.
+    pub changes: Changes<'a>,
+    /// The ledger effect (a void when the first decision ends it).
+    pub ledger: Vec<NewTransfer>,
 }
 
 /// The customer's position when a withdrawal is recorded, read under the customer's row lock.
@@ -480,6 +497,14 @@ impl Store {
                 .bind(ts(now_ns))
                 .fetch_one(&mut *tx.0)
                 .await?;
+            let record = match &new.then {
+                Some(t) => {
+                    let moved = record_moves!(tx, sql, &record, &t.path, t.actor, t.reason, &t.changes, now_ns);
+                    ledger_batch!(tx, &t.ledger, now_ns);
+                    moved
+                }
+                None => record,
+            };
             write_effects!(tx, sql, new.customer_id, now_ns, effects, auditor);
             Requested::Recorded(record)
         })
