@@ -871,14 +871,15 @@ pub(crate) async fn confirm_address(
         .ok_or_else(|| {
             ApiError::new(StatusCode::CONFLICT, "not_unconfirmed", "this address is not waiting for confirmation")
         })?;
-    let event = crate::risk::event(
-        &state,
-        customer.id,
-        std::net::IpAddr::from([0, 0, 0, 0]),
-        None,
-        None,
-        rampart_risk::EventKind::WhitelistChange { destination: entry.address.clone(), added: true },
-    );
+    // The link is followed outside any session: the event carries no address or device for the profile to learn.
+    let event = rampart_risk::Event {
+        at_ns: state.now_ns(),
+        user: rampart_risk::UserId(u64::try_from(customer.id).unwrap_or(0)),
+        ip: None,
+        device: None,
+        country: None,
+        kind: rampart_risk::EventKind::WhitelistChange { destination: entry.address.clone(), added: true },
+    };
     crate::risk::assess(&state, customer.id, event).await?;
     Ok(Json(whitelist_view(&entry)))
 }

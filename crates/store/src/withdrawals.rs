@@ -561,8 +561,13 @@ impl Store {
                 if w.state != p.from.as_str() {
                     return Ok(None);
                 }
-                let changes =
-                    Changes { custody_tx: Some(tx_id), network_fee: Some(i(p.network_fee)?), ..Changes::default() };
+                // The reason it waited (a refill, say) no longer holds.
+                let changes = Changes {
+                    custody_tx: Some(tx_id),
+                    network_fee: Some(i(p.network_fee)?),
+                    reason: Some("paid by the hot wallet"),
+                    ..Changes::default()
+                };
                 record_moves!(tx, sql, &w, &[State::Signing], actor, "paid by the hot wallet", &changes, now_ns);
                 write_effects!(tx, sql, w.customer_id, now_ns, p.effects, auditor);
             }
