@@ -243,12 +243,33 @@ fn asset_of(state: &AppState, w: &WithdrawalRecord) -> Result<Asset, ApiError> {
     state.assets().lookup(&w.asset).cloned().map_err(|_| internal(format!("withdrawal {} of unknown asset", w.id)))
 }
 
-/// The hold: the amount and the fee held, from the customer's account towards the hot wallet, never expiring.
-pub fn hold(id: u128, customer_account: AccountId, asset: AssetCode, amount: u128) -> NewTransfer {
+/// The ledger code of a customer's clearing account for withdrawals in flight.
+pub const CLEARING_ACCOUNT_CODE: u16 = 21;
+
+/// A customer's clearing account for withdrawals in flight: holds credit it (so that requests of different customers
+/// never lock one shared account row), confirmations move what it received on to the hot wallet's account.
+pub fn clearing_account(customer_id: i64, asset: &str) -> AccountId {
+    AccountId(digest16(&[b"rampart.withdrawal_clearing.v1", &customer_id.to_be_bytes(), asset.as_bytes()]))
+}
+
+/// The clearing account to create (idempotently) with a customer's first withdrawal of `asset`.
+pub fn new_clearing_account(customer_id: i64, asset: AssetCode) -> rampart_ledger::NewAccount {
+    rampart_ledger::NewAccount {
+        id: clearing_account(customer_id, asset.as_str()),
+        asset,
+        code: CLEARING_ACCOUNT_CODE,
+        // It only ever passes on what it received.
+        flags: rampart_ledger::AccountFlags { debits_must_not_exceed_credits: true, ..Default::default() },
+        user_data: u128::try_from(customer_id).unwrap_or(0),
+    }
+}
+
+/// The hold: the amount and the fee held, from the customer's account to their clearing account, never expiring.
+pub fn hold(id: u128, customer_id: i64, asset: AssetCode, amount: u128) -> NewTransfer {
     NewTransfer {
         id: TransferId(id),
-        debit_account_id: customer_account,
-        credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+        debit_account_id: crate::customer_ledger_account(customer_id, asset.as_str()),
+        credit_account_id: clearing_account(customer_id, asset.as_str()),
         amount: rampart_core::Amount::new(amount),
         pending_id: None,
         asset,
@@ -282,18 +303,34 @@ fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiE
     let charged = share.min(held);
     let excess = share - charged;
     let id = withdrawal_number(w)?;
-    let mut batch = vec![NewTransfer {
-        id: resolution_id("post", w),
-        debit_account_id: AccountId(0),
-        credit_account_id: AccountId(0),
-        amount: rampart_core::Amount::new(amount_of(w)? + charged),
-        pending_id: Some(TransferId(id)),
-        asset,
-        code: 0,
-        flags: TransferFlags { post_pending_transfer: true, linked: excess > 0, ..TransferFlags::default() },
-        timeout_s: 0,
-        user_data: id,
-    }];
+    let paid = amount_of(w)? + charged;
+    let mut batch = vec![
+        NewTransfer {
+            id: resolution_id("post", w),
+            debit_account_id: AccountId(0),
+            credit_account_id: AccountId(0),
+            amount: rampart_core::Amount::new(paid),
+            pending_id: Some(TransferId(id)),
+            asset,
+            code: 0,
+            flags: TransferFlags { post_pending_transfer: true, linked: true, ..TransferFlags::default() },
+            timeout_s: 0,
+            user_data: id,
+        },
+        // What the clearing account received leaves with the transaction, out of the hot wallet.
+        NewTransfer {
+            id: resolution_id("paid", w),
+            debit_account_id: clearing_account(w.customer_id, asset.as_str()),
+            credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+            amount: rampart_core::Amount::new(paid),
+            pending_id: None,
+            asset,
+            code: WITHDRAWAL_CODE,
+            flags: TransferFlags { linked: excess > 0, ..TransferFlags::default() },
+            timeout_s: 0,
+            user_data: id,
+        },
+    ];
     if excess > 0 {
         batch.push(NewTransfer {
             id: resolution_id("fee_excess", w),

@@ -488,12 +488,8 @@ pub(crate) async fn request(
         whitelist_id: entry.as_ref().filter(|_| whitelisted_for_s.is_some()).map(|e| e.id),
         initiator: if api_key { "api_key" } else { "session" },
         actor: &actor,
-        hold: withdrawals::hold(
-            id,
-            customer_ledger_account(customer_id, asset.code.as_str()),
-            asset.code,
-            amount + fee_held,
-        ),
+        clearing: withdrawals::new_clearing_account(customer_id, asset.code),
+        hold: withdrawals::hold(id, customer_id, asset.code, amount + fee_held),
         then,
     };
     // A freeze the risk engine just decided froze the account: the request is still recorded, so that the

@@ -4,7 +4,7 @@
 //! never both move it.
 
 use rampart_audit::AuditRecord;
-use rampart_ledger::{CreateTransferResult, NewTransfer};
+use rampart_ledger::{CreateAccountResult, CreateTransferResult, NewAccount, NewTransfer};
 use rampart_withdrawal::{Approval, ApprovalRefused, State};
 
 use crate::audit::{self, Auditor};
@@ -113,7 +113,9 @@ pub struct NewWithdrawal<'a> {
     pub initiator: &'a str,
     /// Who asked.
     pub actor: &'a str,
-    /// The hold: a pending transfer from the customer's account of `amount + fee_held`.
+    /// The customer's clearing account for withdrawals in flight, created with the first withdrawal.
+    pub clearing: NewAccount,
+    /// The hold: a pending transfer of `amount + fee_held` from the customer's account to the clearing account.
     pub hold: NewTransfer,
     /// The first moves, made in the same transaction when nothing waits for people (the decision is known before
     /// the request is recorded): one commit instead of two.
@@ -471,6 +473,10 @@ impl Store {
             };
             if let Err(e) = limits(position) {
                 return Ok(Requested::OverLimit(e));
+            }
+            let made = flow::create_accounts(&mut tx, std::slice::from_ref(&new.clearing), now_ns).await?;
+            if !matches!(made[0], CreateAccountResult::Ok | CreateAccountResult::Exists) {
+                return Err(StoreError::Corrupt(format!("a clearing account was refused: {}", made[0].as_str())));
             }
             let results = flow::create_transfers(&mut tx, std::slice::from_ref(&new.hold), now_ns).await?;
             if results[0] != CreateTransferResult::Ok {
