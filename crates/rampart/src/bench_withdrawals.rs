@@ -97,7 +97,7 @@ pub async fn run(args: WithdrawalsArgs) -> anyhow::Result<()> {
     ensure_custody_accounts(&state, "BTC").await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
 
     let started = Instant::now();
-    let clients = customers(&state, &store, &keyring, args.customers).await?;
+    let clients = customers(&store, &keyring, args.customers).await?;
     println!(
         "  {} customers with API keys, whitelisted addresses and funds in {:.1?}",
         clients.len(),
@@ -209,12 +209,7 @@ async fn drive(
 
 /// Customers with an API key (`read`, `withdraw`; allowed from 127.0.0.1), a whitelisted address usable now and a
 /// balance far above what the run withdraws.
-async fn customers(
-    state: &AppState,
-    store: &Store,
-    keyring: &rampart_crypto::Keyring,
-    n: u32,
-) -> anyhow::Result<Vec<Client>> {
+async fn customers(store: &Store, keyring: &rampart_crypto::Keyring, n: u32) -> anyhow::Result<Vec<Client>> {
     let auditor = Auditor { signer: keyring, checkpoint_every: crate::init::CHECKPOINT_EVERY };
     let now = SystemClock.now_ns();
     let run: u64 = rand::random();
@@ -288,6 +283,5 @@ async fn customers(
         ensure!(results[0].is_recorded(), "funding refused: {:?}", results[0]);
         out.push(Client { key_id, secret, address });
     }
-    let _ = state;
     Ok(out)
 }
