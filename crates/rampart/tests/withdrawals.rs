@@ -18,7 +18,6 @@ use common::production::Staff;
 use common::{Answer, Api, Db, Server};
 use serde_json::{Value, json};
 
-const SAT_PER_BTC: u64 = 100_000_000;
 /// The network fee held with each withdrawal (the server's default, 0.0002 BTC).
 const FEE_HELD_SAT: u64 = 20_000;
 /// How long the worker may take to move a withdrawal.
@@ -51,22 +50,6 @@ min_amount = { BTC = "0.000001" }
 resume_after_s = 2
 "#
     .to_owned()
-}
-
-/// A regtest address of its own for each `n` (a P2WSH of a one-byte script).
-fn address(n: u8) -> String {
-    let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, n]);
-    bitcoin::Address::p2wsh(&script, bitcoin::Network::Regtest).to_string()
-}
-
-fn btc(sat: u64) -> String {
-    format!("{}.{:08}", sat / SAT_PER_BTC, sat % SAT_PER_BTC).trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-fn sat(text: &str) -> u64 {
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let frac = format!("{frac:0<8}");
-    whole.parse::<u64>().expect("whole") * SAT_PER_BTC + frac.parse::<u64>().expect("fraction")
 }
 
 struct World {
@@ -112,8 +95,8 @@ impl World {
             self.faucet(&deposit, sat).await;
             self.mine(3).await;
             let wanted = btc(sat);
-            wait_for("the deposit credited", || async { available(&c).await == sat }).await;
-            assert_eq!(btc(available(&c).await), wanted);
+            wait_for("the deposit credited", || async { balance(&c).await.0 == sat }).await;
+            assert_eq!(btc(balance(&c).await.0), wanted);
         }
         c
     }
@@ -140,20 +123,6 @@ where
         assert!(Instant::now() < deadline, "{what} did not happen within {DEADLINE:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn available(c: &Customer) -> u64 {
-    balance(c).await.0
-}
-
-/// (available, held) of BTC.
-async fn balance(c: &Customer) -> (u64, u64) {
-    let answer = c.get("/v1/me/balances").await;
-    let list = answer.expect(200).as_array().expect("a list").clone();
-    list.iter()
-        .find(|b| b["asset"] == json!("BTC"))
-        .map(|b| (sat(b["available"].as_str().unwrap_or("0")), sat(b["pending"].as_str().unwrap_or("0"))))
-        .unwrap_or((0, 0))
 }
 
 async fn withdraw(c: &Customer, key: &str, amount_sat: u64, to: &str, extra: Value) -> Answer {

@@ -20,7 +20,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-const SAT_PER_BTC: u64 = 100_000_000;
 const FEE_HELD_SAT: u64 = 20_000;
 const FUNDS_SAT: u64 = 50_000_000;
 
@@ -43,20 +42,6 @@ resume_after_s = 1
 rebroadcast_after_s = 1
 "#;
 
-fn address(n: u32) -> String {
-    let script = bitcoin::ScriptBuf::from_bytes([0x51].iter().chain(&n.to_be_bytes()).copied().collect());
-    bitcoin::Address::p2wsh(&script, bitcoin::Network::Regtest).to_string()
-}
-
-fn btc(sat: u64) -> String {
-    format!("{}.{:08}", sat / SAT_PER_BTC, sat % SAT_PER_BTC).trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-fn sat(text: &str) -> u64 {
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    whole.parse::<u64>().expect("whole") * SAT_PER_BTC + format!("{frac:0<8}").parse::<u64>().expect("fraction")
-}
-
 /// What a request asked: its key, amount and destination.
 #[derive(Clone)]
 struct Asked {
@@ -69,15 +54,6 @@ async fn ask(c: &Customer, a: &Asked) -> Option<(u16, Value)> {
     let body = json!({"asset": "BTC", "amount": btc(a.amount), "address": a.to, "idempotency_key": a.key});
     let answer = c.ctx.api.try_send(c.me(reqwest::Method::POST, "/v1/me/withdrawals").json(&body)).await?;
     Some((answer.status.as_u16(), answer.body))
-}
-
-async fn balance(c: &Customer) -> (u64, u64) {
-    let answer = c.get("/v1/me/balances").await;
-    let list = answer.expect(200).as_array().expect("a list").clone();
-    list.iter()
-        .find(|b| b["asset"] == json!("BTC"))
-        .map(|b| (sat(b["available"].as_str().unwrap_or("0")), sat(b["pending"].as_str().unwrap_or("0"))))
-        .unwrap_or((0, 0))
 }
 
 async fn withdrawals(c: &Customer) -> Vec<Value> {

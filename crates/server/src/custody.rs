@@ -92,7 +92,8 @@ impl Custody {
     }
 }
 
-fn digest16(parts: &[&[u8]]) -> u128 {
+/// The first 16 bytes of SHA-256 over length-prefixed parts: ids derived from what they identify.
+pub(crate) fn digest16(parts: &[&[u8]]) -> u128 {
     let mut h = Sha256::new();
     for p in parts {
         h.update(u64::try_from(p.len()).unwrap_or(u64::MAX).to_be_bytes());

@@ -218,17 +218,8 @@ pub fn withdrawal_number(w: &WithdrawalRecord) -> Result<u128, ApiError> {
     u128::from_str_radix(&w.id, 16).map_err(|_| internal(format!("withdrawal id {:?} is not hex", w.id)))
 }
 
-fn digest16(parts: &[&[u8]]) -> u128 {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(u64::try_from(p.len()).unwrap_or(u64::MAX).to_be_bytes());
-        h.update(p);
-    }
-    u128::from_be_bytes(h.finalize()[..16].try_into().expect("16 bytes"))
-}
-
 fn resolution_id(purpose: &str, w: &WithdrawalRecord) -> TransferId {
-    TransferId(digest16(&[b"rampart.withdrawal.v1", purpose.as_bytes(), w.id.as_bytes()]))
+    TransferId(custody::digest16(&[b"rampart.withdrawal.v1", purpose.as_bytes(), w.id.as_bytes()]))
 }
 
 fn amount_of(w: &WithdrawalRecord) -> Result<u128, ApiError> {
@@ -249,7 +240,7 @@ pub const CLEARING_ACCOUNT_CODE: u16 = 21;
 /// A customer's clearing account for withdrawals in flight: holds credit it (so that requests of different customers
 /// never lock one shared account row), confirmations move what it received on to the hot wallet's account.
 pub fn clearing_account(customer_id: i64, asset: &str) -> AccountId {
-    AccountId(digest16(&[b"rampart.withdrawal_clearing.v1", &customer_id.to_be_bytes(), asset.as_bytes()]))
+    AccountId(custody::digest16(&[b"rampart.withdrawal_clearing.v1", &customer_id.to_be_bytes(), asset.as_bytes()]))
 }
 
 /// The clearing account to create (idempotently) with a customer's first withdrawal of `asset`.

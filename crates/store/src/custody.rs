@@ -65,6 +65,17 @@ macro_rules! insert_custody_tx {
     };
 }
 
+/// Audit records about custody transaction `id` (whose id is known only once it is inserted).
+pub(crate) fn about_custody_tx(records: Vec<AuditRecord>, id: i64) -> Vec<AuditRecord> {
+    records
+        .into_iter()
+        .map(|mut r| {
+            r.target = format!("custody_tx:{id}");
+            r
+        })
+        .collect()
+}
+
 /// A custodian: a staff member who holds shares of cold keys, known by their identity keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustodianRecord {
@@ -1385,15 +1396,12 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         on_backend!(self, |tx, sql| {
-            sqlx::query(&sql(
-                "UPDATE customers SET withdrawal_lock_until = $1, withdrawal_lock_reason = $2 WHERE id = $3 \
-                 AND (withdrawal_lock_until IS NULL OR withdrawal_lock_until < $1)",
-            ))
-            .bind(ts(until_ns))
-            .bind(reason)
-            .bind(customer_id)
-            .execute(&mut *tx.0)
-            .await?;
+            sqlx::query(&sql(crate::customers::EXTEND_WITHDRAWAL_LOCK))
+                .bind(ts(until_ns))
+                .bind(reason)
+                .bind(customer_id)
+                .execute(&mut *tx.0)
+                .await?;
         });
         Ok(())
     }
@@ -1484,14 +1492,7 @@ impl Store {
                 // Dropping the transaction rolls back the insert and the reservations made so far.
                 return Ok(None);
             };
-            let records = records
-                .into_iter()
-                .map(|mut r| {
-                    r.target = format!("custody_tx:{id}");
-                    r
-                })
-                .collect();
-            audit::append(&mut tx, records, auditor).await?;
+            audit::append(&mut tx, about_custody_tx(records, id), auditor).await?;
             Some(id)
         })
         .pipe(Ok)

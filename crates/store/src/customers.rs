@@ -243,6 +243,11 @@ macro_rules! write_effects {
     }};
 }
 
+/// Suspends a customer's withdrawals until `$1` for reason `$2` (customer `$3`): a later lock extends an earlier one,
+/// never shortens it.
+pub(crate) const EXTEND_WITHDRAWAL_LOCK: &str = "UPDATE customers SET withdrawal_lock_until = $1, \
+     withdrawal_lock_reason = $2 WHERE id = $3 AND (withdrawal_lock_until IS NULL OR withdrawal_lock_until < $1)";
+
 /// A new customer to create.
 pub struct NewCustomer<'a> {
     /// The random public handle.
@@ -878,15 +883,12 @@ impl Store {
             }
             if let Some((until, reason)) = withdrawal_lock {
                 // A later lock extends an earlier one; never shortens it.
-                sqlx::query(&sql(
-                    "UPDATE customers SET withdrawal_lock_until = $1, withdrawal_lock_reason = $2 WHERE id = $3 \
-                     AND (withdrawal_lock_until IS NULL OR withdrawal_lock_until < $1)",
-                ))
-                .bind(ts(until))
-                .bind(reason)
-                .bind(id)
-                .execute(&mut *tx.0)
-                .await?;
+                sqlx::query(&sql(EXTEND_WITHDRAWAL_LOCK))
+                    .bind(ts(until))
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx.0)
+                    .await?;
             }
             write_effects!(tx, sql, id, now_ns, effects, auditor);
             true

@@ -577,14 +577,7 @@ impl Store {
                 record_moves!(tx, sql, &w, &[State::Signing], actor, "paid by the hot wallet", &changes, now_ns);
                 write_effects!(tx, sql, w.customer_id, now_ns, p.effects, auditor);
             }
-            let records = records
-                .into_iter()
-                .map(|mut r| {
-                    r.target = format!("custody_tx:{tx_id}");
-                    r
-                })
-                .collect();
-            audit::append(&mut tx, records, auditor).await?;
+            audit::append(&mut tx, crate::custody::about_custody_tx(records, tx_id), auditor).await?;
             Some(tx_id)
         })
         .pipe(Ok)
@@ -1070,15 +1063,12 @@ impl Store {
                 return Ok(false);
             }
             if let Some((until, reason)) = lock {
-                sqlx::query(&sql(
-                    "UPDATE customers SET withdrawal_lock_until = $1, withdrawal_lock_reason = $2 WHERE id = $3 \
-                     AND (withdrawal_lock_until IS NULL OR withdrawal_lock_until < $1)",
-                ))
-                .bind(ts(until))
-                .bind(reason)
-                .bind(customer_id)
-                .execute(&mut *tx.0)
-                .await?;
+                sqlx::query(&sql(crate::customers::EXTEND_WITHDRAWAL_LOCK))
+                    .bind(ts(until))
+                    .bind(reason)
+                    .bind(customer_id)
+                    .execute(&mut *tx.0)
+                    .await?;
             }
             write_effects!(tx, sql, customer_id, now_ns, effects, auditor);
             true

@@ -437,3 +437,36 @@ impl Customer {
         ctx.wait_mail(&self.email, subject, &mut self.seen_mail).await
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bitcoin amounts, addresses and balances
+
+/// Satoshis in a bitcoin.
+pub const SAT_PER_BTC: u64 = 100_000_000;
+
+/// A regtest address of its own for each `n` (a P2WSH of a small script).
+pub fn address(n: u32) -> String {
+    let script = bitcoin::ScriptBuf::from_bytes([0x51].iter().chain(&n.to_be_bytes()).copied().collect());
+    bitcoin::Address::p2wsh(&script, bitcoin::Network::Regtest).to_string()
+}
+
+/// Satoshis as a decimal amount of BTC, in shortest form.
+pub fn btc(sat: u64) -> String {
+    format!("{}.{:08}", sat / SAT_PER_BTC, sat % SAT_PER_BTC).trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A decimal amount of BTC in satoshis.
+pub fn sat(text: &str) -> u64 {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    whole.parse::<u64>().expect("whole") * SAT_PER_BTC + format!("{frac:0<8}").parse::<u64>().expect("fraction")
+}
+
+/// The customer's BTC balance in satoshis: (available, held by withdrawals in flight).
+pub async fn balance(c: &Customer) -> (u64, u64) {
+    let answer = c.get("/v1/me/balances").await;
+    let list = answer.expect(200).as_array().expect("a list").clone();
+    list.iter()
+        .find(|b| b["asset"] == json!("BTC"))
+        .map(|b| (sat(b["available"].as_str().unwrap_or("0")), sat(b["pending"].as_str().unwrap_or("0"))))
+        .unwrap_or((0, 0))
+}
