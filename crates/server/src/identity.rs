@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::group::{Batch, GroupCommit};
 
 const NS: u64 = 1_000_000_000;
 
@@ -738,8 +739,8 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
         record
     };
     let now = state.now_ns();
-    let key = state.store().api_key(&key_id).await?;
-    let Some(key) = key.filter(|k| k.revoked_at_ns.is_none() && k.expires_at_ns > now) else {
+    let found = state.store().api_key_with_customer(&key_id).await?;
+    let Some((key, record)) = found.filter(|(k, _)| k.revoked_at_ns.is_none() && k.expires_at_ns > now) else {
         state.audit(vec![refuse("unknown_key", None)]).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "unknown, revoked or expired API key"));
     };
@@ -755,11 +756,6 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
             format!("API key {key_id} may not be used from {ip}"),
         ));
     }
-    let record = state
-        .store()
-        .customer_by_id(key.customer_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown, revoked or expired API key"))?;
     let keyring = state.keyring()?;
     let secret_bytes = keyring
         .decrypt(&key.secret, api_key_aad(&key.id).as_bytes())
@@ -775,7 +771,8 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
     }
     // Each signature works once, on every node: remembered until its timestamp leaves the window.
     let forget_at = parsed.timestamp_ms.saturating_add(window_ms).saturating_add(1).saturating_mul(1_000_000);
-    if !state.store().spend_api_signature(&key.id, &parsed.signature, forget_at, now).await? {
+    let spend = (key.id.clone(), parsed.signature, forget_at);
+    if !GroupCommit::<Signatures>::submit(state, spend).await? {
         state.audit(vec![refuse("replayed_signature", Some(key.customer_id))]).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "replayed_signature", "this signature was already used"));
     }
@@ -786,6 +783,24 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
     let scopes = key.scopes.split(',').filter_map(Scope::parse).collect();
     let request = Request::from_parts(parts, Body::from(bytes));
     Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip, country: None }, request))
+}
+
+/// Spending API request signatures, in groups: `(key, signature, remembered until)`, answered with whether it was
+/// fresh.
+pub(crate) struct Signatures;
+
+impl Batch for Signatures {
+    type Item = (String, [u8; 32], u64);
+    type Out = bool;
+    const MAX: usize = 500;
+
+    fn queue(state: &AppState) -> &GroupCommit<Signatures> {
+        state.signatures()
+    }
+
+    async fn write(state: &AppState, items: Vec<(String, [u8; 32], u64)>) -> Result<Vec<bool>, ApiError> {
+        Ok(state.store().spend_api_signatures(&items, state.now_ns()).await?)
+    }
 }
 
 /// The associated data of an API key's secret.

@@ -15,6 +15,7 @@ mod customer_api;
 mod dto;
 mod error;
 pub mod geofence;
+mod group;
 mod handlers;
 mod identity;
 mod outbox;
@@ -87,6 +88,10 @@ struct Inner {
     geofencing: Option<Arc<geofence::Geofencing>>,
     compliance: Arc<compliance::Compliance>,
     withdrawals: Arc<withdrawals::Withdrawals>,
+    /// Scored risk events waiting to be logged together.
+    risk_log: group::GroupCommit<risk::RiskLog>,
+    /// API request signatures waiting to be spent together.
+    signatures: group::GroupCommit<identity::Signatures>,
 }
 
 impl AppState {
@@ -113,6 +118,8 @@ impl AppState {
                 geofencing: None,
                 compliance: Arc::new(compliance::Compliance::new(compliance::ComplianceConfig::default())),
                 withdrawals: Arc::new(withdrawals::Withdrawals::new(withdrawals::WithdrawalsConfig::default())),
+                risk_log: group::GroupCommit::default(),
+                signatures: group::GroupCommit::default(),
             }),
         }
     }
@@ -211,6 +218,14 @@ impl AppState {
     /// Withdrawals: configuration and the policy in force.
     pub fn withdrawals(&self) -> &withdrawals::Withdrawals {
         &self.inner.withdrawals
+    }
+
+    pub(crate) fn risk_log(&self) -> &group::GroupCommit<risk::RiskLog> {
+        &self.inner.risk_log
+    }
+
+    pub(crate) fn signatures(&self) -> &group::GroupCommit<identity::Signatures> {
+        &self.inner.signatures
     }
 
     /// The asset registry.

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ErrorBody;
+use crate::group::{Batch, GroupCommit};
 use crate::handlers::ApiJson;
 use crate::{ApiError, AppState, Principal};
 
@@ -251,6 +252,24 @@ pub struct Assessed {
     pub case: Option<i64>,
 }
 
+/// Logging scored events, in groups.
+pub(crate) struct RiskLog;
+
+impl Batch for RiskLog {
+    type Item = RiskEventRecord;
+    type Out = ();
+    const MAX: usize = 500;
+
+    fn queue(state: &AppState) -> &GroupCommit<RiskLog> {
+        state.risk_log()
+    }
+
+    async fn write(state: &AppState, items: Vec<RiskEventRecord>) -> Result<Vec<()>, ApiError> {
+        state.store().append_risk_events(&items).await?;
+        Ok(vec![(); items.len()])
+    }
+}
+
 /// Scores `event` for `customer_id`, logs it, audits a decision other than `allow` and opens a case for `hold` and
 /// `freeze` (a freeze freezes the account). Without a risk engine, everything is allowed.
 pub async fn assess(state: &AppState, customer_id: i64, event: Event) -> Result<Assessed, ApiError> {
@@ -263,17 +282,16 @@ pub async fn assess(state: &AppState, customer_id: i64, event: Event) -> Result<
     let (seq, decision) = risk.score(&event);
     let json = serde_json::to_string(&event)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    state
-        .store()
-        .append_risk_events(&[RiskEventRecord {
-            seq,
-            at_ns: event.at_ns,
-            customer_id,
-            event: json,
-            outcome: decision.outcome.name().into(),
-            rules_version: decision.rules_version,
-        }])
-        .await?;
+    // Logged (with the events scored meanwhile) before the decision is acted on: a restart replays it.
+    let record = RiskEventRecord {
+        seq,
+        at_ns: event.at_ns,
+        customer_id,
+        event: json,
+        outcome: decision.outcome.name().into(),
+        rules_version: decision.rules_version,
+    };
+    GroupCommit::<RiskLog>::submit(state, record).await?;
     metrics::counter!("risk_decisions_total", "outcome" => decision.outcome.name()).increment(1);
     if decision.outcome == Outcome::Allow {
         return Ok(Assessed { decision, case: None });

@@ -18,11 +18,12 @@ use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
 use bitcoin::{Address, Amount as Sats, ScriptBuf, Transaction, TxOut, Txid};
 use rampart_audit::Outcome as AuditOutcome;
+use rampart_compliance::kyc::{Level as KycLevel, OverLimit};
 use rampart_core::{AccountId, Asset, AssetCode, TransferId};
 use rampart_ledger::{NewTransfer, TransferFlags};
 use rampart_notify::{Notification, mask_address};
 use rampart_risk::Outcome as RiskOutcome;
-use rampart_store::{Advanced, Changes, CustodyTx, Effects, Payment, WithdrawalRecord};
+use rampart_store::{Advanced, Changes, CustodyTx, Effects, NewWithdrawal, Payment, Requested, WithdrawalRecord};
 use rampart_withdrawal::policy::Destination;
 use rampart_withdrawal::{Decision, Facts, Initiator, Policy, PolicyApproved, State};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::custody::{self, Custody};
 use crate::error::ApiError;
+use crate::group::{Batch, GroupCommit};
 use crate::identity::notice;
 
 /// The ledger code of a withdrawal's hold and its posting.
@@ -94,13 +96,73 @@ pub struct Withdrawals {
     policy: RwLock<Arc<Policy>>,
     /// Whether this process has made sure the custody ledger accounts exist (once is enough: they are never removed).
     accounts_ready: std::sync::atomic::AtomicBool,
+    /// Requests waiting to be recorded together.
+    recorder: GroupCommit<Recording>,
+}
+
+/// Recording withdrawal requests, in groups: each transaction records every request queued meanwhile (one per
+/// customer, so that each is checked against that customer's earlier ones).
+pub(crate) struct Recording;
+
+impl Batch for Recording {
+    type Item = NewWithdrawal;
+    type Out = Requested<OverLimit>;
+    const MAX: usize = 256;
+
+    fn queue(state: &AppState) -> &GroupCommit<Recording> {
+        &state.withdrawals().recorder
+    }
+
+    fn key(item: &NewWithdrawal) -> Option<i64> {
+        Some(item.customer_id)
+    }
+
+    async fn write(state: &AppState, items: Vec<NewWithdrawal>) -> Result<Vec<Requested<OverLimit>>, ApiError> {
+        let now = state.now_ns();
+        let (day_start, month_start) = start_of_day_and_month(now);
+        let limits = state.compliance().config().kyc_limits;
+        let keyring = state.keyring()?;
+        let check = |new: &NewWithdrawal, p: rampart_store::Position| {
+            let level = KycLevel::from_number(p.kyc_level).unwrap_or(KycLevel::Zero);
+            limits.check(level, p.today_usd_micro, p.month_usd_micro, new.usd_micro)
+        };
+        Ok(state
+            .store()
+            .request_withdrawals(items, day_start, month_start, check, now, &state.auditor(&keyring))
+            .await?)
+    }
+}
+
+/// Records a withdrawal request with its hold, together with the others asked meanwhile.
+pub(crate) async fn record(state: &AppState, new: NewWithdrawal) -> Result<Requested<OverLimit>, ApiError> {
+    GroupCommit::<Recording>::submit(state, new).await
+}
+
+/// The starts of the UTC day and month that hold `now_ns`, for the KYC limits.
+pub(crate) fn start_of_day_and_month(now_ns: u64) -> (u64, u64) {
+    let days = now_ns / (86_400 * NS);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), for the first day of the month.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5; // day of month, 0-based
+    let month_start_days = days as i64 - d;
+    (days * 86_400 * NS, u64::try_from(month_start_days).unwrap_or(0) * 86_400 * NS)
 }
 
 impl Withdrawals {
     /// Withdrawals with this configuration, the default policy in force until [`load`] reads the stored one.
     pub fn new(config: WithdrawalsConfig) -> Withdrawals {
         let policy = Policy::default_for(config.large_usd, APPROVER_GROUP, config.large_approvals);
-        Withdrawals { config, policy: RwLock::new(Arc::new(policy)), accounts_ready: Default::default() }
+        Withdrawals {
+            config,
+            policy: RwLock::new(Arc::new(policy)),
+            accounts_ready: Default::default(),
+            recorder: GroupCommit::default(),
+        }
     }
 
     /// The policy in force.

@@ -180,18 +180,195 @@ fn custody_asset(state: &AppState, code: &str) -> Result<rampart_core::Asset, Ap
     Ok(asset)
 }
 
-fn start_of_day_and_month(now_ns: u64) -> (u64, u64) {
-    let days = now_ns / (86_400 * NS);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), for the first day of the month.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5; // day of month, 0-based
-    let month_start_days = days as i64 - d;
-    (days * 86_400 * NS, u64::try_from(month_start_days).unwrap_or(0) * 86_400 * NS)
+/// What the gates found.
+struct Gated {
+    entry: Option<WhitelistEntry>,
+    whitelisted_for_s: Option<u64>,
+    usd: u64,
+    fee_held: u128,
+    screening: Screening,
+    finding: RiskFinding,
+    travel_rule: Option<travel::TravelRule>,
+    frozen_ok: bool,
+}
+
+/// The gates of a new withdrawal, in order: the account (lock, status), the whitelist, the KYC limits, the
+/// balance, sanctions and address lists, the Travel Rule's data, the risk engine.
+#[allow(clippy::too_many_arguments)]
+async fn gates(
+    state: &AppState,
+    customer: &Customer,
+    body: &WithdrawalRequest,
+    asset: &rampart_core::Asset,
+    amount: u128,
+    address: &str,
+    step_up: Option<&StepUp>,
+    now: u64,
+) -> Result<Gated, ApiError> {
+    let config = &state.withdrawals().config;
+    let customer_id = customer.record.id;
+    withdrawal_gate(&customer.record, now)?;
+    // What the gates read about the customer, in one round trip: the whitelist entry and mode, the KYC level, and
+    // the sums for the limits (day, month) and for the policy's windows.
+    let (day_start, month_start) = withdrawals::start_of_day_and_month(now);
+    let windows = state.withdrawals().policy().windows();
+    let mut since = vec![day_start, month_start];
+    since.extend(windows.iter().map(|w| now.saturating_sub(w * NS)));
+    let position = state
+        .store()
+        .withdrawal_position(customer_id, asset.code.as_str(), address, &since)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("no such customer"))?;
+
+    // The whitelist.
+    let entry = position.whitelist;
+    let whitelisted_for_s = match &entry {
+        Some(e) if e.state == "active" => {
+            let usable = u64::try_from(e.usable_at.unwrap_or(0)).unwrap_or(0);
+            if usable > now {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "address_cooling_off",
+                    format!("this whitelisted address can be used from {} ({usable})", rfc3339(usable)),
+                ));
+            }
+            Some((now - u64::try_from(e.confirmed_at.unwrap_or(0)).unwrap_or(0)) / NS)
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "address_unconfirmed",
+                "this address waits for the confirmation link emailed when it was added",
+            ));
+        }
+        None => None,
+    };
+    let api_key = matches!(customer.via, Via::ApiKey { .. });
+    if whitelisted_for_s.is_none() && (api_key || position.whitelist_only) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "address_not_whitelisted",
+            if api_key {
+                "an API key may withdraw only to a whitelisted address"
+            } else {
+                "this account withdraws only to whitelisted addresses"
+            },
+        ));
+    }
+
+    // The KYC limits (checked again under the account's lock when the request is recorded).
+    let usd = state.withdrawals().usd_micro(asset, amount).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_price",
+            format!("no USD price is configured for {}", asset.code),
+        )
+    })?;
+    let limits = state.compliance().config().kyc_limits;
+    let level = position.kyc_level;
+    let kyc = rampart_compliance::kyc::Level::from_number(level).unwrap_or(rampart_compliance::kyc::Level::Zero);
+    limits.check(kyc, position.usd_since[0], position.usd_since[1], usd).map_err(over_limit)?;
+    // The balance, read before the gates with side effects (a request far above it must not make the risk engine
+    // freeze the account); the hold in the recording transaction is what decides.
+    let fee_held = config.fee_held.get(asset.code.as_str()).copied().unwrap_or(0);
+    let account = state.store().account(customer_ledger_account(customer_id, asset.code.as_str())).await?;
+    if account.is_none_or(|a| a.available().units() < amount + fee_held) {
+        return Err(insufficient_funds());
+    }
+
+    // Sanctions and the exchange's address lists.
+    let mut address_note = "clear".to_owned();
+    let mut forced_high = false;
+    match state.compliance().screen_address(address) {
+        AddressVerdict::Clear => {}
+        AddressVerdict::Review(listing) => {
+            address_note = format!("risk list {}: {}", listing.source, listing.reason);
+            forced_high = true;
+        }
+        AddressVerdict::Refuse(listing) => {
+            return Err(crate::compliance_api::refuse_destination(
+                state,
+                customer,
+                address,
+                asset.code.as_str(),
+                &listing,
+            )
+            .await?);
+        }
+    }
+    // The Travel Rule's data, at or above its threshold.
+    let travel_rule = if travel::required(usd, state.compliance().config().travel_rule_usd) {
+        let data = body.travel_rule.as_ref().ok_or_else(|| {
+            ApiError::bad_request(
+                "travel_rule_required",
+                "a withdrawal of this value carries the Travel Rule's originator and beneficiary (travel_rule)",
+            )
+        })?;
+        data.validate().map_err(|e| ApiError::bad_request(e.code, e.message))?;
+        Some(data.clone())
+    } else {
+        None
+    };
+
+    // The risk engine.
+    let device = customer.session().ok().map(|s| s.device_id);
+    let event = crate::risk::event(
+        state,
+        customer_id,
+        customer.ip,
+        device,
+        customer.country,
+        rampart_risk::EventKind::Withdrawal { amount_micro_usd: usd, destination: address.to_owned() },
+    );
+    let assessed = crate::risk::assess(state, customer_id, event).await?;
+    match assessed.decision.outcome {
+        RiskOutcome::Block => return Err(crate::risk::refusal(&assessed).expect("a block refuses")),
+        RiskOutcome::Challenge => {
+            let fresh = step_up.is_some_and(|p| now.saturating_sub(p.proven_at_ns()) <= CHALLENGE_WINDOW_S * NS);
+            if !fresh {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "step_up_required",
+                    format!(
+                        "this withdrawal needs a second factor proven in the last {CHALLENGE_WINDOW_S} s: POST \
+                         /v1/me/step-up, then send the same request again with the same idempotency key"
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
+
+    // What the gates found, for the policy now and for staff later. The windows sum earlier withdrawals.
+    let window_usd = windows.iter().copied().zip(position.usd_since[2..].iter().copied()).collect();
+    let bands = state.withdrawals().policy().risk_bands;
+    let screening = Screening {
+        kyc_level: level,
+        group: "retail".into(),
+        window_usd,
+        whitelisted_for_s,
+        risk_score: if forced_high { assessed.decision.score.max(bands.high) } else { assessed.decision.score },
+        address: address_note,
+        ..Screening::default()
+    };
+    let finding = RiskFinding {
+        outcome: assessed.decision.outcome,
+        score: assessed.decision.score,
+        reasons: assessed.decision.enforced().map(|r| r.rule.to_string()).collect(),
+        case: assessed.case,
+    };
+    Ok(Gated {
+        entry,
+        whitelisted_for_s,
+        usd,
+        fee_held,
+        screening,
+        finding,
+        travel_rule,
+        // A freeze the risk engine just decided froze the account: the request is still recorded, so that the
+        // reviewer who releases the account releases the withdrawal with it.
+        frozen_ok: assessed.decision.outcome == RiskOutcome::Freeze,
+    })
 }
 
 /// `POST /v1/me/withdrawals`: asks for a withdrawal. In a session it needs a second factor proven within the
@@ -232,158 +409,21 @@ pub(crate) async fn request(
     let hash = request_hash(asset.code.as_str(), amount, &address);
     let customer_id = customer.record.id;
     let store = state.store();
-    if let Some(existing) = store.customer_withdrawal_by_key(customer_id, &key).await? {
-        return answer_existing(&state, existing, hash).await;
-    }
     let now = state.now_ns();
-    withdrawal_gate(&customer.record, now)?;
-
-    // The whitelist.
-    let entry = store.whitelist_entry(customer_id, asset.code.as_str(), &address).await?;
-    let whitelisted_for_s = match &entry {
-        Some(e) if e.state == "active" => {
-            let usable = u64::try_from(e.usable_at.unwrap_or(0)).unwrap_or(0);
-            if usable > now {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "address_cooling_off",
-                    format!("this whitelisted address can be used from {} ({usable})", rfc3339(usable)),
-                ));
+    // A retry answers the withdrawal it made even where a gate would now refuse it (its own hold took the
+    // balance): the key is looked up when a gate refuses; otherwise the recording transaction finds it.
+    let gated = gates(&state, &customer, &body, &asset, amount, &address, step_up.as_ref(), now).await;
+    let Gated { entry, whitelisted_for_s, usd, fee_held, screening, finding, travel_rule, frozen_ok } = match gated {
+        Ok(g) => g,
+        Err(refusal) => {
+            if let Some(existing) = store.customer_withdrawal_by_key(customer_id, &key).await? {
+                return answer_existing(&state, existing, hash).await;
             }
-            Some((now - u64::try_from(e.confirmed_at.unwrap_or(0)).unwrap_or(0)) / NS)
+            return Err(refusal);
         }
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "address_unconfirmed",
-                "this address waits for the confirmation link emailed when it was added",
-            ));
-        }
-        None => None,
     };
+    let mut screening = screening;
     let api_key = matches!(customer.via, Via::ApiKey { .. });
-    if whitelisted_for_s.is_none() && (api_key || store.whitelist_only(customer_id).await?) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "address_not_whitelisted",
-            if api_key {
-                "an API key may withdraw only to a whitelisted address"
-            } else {
-                "this account withdraws only to whitelisted addresses"
-            },
-        ));
-    }
-
-    // The KYC limits (checked again under the account's lock when the request is recorded).
-    let usd = state.withdrawals().usd_micro(&asset, amount).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_price",
-            format!("no USD price is configured for {}", asset.code),
-        )
-    })?;
-    let limits = state.compliance().config().kyc_limits;
-    let (day_start, month_start) = start_of_day_and_month(now);
-    let level = store.kyc_level(customer_id).await?;
-    let kyc = rampart_compliance::kyc::Level::from_number(level).unwrap_or(rampart_compliance::kyc::Level::Zero);
-    let today = store.withdrawn_usd_since(customer_id, day_start).await?;
-    let month = store.withdrawn_usd_since(customer_id, month_start).await?;
-    limits.check(kyc, today, month, usd).map_err(over_limit)?;
-    // The balance, read before the gates with side effects (the risk engine learns from every request it scores);
-    // the hold in the recording transaction is what decides.
-    let fee_held = config.fee_held.get(asset.code.as_str()).copied().unwrap_or(0);
-    let account = store.account(customer_ledger_account(customer_id, asset.code.as_str())).await?;
-    if account.is_none_or(|a| a.available().units() < amount + fee_held) {
-        return Err(insufficient_funds());
-    }
-
-    // Sanctions and the exchange's address lists.
-    let mut address_note = "clear".to_owned();
-    let mut forced_high = false;
-    match state.compliance().screen_address(&address) {
-        AddressVerdict::Clear => {}
-        AddressVerdict::Review(listing) => {
-            address_note = format!("risk list {}: {}", listing.source, listing.reason);
-            forced_high = true;
-        }
-        AddressVerdict::Refuse(listing) => {
-            return Err(crate::compliance_api::refuse_destination(
-                &state,
-                &customer,
-                &address,
-                asset.code.as_str(),
-                &listing,
-            )
-            .await?);
-        }
-    }
-    // The Travel Rule's data, at or above its threshold.
-    let travel_rule = if travel::required(usd, state.compliance().config().travel_rule_usd) {
-        let data = body.travel_rule.as_ref().ok_or_else(|| {
-            ApiError::bad_request(
-                "travel_rule_required",
-                "a withdrawal of this value carries the Travel Rule's originator and beneficiary (travel_rule)",
-            )
-        })?;
-        data.validate().map_err(|e| ApiError::bad_request(e.code, e.message))?;
-        Some(data)
-    } else {
-        None
-    };
-
-    // The risk engine.
-    let device = customer.session().ok().map(|s| s.device_id);
-    let event = crate::risk::event(
-        &state,
-        customer_id,
-        customer.ip,
-        device,
-        customer.country,
-        rampart_risk::EventKind::Withdrawal { amount_micro_usd: usd, destination: address.clone() },
-    );
-    let assessed = crate::risk::assess(&state, customer_id, event).await?;
-    match assessed.decision.outcome {
-        RiskOutcome::Block => return Err(crate::risk::refusal(&assessed).expect("a block refuses")),
-        RiskOutcome::Challenge => {
-            let fresh =
-                step_up.as_ref().is_some_and(|p| now.saturating_sub(p.proven_at_ns()) <= CHALLENGE_WINDOW_S * NS);
-            if !fresh {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "step_up_required",
-                    format!(
-                        "this withdrawal needs a second factor proven in the last {CHALLENGE_WINDOW_S} s: POST \
-                         /v1/me/step-up, then send the same request again with the same idempotency key"
-                    ),
-                ));
-            }
-        }
-        _ => {}
-    }
-
-    // What the gates found, for the policy now and for staff later. The windows sum earlier withdrawals.
-    let mut window_usd = Vec::new();
-    for window_s in state.withdrawals().policy().windows() {
-        let since = now.saturating_sub(window_s * NS);
-        let total = store.withdrawn_usd_since(customer_id, since).await?;
-        window_usd.push((window_s, total));
-    }
-    let bands = state.withdrawals().policy().risk_bands;
-    let mut screening = Screening {
-        kyc_level: level,
-        group: "retail".into(),
-        window_usd,
-        whitelisted_for_s,
-        risk_score: if forced_high { assessed.decision.score.max(bands.high) } else { assessed.decision.score },
-        address: address_note,
-        ..Screening::default()
-    };
-    let finding = RiskFinding {
-        outcome: assessed.decision.outcome,
-        score: assessed.decision.score,
-        reasons: assessed.decision.enforced().map(|r| r.rule.to_string()).collect(),
-        case: assessed.case,
-    };
     // Recorded, with the funds held, in one transaction.
     state.withdrawals().ensure_accounts(&state, asset.code.as_str()).await?;
     let id: u128 = loop {
@@ -468,49 +508,40 @@ pub(crate) async fn request(
     } else {
         None
     };
-    let then = plan.as_ref().map(|(plan, ledger)| Then {
-        path: plan.path.clone(),
-        actor: &actor,
-        reason: &plan.reason,
-        changes: plan.changes(),
-        ledger: ledger.clone(),
+    let then = plan.map(|(plan, ledger)| Then {
+        path: plan.path,
+        actor: actor.clone(),
+        reason: plan.reason,
+        screening: (!plan.screening.is_empty()).then_some(plan.screening),
+        risk_score: plan.risk_score,
+        risk_case: plan.risk_case,
+        review_id: plan.review_id,
+        policy_version: plan.policy_version,
+        policy_rule: plan.policy_rule,
+        requirement: plan.requirement,
+        expires_at_ns: plan.expires_at_ns,
+        ledger,
     });
     let new = NewWithdrawal {
-        id: &id_text,
+        id: id_text,
         customer_id,
-        idempotency_key: &key,
+        idempotency_key: key,
         request_hash: hash,
-        asset: asset.code.as_str(),
+        asset: asset.code.to_string(),
         amount,
         fee_held,
         usd_micro: usd,
-        address: &address,
+        address,
         whitelist_id: entry.as_ref().filter(|_| whitelisted_for_s.is_some()).map(|e| e.id),
         initiator: if api_key { "api_key" } else { "session" },
-        actor: &actor,
+        actor: actor.clone(),
         clearing: withdrawals::new_clearing_account(customer_id, asset.code),
         hold: withdrawals::hold(id, customer_id, asset.code, amount + fee_held),
         then,
+        frozen_ok,
+        effects,
     };
-    // A freeze the risk engine just decided froze the account: the request is still recorded, so that the
-    // reviewer who releases the account releases the withdrawal with it.
-    let frozen_ok = assessed.decision.outcome == RiskOutcome::Freeze;
-    let recorded = store
-        .request_withdrawal(
-            &new,
-            day_start,
-            month_start,
-            frozen_ok,
-            |p| {
-                let level = rampart_compliance::kyc::Level::from_number(p.kyc_level)
-                    .unwrap_or(rampart_compliance::kyc::Level::Zero);
-                limits.check(level, p.today_usd_micro, p.month_usd_micro, usd)
-            },
-            now,
-            &state.auditor(&keyring),
-            effects,
-        )
-        .await?;
+    let recorded = withdrawals::record(&state, new).await?;
     let w = match recorded {
         Requested::Recorded(w) => w,
         Requested::Existing(w) => return answer_existing(&state, w, hash).await,
@@ -545,7 +576,7 @@ pub(crate) async fn request(
             amount: &w.amount,
             amount_usd: usd,
         };
-        crate::compliance::record_travel_rule(&state, &actor, transfer, data).await?;
+        crate::compliance::record_travel_rule(&state, &actor, transfer, &data).await?;
     }
     if at_once {
         return Ok((StatusCode::CREATED, Json(view(&state, &w).await?)));
@@ -1371,6 +1402,7 @@ pub(crate) async fn decide_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::withdrawals::start_of_day_and_month;
 
     #[test]
     fn day_and_month_starts() {

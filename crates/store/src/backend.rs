@@ -15,6 +15,32 @@ pub(crate) fn sqlite_placeholders(q: &str) -> String {
     out
 }
 
+/// Rows per multi-row `INSERT`: far below either backend's limit on bound parameters (SQLite 32,766, PostgreSQL
+/// 65,535) for the widest row written this way.
+pub(crate) const ROWS_PER_INSERT: usize = 500;
+
+/// The `VALUES` list of a multi-row statement: `rows` tuples of `cols` numbered placeholders, `($1, $2), ($3, $4)`.
+pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `count` numbered placeholders from `$first`, for an `IN` list: `$3, $4, $5`.
+pub(crate) fn numbered(first: usize, count: usize) -> String {
+    (first..first + count).map(|k| format!("${k}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Runs `$body` in a write transaction of either backend, with `$tx` the backend's transaction wrapper and `$sql`
 /// a function turning `$n` placeholders into the backend's.
 macro_rules! on_backend {
@@ -112,4 +138,17 @@ macro_rules! shared_audit_tx_methods {
             Ok(())
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_rows_then_columns() {
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(numbered(3, 3), "$3, $4, $5");
+        assert_eq!(sqlite_placeholders(&placeholders(1, 2)), "(?1, ?2)");
+    }
 }

@@ -168,7 +168,7 @@ pub struct Ticket {
 
 /// What a security command writes besides its own change, in the same transaction: audit entries, notifications
 /// (in-app and email) and tickets.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Effects {
     /// Audit records.
     pub records: Vec<AuditRecord>,
@@ -200,45 +200,67 @@ impl Effects {
 /// Writes `$effects` for customer `$customer` inside a transaction of [`on_backend!`].
 macro_rules! write_effects {
     ($tx:ident, $sql:ident, $customer:expr, $now:expr, $effects:expr, $auditor:expr) => {{
-        let effects: Effects = $effects;
-        for n in &effects.notices {
-            sqlx::query(&$sql(
-                "INSERT INTO customer_notifications (customer_id, kind, title, created_at) VALUES ($1, $2, $3, $4)",
-            ))
-            .bind($customer)
-            .bind(&n.kind)
-            .bind(&n.title)
-            .bind(ts($now))
-            .execute(&mut *$tx.0)
-            .await?;
-            if let Some((id, payload)) = &n.email {
+        let effects: crate::customers::Effects = $effects;
+        write_effects_of_many!($tx, $sql, $now, vec![($customer, effects)], $auditor)
+    }};
+}
+
+/// Writes the effects of several commands (each `(customer, Effects)`) inside a transaction of [`on_backend!`]:
+/// one multi-row insert for the notifications, one for the emails, one append to the audit log for all their
+/// records, in order.
+macro_rules! write_effects_of_many {
+    ($tx:ident, $sql:ident, $now:expr, $many:expr, $auditor:expr) => {{
+        let many: Vec<(i64, crate::customers::Effects)> = $many;
+        let now: u64 = $now;
+        let notices: Vec<(i64, &crate::customers::Notice)> = many.iter().flat_map(|(c, e)| e.notices.iter().map(move |n| (*c, n))).collect();
+        for chunk in notices.chunks(crate::backend::ROWS_PER_INSERT) {
+            let q = $sql(&format!(
+                "INSERT INTO customer_notifications (customer_id, kind, title, created_at) VALUES {}",
+                crate::backend::placeholders(chunk.len(), 4)
+            ));
+            let mut query = sqlx::query(&q);
+            for (customer, n) in chunk {
+                query = query.bind(*customer).bind(&n.kind).bind(&n.title).bind(ts(now));
+            }
+            query.execute(&mut *$tx.0).await?;
+        }
+        let emails: Vec<(i64, &crate::customers::Notice, &([u8; 16], Vec<u8>))> =
+            notices.iter().filter_map(|(c, n)| n.email.as_ref().map(|e| (*c, *n, e))).collect();
+        for chunk in emails.chunks(crate::backend::ROWS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 5;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 5)
+                })
+                .collect();
+            let q = $sql(&format!(
+                "INSERT INTO email_outbox (id, customer_id, kind, payload, created_at, next_attempt_at) VALUES {}",
+                rows.join(", ")
+            ));
+            let mut query = sqlx::query(&q);
+            for (customer, n, (id, payload)) in chunk {
+                query = query.bind(id.to_vec()).bind(*customer).bind(&n.kind).bind(payload.clone()).bind(ts(now));
+            }
+            query.execute(&mut *$tx.0).await?;
+        }
+        let mut records = Vec::new();
+        for (_, effects) in many {
+            for t in &effects.tickets {
                 sqlx::query(&$sql(
-                    "INSERT INTO email_outbox (id, customer_id, kind, payload, created_at, next_attempt_at) \
-                     VALUES ($1, $2, $3, $4, $5, $5)",
+                    "INSERT INTO auth_tickets (token_hash, purpose, owner, data, expires_at) VALUES ($1, $2, $3, $4, $5)",
                 ))
-                .bind(id.to_vec())
-                .bind($customer)
-                .bind(&n.kind)
-                .bind(payload.clone())
-                .bind(ts($now))
+                .bind(t.token_hash.to_vec())
+                .bind(t.purpose)
+                .bind(&t.owner)
+                .bind(t.data.clone())
+                .bind(ts(t.expires_at_ns))
                 .execute(&mut *$tx.0)
                 .await?;
             }
+            records.extend(effects.records);
         }
-        for t in &effects.tickets {
-            sqlx::query(&$sql(
-                "INSERT INTO auth_tickets (token_hash, purpose, owner, data, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            ))
-            .bind(t.token_hash.to_vec())
-            .bind(t.purpose)
-            .bind(&t.owner)
-            .bind(t.data.clone())
-            .bind(ts(t.expires_at_ns))
-            .execute(&mut *$tx.0)
-            .await?;
-        }
-        if !effects.records.is_empty() {
-            audit::append(&mut $tx, effects.records, $auditor).await?;
+        if !records.is_empty() {
+            audit::append(&mut $tx, records, $auditor).await?;
         }
     }};
 }
@@ -1405,6 +1427,49 @@ impl Store {
         })
     }
 
+    /// An API key with its customer, in one read (every signed request needs both).
+    pub async fn api_key_with_customer(&self, id: &str) -> Result<Option<(ApiKeyRecord, CustomerRecord)>, StoreError> {
+        let k: Vec<String> = API_KEY_COLUMNS.split(',').map(|c| format!("k.{}", c.trim())).collect();
+        let c: Vec<String> = CUSTOMER_COLUMNS.split(',').map(|c| format!("c.{}", c.trim())).collect();
+        let q = format!(
+            "SELECT {}, {} FROM api_keys k JOIN customers c ON c.id = k.customer_id WHERE k.id = $1",
+            k.join(", "),
+            c.join(", ")
+        );
+        on_reader!(self, |pool, sql| {
+            use sqlx::Row;
+            let q = sql(&q);
+            let Some(r) = sqlx::query(&q).bind(id).fetch_optional(pool).await? else { return Ok(None) };
+            let key: ApiKeyRow = (
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+                r.try_get(8)?,
+                r.try_get(9)?,
+            );
+            let owner: CustomerRow = (
+                r.try_get(10)?,
+                r.try_get(11)?,
+                r.try_get(12)?,
+                r.try_get(13)?,
+                r.try_get(14)?,
+                r.try_get(15)?,
+                r.try_get(16)?,
+                r.try_get(17)?,
+                r.try_get(18)?,
+                r.try_get(19)?,
+                r.try_get(20)?,
+                r.try_get(21)?,
+            );
+            Ok(Some((api_key(key), customer(owner)?)))
+        })
+    }
+
     /// A customer's API keys, newest first.
     pub async fn api_keys(&self, customer_id: i64) -> Result<Vec<ApiKeyRecord>, StoreError> {
         on_reader!(self, |pool, sql| {
@@ -1442,8 +1507,8 @@ impl Store {
         .pipe(Ok)
     }
 
-    /// Spends a request signature, atomically across nodes: `false` if it was used before (a replay). It is
-    /// remembered until `expires_at_ns`, when its timestamp leaves the window anyway.
+    /// Spends a signature of API key `key_id`: `false` if it was spent before (a replay). It is remembered until
+    /// `expires_at_ns`, when its timestamp has left the window.
     pub async fn spend_api_signature(
         &self,
         key_id: &str,
@@ -1451,26 +1516,62 @@ impl Store {
         expires_at_ns: u64,
         now_ns: u64,
     ) -> Result<bool, StoreError> {
-        on_backend!(self, |tx, sql| {
-            let r =
-                sqlx::query(&sql("INSERT INTO api_signatures (key_id, signature, expires_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (key_id, signature) DO NOTHING"))
-                .bind(key_id)
-                .bind(signature.to_vec())
-                .bind(ts(expires_at_ns))
-                .execute(&mut *tx.0)
-                .await?;
-            let fresh = r.rows_affected() == 1;
-            if fresh {
-                sqlx::query(&sql("UPDATE api_keys SET last_used_at = $1 WHERE id = $2"))
-                    .bind(ts(now_ns))
-                    .bind(key_id)
-                    .execute(&mut *tx.0)
-                    .await?;
+        let spent = self.spend_api_signatures(&[(key_id.to_owned(), *signature, expires_at_ns)], now_ns).await?;
+        Ok(spent.first().copied().unwrap_or(false))
+    }
+
+    /// Spends signatures `(key, signature, remembered until)` in one transaction, answering for each whether it
+    /// was fresh: one spent before, or earlier in the same list, is a replay. Each key's last use is written at
+    /// most once a minute.
+    pub async fn spend_api_signatures(
+        &self,
+        spends: &[(String, [u8; 32], u64)],
+        now_ns: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let first: Vec<bool> = spends.iter().map(|(k, s, _)| seen.insert((k.as_str(), *s))).collect();
+        let fresh: Vec<&(String, [u8; 32], u64)> =
+            spends.iter().zip(&first).filter(|(_, f)| **f).map(|(s, _)| s).collect();
+        if fresh.is_empty() {
+            return Ok(first);
+        }
+        if fresh.len() > crate::backend::ROWS_PER_INSERT {
+            return Err(StoreError::BatchTooLarge { len: fresh.len(), max: crate::backend::ROWS_PER_INSERT });
+        }
+        let inserted: Vec<(String, Vec<u8>)> = on_backend!(self, |tx, sql| {
+            let q = sql(&format!(
+                "INSERT INTO api_signatures (key_id, signature, expires_at) VALUES {} \
+                 ON CONFLICT (key_id, signature) DO NOTHING RETURNING key_id, signature",
+                crate::backend::placeholders(fresh.len(), 3)
+            ));
+            let mut query = sqlx::query_as(&q);
+            for (key, signature, expires) in &fresh {
+                query = query.bind(key).bind(signature.to_vec()).bind(ts(*expires));
             }
-            fresh
-        })
-        .pipe(Ok)
+            let inserted: Vec<(String, Vec<u8>)> = query.fetch_all(&mut *tx.0).await?;
+            let mut keys: Vec<&str> = inserted.iter().map(|(k, _)| k.as_str()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            if !keys.is_empty() {
+                let q = sql(&format!(
+                    "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({}) \
+                     AND (last_used_at IS NULL OR last_used_at < $2)",
+                    crate::backend::numbered(3, keys.len())
+                ));
+                let mut query = sqlx::query(&q).bind(ts(now_ns)).bind(ts(now_ns.saturating_sub(60_000_000_000)));
+                for k in &keys {
+                    query = query.bind(*k);
+                }
+                query.execute(&mut *tx.0).await?;
+            }
+            inserted
+        });
+        let inserted: std::collections::HashSet<(String, Vec<u8>)> = inserted.into_iter().collect();
+        Ok(spends
+            .iter()
+            .zip(first)
+            .map(|((k, s, _), first)| first && inserted.contains(&(k.clone(), s.to_vec())))
+            .collect())
     }
 
     /// A customer's WebAuthn credentials (`owner` is `customer:<id>` or `staff:<id>`).

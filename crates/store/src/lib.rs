@@ -53,8 +53,8 @@ use rampart_ledger::{
 pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRecord};
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 pub use withdrawals::{
-    Advanced, Approved, Changes, NewWithdrawal, Payment, PolicyDecided, PolicyRecord, Position, QueueItem, Requested,
-    Then, WhitelistEntry, WithdrawalRecord,
+    Advanced, Approved, Changes, GatePosition, NewWithdrawal, Payment, PolicyDecided, PolicyRecord, Position,
+    QueueItem, Requested, Then, WhitelistEntry, WithdrawalRecord,
 };
 
 /// The largest batch of accounts or transfers one command accepts, as in TigerBeetle.

@@ -143,18 +143,23 @@ impl Store {
             return Ok(());
         }
         on_backend!(self, |tx, sql| {
-            let q = sql("INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (seq) DO NOTHING");
-            for e in events {
-                sqlx::query(&q)
-                    .bind(e.seq)
-                    .bind(ts(e.at_ns))
-                    .bind(e.customer_id)
-                    .bind(&e.event)
-                    .bind(&e.outcome)
-                    .bind(i64::from(e.rules_version))
-                    .execute(&mut *tx.0)
-                    .await?;
+            for chunk in events.chunks(crate::backend::ROWS_PER_INSERT) {
+                let q = sql(&format!(
+                    "INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) VALUES {} \
+                     ON CONFLICT (seq) DO NOTHING",
+                    crate::backend::placeholders(chunk.len(), 6)
+                ));
+                let mut query = sqlx::query(&q);
+                for e in chunk {
+                    query = query
+                        .bind(e.seq)
+                        .bind(ts(e.at_ns))
+                        .bind(e.customer_id)
+                        .bind(&e.event)
+                        .bind(&e.outcome)
+                        .bind(i64::from(e.rules_version));
+                }
+                query.execute(&mut *tx.0).await?;
             }
         });
         Ok(())

@@ -88,17 +88,18 @@ const COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, asset, am
      requirement, reason, custody_tx, network_fee, created_at, updated_at, expires_at";
 
 /// A withdrawal to record, with its hold.
-pub struct NewWithdrawal<'a> {
+#[derive(Clone)]
+pub struct NewWithdrawal {
     /// The id (32 hex digits of the hold's transfer id).
-    pub id: &'a str,
+    pub id: String,
     /// The customer.
     pub customer_id: i64,
     /// The client's key.
-    pub idempotency_key: &'a str,
+    pub idempotency_key: String,
     /// SHA-256 of the request's content.
     pub request_hash: [u8; 32],
     /// The asset.
-    pub asset: &'a str,
+    pub asset: String,
     /// Smallest units.
     pub amount: u128,
     /// Smallest units held for the network fee.
@@ -106,32 +107,53 @@ pub struct NewWithdrawal<'a> {
     /// Micro-dollars.
     pub usd_micro: u64,
     /// Canonical address.
-    pub address: &'a str,
+    pub address: String,
     /// The whitelist entry.
     pub whitelist_id: Option<i64>,
     /// `session` or `api_key`.
-    pub initiator: &'a str,
+    pub initiator: &'static str,
     /// Who asked.
-    pub actor: &'a str,
+    pub actor: String,
     /// The customer's clearing account for withdrawals in flight, created with the first withdrawal.
     pub clearing: NewAccount,
     /// The hold: a pending transfer of `amount + fee_held` from the customer's account to the clearing account.
     pub hold: NewTransfer,
     /// The first moves, made in the same transaction when nothing waits for people (the decision is known before
     /// the request is recorded): one commit instead of two.
-    pub then: Option<Then<'a>>,
+    pub then: Option<Then>,
+    /// Recorded even though the account is frozen: the risk engine froze it deciding on this very request, and
+    /// the reviewer who releases the account releases the withdrawal with it.
+    pub frozen_ok: bool,
+    /// The request's audit entries and notifications (and those of `then`'s moves).
+    pub effects: Effects,
 }
 
-/// Moves made in the transaction that records a withdrawal.
-pub struct Then<'a> {
+/// Moves made in the transaction that records a withdrawal, with the fields they set (`None` leaves a column at
+/// its default).
+#[derive(Clone, Default)]
+pub struct Then {
     /// The path from `requested`.
     pub path: Vec<State>,
     /// Who moves it.
-    pub actor: &'a str,
-    /// Why.
-    pub reason: &'a str,
-    /// The fields the moves set.
-    pub changes: Changes<'a>,
+    pub actor: String,
+    /// Why (also stored as the withdrawal's reason when not empty).
+    pub reason: String,
+    /// Gate findings, JSON.
+    pub screening: Option<String>,
+    /// Risk score.
+    pub risk_score: Option<i64>,
+    /// Risk case.
+    pub risk_case: Option<i64>,
+    /// Compliance review.
+    pub review_id: Option<i64>,
+    /// Policy version.
+    pub policy_version: Option<i64>,
+    /// The rule that matched.
+    pub policy_rule: Option<String>,
+    /// Required approvals, JSON.
+    pub requirement: Option<String>,
+    /// The time limit of a wait.
+    pub expires_at_ns: Option<u64>,
     /// The ledger effect (a void when the first decision ends it).
     pub ledger: Vec<NewTransfer>,
 }
@@ -146,6 +168,9 @@ pub struct Position {
     /// Since the start of the UTC month.
     pub month_usd_micro: u64,
 }
+
+/// A customer's row as a new withdrawal reads it: id, status, withdrawal lock (until, why), KYC level.
+type CustomerGate = (i64, String, Option<i64>, Option<String>, i64);
 
 /// What recording a withdrawal did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +326,19 @@ pub struct WhitelistEntry {
 const WHITELIST_COLUMNS: &str =
     "id, customer_id, asset, address, label, state, created_at, confirmed_at, usable_at, removed_at";
 
+/// What the gates of a new withdrawal read about its customer ([`Store::withdrawal_position`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatePosition {
+    /// The KYC level.
+    pub kyc_level: u8,
+    /// Whether the customer withdraws to whitelisted addresses only.
+    pub whitelist_only: bool,
+    /// The destination's whitelist entry.
+    pub whitelist: Option<WhitelistEntry>,
+    /// Micro-dollars withdrawn since each time asked for, in order.
+    pub usd_since: Vec<u64>,
+}
+
 /// A row of the staff queue: the withdrawal with what a reviewer needs about its customer and destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueItem {
@@ -312,21 +350,6 @@ pub struct QueueItem {
     pub customer_confirmed: (i64, i64),
     /// Earlier withdrawals to the same address by anyone: how many, by how many customers.
     pub destination_seen: (i64, i64),
-}
-
-/// Sums, under the customer's row lock, the withdrawals that count against limits since `since_ns`.
-macro_rules! usd_since {
-    ($tx:ident, $sql:ident, $customer:expr, $since:expr) => {{
-        let total: Option<i64> = sqlx::query_scalar(&$sql(
-            "SELECT CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 AND created_at >= $2 \
-             AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired')",
-        ))
-        .bind($customer)
-        .bind(ts($since))
-        .fetch_one(&mut *$tx.0)
-        .await?;
-        u(total.unwrap_or(0))
-    }};
 }
 
 /// Loads a withdrawal, locked on PostgreSQL (SQLite's writer holds the database already).
@@ -418,101 +441,243 @@ macro_rules! ledger_batch {
 }
 
 impl Store {
-    /// Records a withdrawal and holds its funds, in one transaction: under the customer's row lock it re-reads the
-    /// account's status and withdrawal lock, answers a retried idempotency key with the withdrawal it made, sums
-    /// the day's and month's withdrawals for `limits`, and creates the hold. Nothing is written unless all pass.
-    #[allow(clippy::too_many_arguments)]
+    /// Records a withdrawal and holds its funds, in one transaction: [`Store::request_withdrawals`] with one.
     pub async fn request_withdrawal<E>(
         &self,
-        new: &NewWithdrawal<'_>,
+        new: NewWithdrawal,
         day_start_ns: u64,
         month_start_ns: u64,
-        frozen_ok: bool,
-        limits: impl FnOnce(Position) -> Result<(), E>,
+        limits: impl Fn(&NewWithdrawal, Position) -> Result<(), E>,
         now_ns: u64,
         auditor: &Auditor<'_>,
-        effects: Effects,
     ) -> Result<Requested<E>, StoreError> {
+        let mut answers =
+            self.request_withdrawals(vec![new], day_start_ns, month_start_ns, limits, now_ns, auditor).await?;
+        answers.pop().ok_or_else(|| StoreError::Corrupt("a batch of one answered nothing".into()))
+    }
+
+    /// Records withdrawals of distinct customers and holds their funds, in one transaction (the group commit of
+    /// concurrent requests): under the customers' row locks (taken in id order) it re-reads each account's status
+    /// and withdrawal lock, answers a retried idempotency key with the withdrawal it made, sums the day's and
+    /// month's withdrawals for `limits`, and creates the holds; a request refused by any of these writes nothing
+    /// of its own (its customer's clearing account may be created for it), and the others are recorded with
+    /// their first moves and effects in a few multi-row statements. The answers are in the order of `batch`.
+    pub async fn request_withdrawals<E>(
+        &self,
+        batch: Vec<NewWithdrawal>,
+        day_start_ns: u64,
+        month_start_ns: u64,
+        limits: impl Fn(&NewWithdrawal, Position) -> Result<(), E>,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+    ) -> Result<Vec<Requested<E>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        if batch.len() > crate::backend::ROWS_PER_INSERT {
+            return Err(StoreError::BatchTooLarge { len: batch.len(), max: crate::backend::ROWS_PER_INSERT });
+        }
+        let mut customers: Vec<i64> = batch.iter().map(|n| n.customer_id).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        if customers.len() != batch.len() {
+            return Err(StoreError::Corrupt("a batch of withdrawal requests names a customer twice".into()));
+        }
         on_backend!(self, |tx, sql| {
-            // NO KEY UPDATE: it orders one customer's requests, yet lets other transactions insert rows that refer to
-            // the customer (a notification) while they hold ledger locks this one will wait for: FOR UPDATE would
-            // block their foreign-key checks, and the two would deadlock.
+            // NO KEY UPDATE: it orders each customer's requests, yet lets other transactions insert rows that
+            // refer to the customer (a notification) while they hold ledger locks this one will wait for: FOR
+            // UPDATE would block their foreign-key checks, and the two would deadlock.
             let lock = if matches!(self, Store::Postgres(_)) { " FOR NO KEY UPDATE" } else { "" };
+            let ids = crate::backend::numbered(1, customers.len());
             let q = sql(&format!(
-                "SELECT status, withdrawal_lock_until, withdrawal_lock_reason, kyc_level FROM customers \
-                 WHERE id = $1{lock}"
+                "SELECT id, status, withdrawal_lock_until, withdrawal_lock_reason, kyc_level FROM customers \
+                 WHERE id IN ({ids}) ORDER BY id{lock}"
             ));
-            let row: Option<(String, Option<i64>, Option<String>, i64)> =
-                sqlx::query_as(&q).bind(new.customer_id).fetch_optional(&mut *tx.0).await?;
-            let Some((status, lock_until, lock_reason, kyc_level)) = row else {
-                return Ok(Requested::NotActive);
-            };
-            let q = sql(&format!("SELECT {COLUMNS} FROM withdrawals WHERE customer_id = $1 AND idempotency_key = $2"));
-            let existing: Option<WithdrawalRecord> =
-                sqlx::query_as(&q).bind(new.customer_id).bind(new.idempotency_key).fetch_optional(&mut *tx.0).await?;
-            if let Some(existing) = existing {
-                return Ok(if existing.request_hash == new.request_hash {
-                    Requested::Existing(existing)
+            let mut query = sqlx::query_as(&q);
+            for c in &customers {
+                query = query.bind(c);
+            }
+            let rows: Vec<CustomerGate> = query.fetch_all(&mut *tx.0).await?;
+            let accounts: std::collections::HashMap<i64, CustomerGate> = rows.into_iter().map(|r| (r.0, r)).collect();
+
+            let n = batch.len();
+            let q = sql(&format!(
+                "SELECT {COLUMNS} FROM withdrawals WHERE customer_id IN ({ids}) AND idempotency_key IN ({})",
+                crate::backend::numbered(customers.len() + 1, n)
+            ));
+            let mut query = sqlx::query_as(&q);
+            for c in &customers {
+                query = query.bind(c);
+            }
+            for w in &batch {
+                query = query.bind(&w.idempotency_key);
+            }
+            let found: Vec<WithdrawalRecord> = query.fetch_all(&mut *tx.0).await?;
+            let mut existing: std::collections::HashMap<(i64, String), WithdrawalRecord> =
+                found.into_iter().map(|w| ((w.customer_id, w.idempotency_key.clone()), w)).collect();
+
+            // Both sums in one pass: the day starts within the month.
+            let since = day_start_ns.min(month_start_ns);
+            let list = crate::backend::numbered(4, customers.len());
+            let q = sql(&format!(
+                "SELECT customer_id, CAST(SUM(CASE WHEN created_at >= $1 THEN usd_micro ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN created_at >= $2 THEN usd_micro ELSE 0 END) AS BIGINT) FROM withdrawals \
+                 WHERE created_at >= $3 AND customer_id IN ({list}) \
+                 AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired') GROUP BY customer_id"
+            ));
+            let mut query = sqlx::query_as(&q).bind(ts(day_start_ns)).bind(ts(month_start_ns)).bind(ts(since));
+            for c in &customers {
+                query = query.bind(c);
+            }
+            let sums: Vec<(i64, Option<i64>, Option<i64>)> = query.fetch_all(&mut *tx.0).await?;
+            let sums: std::collections::HashMap<i64, (u64, u64)> =
+                sums.into_iter().map(|(c, d, m)| (c, (u(d.unwrap_or(0)), u(m.unwrap_or(0))))).collect();
+
+            // Each request's own checks; `None` goes on to the ledger.
+            let mut answers: Vec<Option<Requested<E>>> = Vec::with_capacity(n);
+            for new in &batch {
+                answers.push(Some(if let Some(w) = existing.remove(&(new.customer_id, new.idempotency_key.clone())) {
+                    if w.request_hash == new.request_hash { Requested::Existing(w) } else { Requested::KeyReused }
+                } else if let Some((_, status, lock_until, lock_reason, kyc_level)) = accounts.get(&new.customer_id) {
+                    let (today, month) = sums.get(&new.customer_id).copied().unwrap_or((0, 0));
+                    let position = Position {
+                        kyc_level: u8::try_from(*kyc_level).unwrap_or(0),
+                        today_usd_micro: today,
+                        month_usd_micro: month,
+                    };
+                    if status != "active" && !(new.frozen_ok && status == "frozen") {
+                        Requested::NotActive
+                    } else if let Some(until) = lock_until.map(u).filter(|&until| until > now_ns) {
+                        Requested::Locked {
+                            until_ns: until,
+                            reason: lock_reason.clone().unwrap_or_else(|| "security change".into()),
+                        }
+                    } else if let Err(e) = limits(new, position) {
+                        Requested::OverLimit(e)
+                    } else {
+                        answers.push(None);
+                        continue;
+                    }
                 } else {
-                    Requested::KeyReused
-                });
+                    Requested::NotActive
+                }));
             }
-            if status != "active" && !(frozen_ok && status == "frozen") {
-                return Ok(Requested::NotActive);
-            }
-            if let Some(until) = lock_until.map(u).filter(|&until| until > now_ns) {
-                return Ok(Requested::Locked {
-                    until_ns: until,
-                    reason: lock_reason.unwrap_or_else(|| "security change".into()),
-                });
-            }
-            let position = Position {
-                kyc_level: u8::try_from(kyc_level).unwrap_or(0),
-                today_usd_micro: usd_since!(tx, sql, new.customer_id, day_start_ns),
-                month_usd_micro: usd_since!(tx, sql, new.customer_id, month_start_ns),
-            };
-            if let Err(e) = limits(position) {
-                return Ok(Requested::OverLimit(e));
-            }
-            let made = flow::create_accounts(&mut tx, std::slice::from_ref(&new.clearing), now_ns).await?;
-            if !matches!(made[0], CreateAccountResult::Ok | CreateAccountResult::Exists) {
-                return Err(StoreError::Corrupt(format!("a clearing account was refused: {}", made[0].as_str())));
-            }
-            let results = flow::create_transfers(&mut tx, std::slice::from_ref(&new.hold), now_ns).await?;
-            if results[0] != CreateTransferResult::Ok {
-                return Ok(Requested::Ledger(results[0]));
-            }
-            let q = sql(&format!(
-                "INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, \
-                 usd_micro, address, whitelist_id, initiator, actor, state, created_at, updated_at) VALUES ($1, $2, \
-                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'requested', $13, $13) RETURNING {COLUMNS}"
-            ));
-            let record: WithdrawalRecord = sqlx::query_as(&q)
-                .bind(new.id)
-                .bind(new.customer_id)
-                .bind(new.idempotency_key)
-                .bind(new.request_hash.to_vec())
-                .bind(new.asset)
-                .bind(new.amount.to_string())
-                .bind(new.fee_held.to_string())
-                .bind(i(new.usd_micro)?)
-                .bind(new.address)
-                .bind(new.whitelist_id)
-                .bind(new.initiator)
-                .bind(new.actor)
-                .bind(ts(now_ns))
-                .fetch_one(&mut *tx.0)
-                .await?;
-            let record = match &new.then {
-                Some(t) => {
-                    let moved = record_moves!(tx, sql, &record, &t.path, t.actor, t.reason, &t.changes, now_ns);
-                    ledger_batch!(tx, &t.ledger, now_ns);
-                    moved
+
+            // The holds, after the clearing accounts they credit.
+            let going: Vec<usize> = (0..n).filter(|&k| answers[k].is_none()).collect();
+            if !going.is_empty() {
+                let clearing: Vec<NewAccount> = going.iter().map(|&k| batch[k].clearing).collect();
+                let made = flow::create_accounts(&mut tx, &clearing, now_ns).await?;
+                if let Some(bad) =
+                    made.iter().find(|r| !matches!(r, CreateAccountResult::Ok | CreateAccountResult::Exists))
+                {
+                    return Err(StoreError::Corrupt(format!("a clearing account was refused: {}", bad.as_str())));
                 }
-                None => record,
-            };
-            write_effects!(tx, sql, new.customer_id, now_ns, effects, auditor);
-            Requested::Recorded(record)
+                let holds: Vec<NewTransfer> = going.iter().map(|&k| batch[k].hold).collect();
+                let results = flow::create_transfers(&mut tx, &holds, now_ns).await?;
+                for (&k, result) in going.iter().zip(results) {
+                    if result != CreateTransferResult::Ok {
+                        answers[k] = Some(Requested::Ledger(result));
+                    }
+                }
+            }
+            let recorded: Vec<usize> = (0..n).filter(|&k| answers[k].is_none()).collect();
+            if !recorded.is_empty() {
+                let mut rows = Vec::with_capacity(recorded.len());
+                let mut events = Vec::new();
+                for &k in &recorded {
+                    let new = &batch[k];
+                    if let Some(t) = &new.then {
+                        let mut from = State::Requested;
+                        for (seq, &to) in (1..).zip(&t.path) {
+                            from.move_to(to).map_err(|e| StoreError::Corrupt(format!("withdrawal {}: {e}", new.id)))?;
+                            events.push((k, seq, from, to));
+                            from = to;
+                        }
+                    }
+                    rows.push(k);
+                }
+                let q = sql(&format!(
+                    "INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, \
+                     fee_held, usd_micro, address, whitelist_id, initiator, actor, state, screening, risk_score, \
+                     risk_case, review_id, policy_version, policy_rule, requirement, reason, expires_at, created_at, \
+                     updated_at) VALUES {} RETURNING {COLUMNS}",
+                    crate::backend::placeholders(rows.len(), 24)
+                ));
+                let mut query = sqlx::query_as(&q);
+                for &k in &rows {
+                    let new = &batch[k];
+                    let then = new.then.as_ref();
+                    let state = then.and_then(|t| t.path.last()).copied().unwrap_or(State::Requested);
+                    query = query
+                        .bind(&new.id)
+                        .bind(new.customer_id)
+                        .bind(&new.idempotency_key)
+                        .bind(new.request_hash.to_vec())
+                        .bind(&new.asset)
+                        .bind(new.amount.to_string())
+                        .bind(new.fee_held.to_string())
+                        .bind(i(new.usd_micro)?)
+                        .bind(&new.address)
+                        .bind(new.whitelist_id)
+                        .bind(new.initiator)
+                        .bind(&new.actor)
+                        .bind(state.as_str())
+                        .bind(then.and_then(|t| t.screening.clone()).unwrap_or_else(|| "{}".into()))
+                        .bind(then.and_then(|t| t.risk_score).unwrap_or(0))
+                        .bind(then.and_then(|t| t.risk_case))
+                        .bind(then.and_then(|t| t.review_id))
+                        .bind(then.and_then(|t| t.policy_version))
+                        .bind(then.and_then(|t| t.policy_rule.clone()))
+                        .bind(then.and_then(|t| t.requirement.clone()))
+                        .bind(then.map(|t| t.reason.clone()).filter(|r| !r.is_empty()))
+                        .bind(then.and_then(|t| t.expires_at_ns).map(i).transpose()?)
+                        .bind(ts(now_ns))
+                        .bind(ts(now_ns));
+                }
+                let inserted: Vec<WithdrawalRecord> = query.fetch_all(&mut *tx.0).await?;
+                let mut inserted: std::collections::HashMap<String, WithdrawalRecord> =
+                    inserted.into_iter().map(|w| (w.id.clone(), w)).collect();
+                for chunk in events.chunks(crate::backend::ROWS_PER_INSERT) {
+                    let q = sql(&format!(
+                        "INSERT INTO withdrawal_events (withdrawal_id, seq, from_state, to_state, actor, reason, at) \
+                         VALUES {}",
+                        crate::backend::placeholders(chunk.len(), 7)
+                    ));
+                    let mut query = sqlx::query(&q);
+                    for &(k, seq, from, to) in chunk {
+                        let t = batch[k].then.as_ref().expect("events come from a path");
+                        query = query
+                            .bind(&batch[k].id)
+                            .bind(seq)
+                            .bind(from.as_str())
+                            .bind(to.as_str())
+                            .bind(&t.actor)
+                            .bind(&t.reason)
+                            .bind(ts(now_ns));
+                    }
+                    query.execute(&mut *tx.0).await?;
+                }
+                let ledger: Vec<NewTransfer> = recorded
+                    .iter()
+                    .filter_map(|&k| batch[k].then.as_ref())
+                    .flat_map(|t| t.ledger.iter().cloned())
+                    .collect();
+                ledger_batch!(tx, &ledger, now_ns);
+                for &k in &recorded {
+                    let w = inserted
+                        .remove(&batch[k].id)
+                        .ok_or_else(|| StoreError::Corrupt(format!("withdrawal {} was not inserted", batch[k].id)))?;
+                    answers[k] = Some(Requested::Recorded(w));
+                }
+            }
+            let mut effects = Vec::with_capacity(recorded.len());
+            let mut batch = batch;
+            for &k in &recorded {
+                effects.push((batch[k].customer_id, std::mem::take(&mut batch[k].effects)));
+            }
+            write_effects_of_many!(tx, sql, now_ns, effects, auditor);
+            answers.into_iter().map(|a| a.expect("every request answered")).collect::<Vec<_>>()
         })
         .pipe(Ok)
     }
@@ -694,6 +859,71 @@ impl Store {
             .fetch_one(pool)
             .await?;
             Ok(u(total.unwrap_or(0)))
+        })
+    }
+
+    /// What the gates of a new withdrawal need to know about its customer, in one read: the KYC level, the
+    /// whitelist-only mode, the destination's whitelist entry (not removed), and the value in micro-dollars of the
+    /// withdrawals that count against limits since each of `since_ns`. `None` if there is no such customer.
+    pub async fn withdrawal_position(
+        &self,
+        customer_id: i64,
+        asset: &str,
+        address: &str,
+        since_ns: &[u64],
+    ) -> Result<Option<GatePosition>, StoreError> {
+        let sums: Vec<String> = (0..since_ns.len())
+            .map(|k| {
+                format!(
+                    "(SELECT CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 \
+                     AND created_at >= ${} AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired'))",
+                    k + 4
+                )
+            })
+            .collect();
+        let sums = if sums.is_empty() { String::new() } else { format!(", {}", sums.join(", ")) };
+        let w: Vec<String> = WHITELIST_COLUMNS.split(", ").map(|c| format!("w.{c}")).collect();
+        let q = format!(
+            "SELECT c.kyc_level, c.whitelist_only, {}{sums} FROM customers c LEFT JOIN whitelist_addresses w \
+             ON w.customer_id = c.id AND w.asset = $2 AND w.address = $3 AND w.state <> 'removed' WHERE c.id = $1",
+            w.join(", ")
+        );
+        on_reader!(self, |pool, sql| {
+            use sqlx::Row;
+            let q = sql(&q);
+            let mut query = sqlx::query(&q).bind(customer_id).bind(asset).bind(address);
+            for since in since_ns {
+                query = query.bind(ts(*since));
+            }
+            let Some(row) = query.fetch_optional(pool).await? else { return Ok(None) };
+            let entry_id: Option<i64> = row.try_get(2)?;
+            let whitelist = match entry_id {
+                None => None,
+                Some(id) => Some(WhitelistEntry {
+                    id,
+                    customer_id: row.try_get(3)?,
+                    asset: row.try_get(4)?,
+                    address: row.try_get(5)?,
+                    label: row.try_get(6)?,
+                    state: row.try_get(7)?,
+                    created_at: row.try_get(8)?,
+                    confirmed_at: row.try_get(9)?,
+                    usable_at: row.try_get(10)?,
+                    removed_at: row.try_get(11)?,
+                }),
+            };
+            let mut usd_since = Vec::with_capacity(since_ns.len());
+            for k in 0..since_ns.len() {
+                let total: Option<i64> = row.try_get(12 + k)?;
+                usd_since.push(u(total.unwrap_or(0)));
+            }
+            let level: i64 = row.try_get(0)?;
+            Ok(Some(GatePosition {
+                kyc_level: u8::try_from(level).unwrap_or(0),
+                whitelist_only: row.try_get(1)?,
+                whitelist,
+                usd_since,
+            }))
         })
     }
 
