@@ -4,7 +4,7 @@
 //! sanctioned destination refused; a withdrawal during the security lock refused with its end; a whitelisted address
 //! refused until its cooling-off ends; a customer cancelling; a broadcast the chain refuses returning the funds; a
 //! withdrawal forced into `approved` behind the policy's back never signed; 500 concurrent requests from one
-//! account never overdrawing it.
+//! account never overdrawing it. And the withdrawal policy's versions proposed and decided concurrently.
 
 #[allow(dead_code)]
 #[macro_use]
@@ -173,6 +173,90 @@ fn admin_code(server: &Server, name: &str) -> String {
     tail.lines()
         .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_owned))
         .unwrap_or_else(|| panic!("the server printed no enrolment code for {name}:\n{tail}"))
+}
+
+on_both_backends!(concurrent_policy_proposals_and_decisions);
+
+/// Regression: two `POST /v1/withdrawals/policies` at once both computed the next version and one failed the
+/// unique key with a 500. Proposals at once get consecutive versions; decisions at once on different versions
+/// leave exactly one active; two decisions on one version: one decides, the other is told it is decided.
+async fn concurrent_policy_proposals_and_decisions(db: Db) {
+    const PROPOSALS: usize = 8;
+    let server = Server::start_with_config(&db, &config()).await;
+    let root: Api = (*server).clone();
+    let mut admin =
+        Staff::enrol(&server, "admin", &admin_code(&server, "admin"), "first administrator!", &["administrator"]).await;
+    let mut admin2 =
+        Staff::enrol(&server, "admin2", &admin_code(&server, "admin2"), "second administrator", &["administrator"])
+            .await;
+    admin.sign_in(&server, &["administrator"]).await;
+    admin2.sign_in(&server, &["administrator"]).await;
+    let (a1, a2) = (admin.api(&server), admin2.api(&server));
+    let policies = root.get("/v1/withdrawals/policies").await.expect(200).clone();
+    let document = policies[0]["policy"].clone();
+    assert_eq!((policies[0]["version"].as_i64(), policies[0]["state"].as_str()), (Some(1), Some("active")));
+
+    // Every task sends its proposal at the same moment (as the development root, so that both administrators
+    // may decide them).
+    let barrier = Arc::new(tokio::sync::Barrier::new(PROPOSALS));
+    let tasks: Vec<_> = (0..PROPOSALS)
+        .map(|i| {
+            let (api, barrier, document) = (root.clone(), barrier.clone(), document.clone());
+            tokio::spawn(async move {
+                let body = json!({"policy": document, "note": format!("proposal {i}")});
+                barrier.wait().await;
+                api.post("/v1/withdrawals/policies", &body).await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        let answer = task.await.expect("a proposal task");
+        let proposed = answer.expect(201);
+        assert_eq!(proposed["state"], json!("proposed"), "{}", answer.text);
+        versions.push(proposed["version"].as_i64().expect("a version"));
+    }
+    versions.sort_unstable();
+    let expected: Vec<i64> = (2..2 + PROPOSALS as i64).collect();
+    assert_eq!(versions, expected, "each proposal gets its own next version");
+
+    // Both administrators approve different versions at once: each decision is applied, one after the other, and
+    // one version is left active.
+    let decide = |api: &Api, version: i64, approve: bool| {
+        let api = api.clone();
+        let body = json!({"approve": approve, "note": format!("decided {version}")});
+        tokio::spawn(async move { api.post(&format!("/v1/withdrawals/policies/{version}/decide"), &body).await })
+    };
+    let approvals: Vec<_> = (2..6).map(|v| decide(if v % 2 == 0 { &a1 } else { &a2 }, v, true)).collect();
+    for task in approvals {
+        let answer = task.await.expect("a decision task");
+        assert_eq!(answer.expect(200)["state"], json!("active"), "{}", answer.text);
+    }
+    let states = |list: &Value| -> Vec<(i64, String)> {
+        let list = list.as_array().expect("a list");
+        list.iter().map(|p| (p["version"].as_i64().unwrap(), p["state"].as_str().unwrap().to_owned())).collect()
+    };
+    let after = states(root.get("/v1/withdrawals/policies").await.expect(200));
+    let active: Vec<i64> = after.iter().filter(|(_, s)| s == "active").map(|(v, _)| *v).collect();
+    assert_eq!(active.len(), 1, "one active version: {after:?}");
+    assert!((2..6).contains(&active[0]), "{after:?}");
+    for (v, s) in &after {
+        let want = match v {
+            1 => "superseded",
+            v if *v == active[0] => "active",
+            2..=5 => "superseded",
+            _ => "proposed",
+        };
+        assert_eq!(s, want, "version {v}: {after:?}");
+    }
+
+    // Two decisions on one version at once: one is applied, the other finds it decided.
+    let (first, second) = (decide(&a1, 6, true), decide(&a2, 6, false));
+    let mut codes = [first.await.expect("a decision task"), second.await.expect("a decision task")];
+    codes.sort_by_key(|a| a.status.as_u16());
+    assert_eq!(codes[0].status.as_u16(), 200, "{}", codes[0].text);
+    codes[1].assert_error(409, "not_proposed");
+    root.assert_audit_intact().await;
 }
 
 on_both_backends!(withdrawals_end_to_end);
