@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::customer::*;
 use common::production::Staff;
 use common::{Answer, Db, Server};
-use reqwest::{Method, RequestBuilder};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// How recently a second factor must have been proven for a sensitive action, on the main server: long enough for a
@@ -677,51 +677,6 @@ async fn the_anti_phishing_code_heads_every_email(ctx: Ctx) {
 // 9. API keys: created with a step-up; signed requests work once, within the window, unaltered, from the
 //    allow-list, within the key's scopes and never on security routes; a revoked key stops working; every refusal
 //    is audited.
-
-struct ApiKey {
-    id: String,
-    secret: rampart_auth::ApiKeySecret,
-}
-
-impl ApiKey {
-    #[track_caller]
-    fn of(created: &Answer) -> ApiKey {
-        let id = created.str("key").to_owned();
-        assert!(id.starts_with("rak_"), "{id}");
-        let secret = rampart_auth::ApiKeySecret::parse(created.str("secret")).expect("a ras_ secret");
-        ApiKey { id, secret }
-    }
-
-    /// `request` with this key's headers, signing `method`, `path`, `signed_body` and `timestamp_ms`.
-    fn sign(
-        &self,
-        request: RequestBuilder,
-        method: &Method,
-        path: &str,
-        signed_body: &[u8],
-        timestamp_ms: u64,
-    ) -> RequestBuilder {
-        let signature = rampart_auth::sign_hex(&self.secret, method.as_str(), path, signed_body, timestamp_ms);
-        request
-            .header("x-rampart-key", &self.id)
-            .header("x-rampart-timestamp", timestamp_ms.to_string())
-            .header("x-rampart-sign", signature)
-    }
-
-    /// A request from `ip` carrying `body`, signed at `timestamp_ms`.
-    fn at(&self, ctx: &Ctx, ip: &str, method: Method, path: &str, body: &[u8], timestamp_ms: u64) -> RequestBuilder {
-        let mut request = ctx.request_from(ip, method.clone(), path);
-        if !body.is_empty() {
-            request = request.header("content-type", "application/json").body(body.to_vec());
-        }
-        self.sign(request, &method, path, body, timestamp_ms)
-    }
-
-    /// A signed request made now.
-    fn now(&self, ctx: &Ctx, ip: &str, method: Method, path: &str, body: &[u8]) -> RequestBuilder {
-        self.at(ctx, ip, method, path, body, now_ms())
-    }
-}
 
 async fn api_keys_sign_requests_that_work_once(ctx: Ctx) {
     let mut customer = Customer::register(&ctx, "robot").await;

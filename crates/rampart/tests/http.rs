@@ -44,6 +44,127 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duratio
     }
 }
 
+/// The source of the server's router, read when this test is compiled: the routes the OpenAPI document must list
+/// are the ones `router()` registers, so that a route added without an annotation fails this test.
+const ROUTER_SOURCE: &str = include_str!("../../server/src/lib.rs");
+
+/// The HTTP methods axum routes here, as OpenAPI names them.
+const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+/// Every (path, method) that `router()` in `source` registers: each `.route("<path>", get(…).post(…))`, however
+/// its arguments are laid out.
+fn routes_in(source: &str) -> BTreeSet<(String, String)> {
+    let start = source.find("pub fn router(").expect("lib.rs defines router()");
+    let end = start + source[start..].find("\n}\n").expect("router() ends");
+    let mut rest = &source[start..end];
+    let mut routes = BTreeSet::new();
+    while let Some(at) = rest.find(".route(") {
+        let call = &rest[at + ".route(".len()..];
+        let mut depth = 1;
+        let close = call
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .expect("every .route( is closed");
+        let args = &call[..close];
+        let path = args.split('"').nth(1).expect("a route's path is a string literal");
+        for method in METHODS {
+            let call = format!("{method}(");
+            // `get(handler)` or `.post(handler)`, not the end of a longer name such as `budget(`.
+            let found = args.match_indices(&call).any(|(i, _)| {
+                !args[..i].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+            });
+            if found {
+                routes.insert((path.to_owned(), method.to_owned()));
+            }
+        }
+        rest = &call[close..];
+    }
+    routes
+}
+
+#[test]
+fn routes_are_read_from_the_router_source() {
+    let source = r#"
+fn before() { x.route("/z", get(m::z)) }
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/a/{id}", get(m::budget_get).post(m::create))
+        .route(
+            "/b",
+            get(m::b).put(m::b_put).layer(DefaultBodyLimit::max(LIMIT)),
+        )
+        .route_layer(middleware::from_fn(m::layer))
+}
+fn after() { x.route("/c", delete(m::c)) }
+"#;
+    let found: Vec<(String, String)> = routes_in(source).into_iter().collect();
+    let expected = [("/a/{id}", "get"), ("/a/{id}", "post"), ("/b", "get"), ("/b", "put")];
+    assert_eq!(found, expected.map(|(p, m)| (p.to_owned(), m.to_owned())));
+}
+
+/// Asserts that the OpenAPI document lists exactly the routes of the router, method by method, and that every
+/// schema and security scheme it refers to is defined.
+#[track_caller]
+fn assert_documents_every_route(doc: &Value) {
+    let routed = routes_in(ROUTER_SOURCE);
+    // The reading of the source is itself checked: a route with two methods and one spread over several lines.
+    for (path, method) in [("/v1/me/withdrawals", "post"), ("/v1/me/withdrawals", "get"), ("/v1/me/kyc", "post")] {
+        assert!(routed.contains(&(path.to_owned(), method.to_owned())), "{method} {path} was not read: {routed:?}");
+    }
+    let paths = doc["paths"].as_object().expect("the document has paths");
+    let documented: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item is an object");
+            methods.keys().filter(|m| METHODS.contains(&m.as_str())).map(|m| (path.clone(), m.clone()))
+        })
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "routes the OpenAPI document does not list: {undocumented:?}");
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(unrouted.is_empty(), "operations in the OpenAPI document that no route serves: {unrouted:?}");
+
+    let schemas = &doc["components"]["schemas"];
+    let schemes = &doc["components"]["securitySchemes"];
+    let mut stack = vec![doc];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
+                    let name = reference.strip_prefix("#/components/schemas/").unwrap_or(reference);
+                    assert!(schemas[name].is_object(), "{reference} is not defined");
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    let mut operation_ids = BTreeMap::new();
+    for ((path, method), operation) in documented.iter().map(|(p, m)| ((p, m), &doc["paths"][p][m])) {
+        let responses = operation["responses"].as_object().map_or(0, |r| r.len());
+        assert!(responses > 0, "{method} {path} documents no response");
+        // Clients generated from the document name their methods after these: two alike would collide.
+        let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+        if let Some(other) = operation_ids.insert(id.to_owned(), format!("{method} {path}")) {
+            panic!("{method} {path} and {other} share the operationId {id}");
+        }
+        for requirement in operation["security"].as_array().into_iter().flatten() {
+            for scheme in requirement.as_object().expect("a security requirement").keys() {
+                assert!(schemes[scheme].is_object(), "{method} {path} names an undefined security scheme {scheme}");
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Concurrency: holds racing for the last units of an account never overdraw it.
 
@@ -765,9 +886,7 @@ async fn operability(db: Db) {
     let openapi = server.send(public("/openapi.json")).await;
     let doc = openapi.expect(200);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "not OpenAPI 3: {}", doc["openapi"]);
-    for path in ["/v1/transfers", "/v1/transfers/batch", "/v1/accounts", "/v1/accounts/{id}", "/healthz"] {
-        assert!(doc["paths"][path].is_object(), "the OpenAPI document lists no {path}");
-    }
+    assert_documents_every_route(doc);
 
     // Every answer carries a request id (checked in `send`); a caller's own id is kept, and each answer gets its own.
     let echoed = server.send(public("/healthz").header("x-request-id", "e2e-request-42")).await;

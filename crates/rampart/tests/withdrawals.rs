@@ -2,9 +2,11 @@
 //! a small withdrawal straight through to confirmation; a large one waiting for three staff approvals; one above
 //! USD 10,000 through the three compliance levels; one frozen by the risk engine and released by a reviewer; a
 //! sanctioned destination refused; a withdrawal during the security lock refused with its end; a whitelisted address
-//! refused until its cooling-off ends; a customer cancelling; a broadcast the chain refuses returning the funds; a
-//! withdrawal forced into `approved` behind the policy's back never signed; 500 concurrent requests from one
-//! account never overdrawing it.
+//! refused until its cooling-off ends; an API key withdrawing only to a whitelisted address, only with the
+//! `withdraw` scope and never twice with one signature; a customer cancelling; a broadcast the chain refuses
+//! returning the funds; a withdrawal forced into `approved` behind the policy's back never signed; 500 concurrent
+//! requests from one account never overdrawing it. And the withdrawal policy's versions proposed and decided
+//! concurrently.
 
 #[allow(dead_code)]
 #[macro_use]
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::customer::*;
 use common::production::Staff;
 use common::{Answer, Api, Db, Server};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The network fee held with each withdrawal (the server's default, 0.0002 BTC).
@@ -175,6 +178,90 @@ fn admin_code(server: &Server, name: &str) -> String {
         .unwrap_or_else(|| panic!("the server printed no enrolment code for {name}:\n{tail}"))
 }
 
+on_both_backends!(concurrent_policy_proposals_and_decisions);
+
+/// Regression: two `POST /v1/withdrawals/policies` at once both computed the next version and one failed the
+/// unique key with a 500. Proposals at once get consecutive versions; decisions at once on different versions
+/// leave exactly one active; two decisions on one version: one decides, the other is told it is decided.
+async fn concurrent_policy_proposals_and_decisions(db: Db) {
+    const PROPOSALS: usize = 8;
+    let server = Server::start_with_config(&db, &config()).await;
+    let root: Api = (*server).clone();
+    let mut admin =
+        Staff::enrol(&server, "admin", &admin_code(&server, "admin"), "first administrator!", &["administrator"]).await;
+    let mut admin2 =
+        Staff::enrol(&server, "admin2", &admin_code(&server, "admin2"), "second administrator", &["administrator"])
+            .await;
+    admin.sign_in(&server, &["administrator"]).await;
+    admin2.sign_in(&server, &["administrator"]).await;
+    let (a1, a2) = (admin.api(&server), admin2.api(&server));
+    let policies = root.get("/v1/withdrawals/policies").await.expect(200).clone();
+    let document = policies[0]["policy"].clone();
+    assert_eq!((policies[0]["version"].as_i64(), policies[0]["state"].as_str()), (Some(1), Some("active")));
+
+    // Every task sends its proposal at the same moment (as the development root, so that both administrators
+    // may decide them).
+    let barrier = Arc::new(tokio::sync::Barrier::new(PROPOSALS));
+    let tasks: Vec<_> = (0..PROPOSALS)
+        .map(|i| {
+            let (api, barrier, document) = (root.clone(), barrier.clone(), document.clone());
+            tokio::spawn(async move {
+                let body = json!({"policy": document, "note": format!("proposal {i}")});
+                barrier.wait().await;
+                api.post("/v1/withdrawals/policies", &body).await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        let answer = task.await.expect("a proposal task");
+        let proposed = answer.expect(201);
+        assert_eq!(proposed["state"], json!("proposed"), "{}", answer.text);
+        versions.push(proposed["version"].as_i64().expect("a version"));
+    }
+    versions.sort_unstable();
+    let expected: Vec<i64> = (2..2 + PROPOSALS as i64).collect();
+    assert_eq!(versions, expected, "each proposal gets its own next version");
+
+    // Both administrators approve different versions at once: each decision is applied, one after the other, and
+    // one version is left active.
+    let decide = |api: &Api, version: i64, approve: bool| {
+        let api = api.clone();
+        let body = json!({"approve": approve, "note": format!("decided {version}")});
+        tokio::spawn(async move { api.post(&format!("/v1/withdrawals/policies/{version}/decide"), &body).await })
+    };
+    let approvals: Vec<_> = (2..6).map(|v| decide(if v % 2 == 0 { &a1 } else { &a2 }, v, true)).collect();
+    for task in approvals {
+        let answer = task.await.expect("a decision task");
+        assert_eq!(answer.expect(200)["state"], json!("active"), "{}", answer.text);
+    }
+    let states = |list: &Value| -> Vec<(i64, String)> {
+        let list = list.as_array().expect("a list");
+        list.iter().map(|p| (p["version"].as_i64().unwrap(), p["state"].as_str().unwrap().to_owned())).collect()
+    };
+    let after = states(root.get("/v1/withdrawals/policies").await.expect(200));
+    let active: Vec<i64> = after.iter().filter(|(_, s)| s == "active").map(|(v, _)| *v).collect();
+    assert_eq!(active.len(), 1, "one active version: {after:?}");
+    assert!((2..6).contains(&active[0]), "{after:?}");
+    for (v, s) in &after {
+        let want = match v {
+            1 => "superseded",
+            v if *v == active[0] => "active",
+            2..=5 => "superseded",
+            _ => "proposed",
+        };
+        assert_eq!(s, want, "version {v}: {after:?}");
+    }
+
+    // Two decisions on one version at once: one is applied, the other finds it decided.
+    let (first, second) = (decide(&a1, 6, true), decide(&a2, 6, false));
+    let mut codes = [first.await.expect("a decision task"), second.await.expect("a decision task")];
+    codes.sort_by_key(|a| a.status.as_u16());
+    assert_eq!(codes[0].status.as_u16(), 200, "{}", codes[0].text);
+    codes[1].assert_error(409, "not_proposed");
+    root.assert_audit_intact().await;
+}
+
 on_both_backends!(withdrawals_end_to_end);
 
 async fn withdrawals_end_to_end(db: Db) {
@@ -217,6 +304,7 @@ async fn withdrawals_end_to_end(db: Db) {
     frozen_by_risk_and_released_by_a_reviewer(&mut world).await;
     refusals_before_anything_is_held(&world).await;
     whitelisted_addresses_wait_for_their_cooling_off(&world).await;
+    api_keys_withdraw_only_to_whitelisted_addresses(&world).await;
     cancelled_and_failed_withdrawals_return_the_funds(&world).await;
     nothing_is_signed_without_the_policy(&world).await;
     concurrent_requests_never_overdraw(&world).await;
@@ -458,6 +546,73 @@ async fn whitelisted_addresses_wait_for_their_cooling_off(world: &World) {
     wait_state(&grace, &id, "broadcast").await;
     world.mine(3).await;
     wait_state(&grace, &id, "confirmed").await;
+}
+
+async fn api_keys_withdraw_only_to_whitelisted_addresses(world: &World) {
+    let mut leo = world.customer("leo", 10_000_000).await;
+    leo.step_up().await;
+    let ip = leo.ip.clone();
+    let created = leo
+        .post("/v1/me/api-keys", &json!({"label": "payouts", "scopes": ["read", "withdraw"], "allow_list": [ip]}))
+        .await;
+    assert_eq!(created.expect(201)["scopes"], json!(["read", "withdraw"]), "{}", created.text);
+    let payout = ApiKey::of(&created);
+    let reader = json!({"label": "reader", "scopes": ["read"], "allow_list": [ip]});
+    let created = leo.post("/v1/me/api-keys", &reader).await;
+    created.expect(201);
+    let reader = ApiKey::of(&created);
+    let (ctx, to) = (&world.ctx, address(12));
+    let body = |key: &str| {
+        let body = json!({"asset": "BTC", "amount": btc(100_000), "address": to, "idempotency_key": key});
+        serde_json::to_vec(&body).expect("a body")
+    };
+    let withdraw_with = |key: &ApiKey, body: &[u8], timestamp_ms: u64| {
+        ctx.api.send(key.at(ctx, &ip, Method::POST, "/v1/me/withdrawals", body, timestamp_ms))
+    };
+
+    // A key without the withdraw scope may not withdraw at all; one with it only to a whitelisted address, which
+    // only a session with a fresh second factor can add.
+    withdraw_with(&reader, &body("api-0"), now_ms()).await.assert_error(403, "scope_missing");
+    withdraw_with(&payout, &body("api-1"), now_ms()).await.assert_error(403, "address_not_whitelisted");
+    let entry = serde_json::to_vec(&json!({"asset": "BTC", "address": to, "label": "payouts"})).unwrap();
+    ctx.api
+        .send(payout.now(ctx, &ip, Method::POST, "/v1/me/whitelist", &entry))
+        .await
+        .assert_error(403, "session_required");
+    let added = leo.post("/v1/me/whitelist", &json!({"asset": "BTC", "address": to, "label": "payouts"})).await;
+    assert_eq!(added.expect(201)["state"], json!("unconfirmed"));
+    withdraw_with(&payout, &body("api-2"), now_ms()).await.assert_error(403, "address_unconfirmed");
+    let mail = leo.mail("Confirm a new withdrawal address").await;
+    let confirmed = world.root.post_public("/v1/customers/whitelist/confirm", &json!({"token": mail.token()})).await;
+    assert_eq!(confirmed.expect(200)["state"], json!("active"));
+    let refused = withdraw_with(&payout, &body("api-3"), now_ms()).await;
+    refused.assert_error(403, "address_cooling_off");
+    assert_eq!(balance(&leo).await, (10_000_000, 0), "the refusals held nothing");
+    // The refusal names the end of the cooling-off in nanoseconds: wait until then.
+    let message = refused.body["error"]["message"].as_str().unwrap().to_owned();
+    let usable_ns: u64 =
+        message.split('(').nth(1).and_then(|s| s.split(')').next()).and_then(|n| n.parse().ok()).expect(&message);
+    let wait_ms = (usable_ns / 1_000_000).saturating_sub(now_ms()) + 100;
+    assert!(wait_ms <= 5_000, "the test's cooling-off is 3 s: {message}");
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+
+    // Through to confirmation with the key alone; the same signed request again is refused and makes nothing.
+    let signed_at = now_ms();
+    let answer = withdraw_with(&payout, &body("api-4"), signed_at).await;
+    let created = answer.expect(201).clone();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    withdraw_with(&payout, &body("api-4"), signed_at).await.assert_error(401, "replayed_signature");
+    let staff = world.root.get(&format!("/v1/withdrawals/{id}")).await.expect(200).clone();
+    assert_eq!(staff["withdrawal"]["initiator"], json!(format!("{}/{}", leo.subject(), payout.id)), "{staff}");
+    wait_state(&leo, &id, "broadcast").await;
+    world.mine(3).await;
+    let done = wait_state(&leo, &id, "confirmed").await;
+    let fee = sat(done["network_fee"].as_str().expect("the fee share"));
+    assert_eq!(balance(&leo).await, (10_000_000 - 100_000 - fee, 0));
+    let mine = ctx.api.send(payout.now(ctx, &ip, Method::GET, &format!("/v1/me/withdrawals/{id}"), b"")).await;
+    assert_eq!(mine.expect(200)["state"], json!("confirmed"), "{}", mine.text);
+    let all = leo.get("/v1/me/withdrawals").await.expect(200).as_array().expect("a list").len();
+    assert_eq!(all, 1, "the replay made no second withdrawal");
 }
 
 async fn cancelled_and_failed_withdrawals_return_the_funds(world: &World) {

@@ -16,10 +16,11 @@ use rampart_compliance::{Query as NameQuery, canonical, countries, review, trave
 use rampart_store::{ComplianceResolution, ComplianceResolved, KycDecided, NewDocument, ReviewDecided};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::compliance::{self, AddressVerdict, ImportReport, OFAC_SDN, SDN_FILES, ScreeningData, Verdict};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::handlers::ApiJson;
 use crate::identity::{Customer, Scope};
 use crate::principal::Principal;
@@ -28,10 +29,13 @@ use crate::staff_api::path_i64;
 use crate::identity::rfc3339;
 
 /// `?all=true` lists closed items too.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AllQuery {
+    /// Closed items too.
     #[serde(default)]
     all: bool,
+    /// Only this customer's (internal id; KYC submissions and Travel Rule records).
     #[serde(default)]
     customer: Option<i64>,
 }
@@ -52,7 +56,7 @@ fn note_text(body: &str) -> Result<&str, ApiError> {
 // Lists.
 
 /// `POST /v1/compliance/lists/ofac`: the SDN list's files as text, and per-asset address lists.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ImportRequest {
     /// `sdn.csv`, `alt.csv`, `add.csv` (required) and `sdn_comments.csv` (optional), as text.
     pub files: BTreeMap<String, String>,
@@ -62,7 +66,7 @@ pub struct ImportRequest {
 }
 
 /// An imported version.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ListView {
     /// Version.
     pub version: i64,
@@ -99,17 +103,26 @@ fn list_view(v: rampart_store::ListVersion) -> ListView {
 }
 
 /// What an import did.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ImportView {
     /// The new version.
     pub version: i64,
     /// What it holds and what changed.
+    #[schema(value_type = Object)]
     pub report: ImportReport,
     /// `started`: every customer is being re-screened against it.
     pub rescreen: String,
 }
 
 /// Imports a new version of the OFAC SDN list; every customer is then re-screened against it in the background.
+#[utoipa::path(post, path = "/v1/compliance/lists/ofac", tag = "compliance", request_body = ImportRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "imported; customers are being re-screened", body = ImportView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "list_unchanged", body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, description = "list_unreadable", body = ErrorBody)
+    ))]
 pub(crate) async fn import(
     State(state): State<AppState>,
     principal: Principal,
@@ -199,6 +212,10 @@ pub(crate) async fn import(
 }
 
 /// The imported versions, newest first.
+#[utoipa::path(get, path = "/v1/compliance/lists", tag = "compliance", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<ListView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn lists(
     State(state): State<AppState>,
     principal: Principal,
@@ -208,7 +225,7 @@ pub(crate) async fn lists(
 }
 
 /// `POST /v1/compliance/screen`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ScreenRequest {
     /// A name in any form.
     pub name: String,
@@ -224,6 +241,12 @@ pub struct ScreenRequest {
 }
 
 /// Screens a name against the list in force (staff): the best matches with entry, names, programmes and score.
+#[utoipa::path(post, path = "/v1/compliance/screen", tag = "compliance", request_body = ScreenRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`list_version`, `threshold` and the best `matches`", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn screen(
     State(state): State<AppState>,
     principal: Principal,
@@ -272,7 +295,7 @@ pub(crate) fn valid_country(c: Option<&str>) -> Result<Option<String>, ApiError>
 // Address lists.
 
 /// `POST /v1/compliance/addresses`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ListAddressRequest {
     /// The address.
     pub address: String,
@@ -286,7 +309,7 @@ pub struct ListAddressRequest {
 }
 
 /// A listed address.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ListingView {
     /// Id (absent for the sanctions lists' own entries).
     pub id: Option<i64>,
@@ -311,6 +334,10 @@ fn valid_address(raw: &str) -> Result<String, ApiError> {
 }
 
 /// The exchange's own listings.
+#[utoipa::path(get, path = "/v1/compliance/addresses", tag = "compliance", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<ListingView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn addresses(
     State(state): State<AppState>,
     principal: Principal,
@@ -335,6 +362,13 @@ pub(crate) async fn addresses(
 }
 
 /// Lists an address as blocked or risky.
+#[utoipa::path(post, path = "/v1/compliance/addresses", tag = "compliance", operation_id = "compliance_add_address",
+    request_body = ListAddressRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = ListingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "address_listed", body = ErrorBody)
+    ))]
 pub(crate) async fn add_address(
     State(state): State<AppState>,
     principal: Principal,
@@ -380,6 +414,13 @@ pub(crate) async fn add_address(
 }
 
 /// Takes an address off the exchange's lists.
+#[utoipa::path(delete, path = "/v1/compliance/addresses/{id}", tag = "compliance",
+    operation_id = "compliance_remove_address",
+    params(("id" = i64, Path, description = "listing id")), security(("bearer" = [])),
+    responses(
+        (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn remove_address(
     State(state): State<AppState>,
     principal: Principal,
@@ -402,7 +443,7 @@ pub(crate) async fn remove_address(
 }
 
 /// `POST …/addresses/screen` and `POST /v1/me/destinations/screen`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct AddressQuery {
     /// The address.
     pub address: String,
@@ -412,6 +453,12 @@ pub struct AddressQuery {
 }
 
 /// Everything listed about an address (staff).
+#[utoipa::path(post, path = "/v1/compliance/addresses/screen", tag = "compliance", request_body = AddressQuery,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "every listing of the address", body = Vec<ListingView>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn screen_address(
     State(state): State<AppState>,
     principal: Principal,
@@ -438,6 +485,13 @@ pub(crate) async fn screen_address(
 
 /// The customer's check of a withdrawal destination before asking for the withdrawal: a sanctioned or blocked
 /// address is refused (`403 destination_refused`, which never says which list) and a case is opened for review.
+#[utoipa::path(post, path = "/v1/me/destinations/screen", tag = "compliance", request_body = AddressQuery,
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 200, description = "`{\"allowed\": true}`", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "destination_refused (never says which list), or scope_missing", body = ErrorBody)
+    ))]
 pub(crate) async fn check_destination(
     State(state): State<AppState>,
     customer: Customer,
@@ -502,7 +556,8 @@ pub(crate) async fn refuse_destination(
 // Cases.
 
 /// A compliance case.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(as = ComplianceCaseView)]
 pub struct CaseView {
     /// Id.
     pub id: i64,
@@ -548,6 +603,12 @@ fn case_view(c: rampart_store::ComplianceCase, notes: Vec<rampart_store::RiskCas
 }
 
 /// Open cases (all with `?all=true`), newest first.
+#[utoipa::path(get, path = "/v1/compliance/cases", tag = "compliance", operation_id = "compliance_cases",
+    params(AllQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<CaseView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn cases(
     State(state): State<AppState>,
     principal: Principal,
@@ -559,6 +620,12 @@ pub(crate) async fn cases(
 }
 
 /// One case with its notes.
+#[utoipa::path(get, path = "/v1/compliance/cases/{id}", tag = "compliance", operation_id = "compliance_case",
+    params(("id" = i64, Path, description = "case id")), security(("bearer" = [])),
+    responses(
+        (status = 200, body = CaseView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn case(
     State(state): State<AppState>,
     principal: Principal,
@@ -574,7 +641,8 @@ pub(crate) async fn case(
 }
 
 /// A note (or a resolution's reason).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ComplianceNoteRequest)]
 pub struct NoteRequest {
     /// The text.
     pub note: String,
@@ -616,6 +684,13 @@ async fn work_case(
 }
 
 /// Takes a case.
+#[utoipa::path(post, path = "/v1/compliance/cases/{id}/assign", tag = "compliance",
+    operation_id = "compliance_assign",
+    params(("id" = i64, Path, description = "case id")), security(("bearer" = [])),
+    responses(
+        (status = 200, body = CaseView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn assign(
     State(state): State<AppState>,
     principal: Principal,
@@ -625,6 +700,13 @@ pub(crate) async fn assign(
 }
 
 /// Adds a note.
+#[utoipa::path(post, path = "/v1/compliance/cases/{id}/notes", tag = "compliance",
+    operation_id = "compliance_note", request_body = NoteRequest,
+    params(("id" = i64, Path, description = "case id")), security(("bearer" = [])),
+    responses(
+        (status = 200, body = CaseView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn note(
     State(state): State<AppState>,
     principal: Principal,
@@ -636,6 +718,15 @@ pub(crate) async fn note(
 
 /// Resolves a case: `release` (a false positive: the freeze is lifted unless another holds the account),
 /// `keep_frozen` or `offboard`.
+#[utoipa::path(post, path = "/v1/compliance/cases/{id}/resolve", tag = "compliance",
+    operation_id = "compliance_resolve",
+    request_body = NoteRequest, params(("id" = i64, Path, description = "case id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CaseView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "case_resolved", body = ErrorBody)
+    ))]
 pub(crate) async fn resolve(
     State(state): State<AppState>,
     principal: Principal,
@@ -699,6 +790,17 @@ pub struct KycRequest {
 const DOCUMENTS_MAX: usize = 8;
 
 /// Submits KYC data for a level: stored sealed, the customer screened against the list with it, the provider told.
+#[utoipa::path(post, path = "/v1/me/kyc", tag = "compliance",
+    request_body(content = serde_json::Value, description = "the identity's fields (`level`, `legal_name`, \
+        `date_of_birth`, `nationality`, `address`, …) and `documents`: a list of `kind` and `content_base64` \
+        (PDF, PNG or JPEG, at most 10 MiB each, at most 8)"),
+    security(("bearer" = [], "device" = [])),
+    responses(
+        (status = 201, description = "`submission` and its `state`", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "level_held or submission_pending", body = ErrorBody),
+        (status = 413, body = ErrorBody)
+    ))]
 pub(crate) async fn submit_kyc(
     State(state): State<AppState>,
     customer: Customer,
@@ -802,6 +904,12 @@ pub(crate) async fn submit_kyc(
 }
 
 /// The customer's KYC level, its limits and their submissions.
+#[utoipa::path(get, path = "/v1/me/kyc", tag = "compliance",
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 200, description = "`level`, its `limits` and the `submissions`", body = serde_json::Value),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn my_kyc(
     State(state): State<AppState>,
     customer: Customer,
@@ -823,6 +931,11 @@ fn usd(micros: u64) -> String {
 }
 
 /// Submissions waiting (all with `?all=true`), without personal data.
+#[utoipa::path(get, path = "/v1/compliance/kyc", tag = "compliance", params(AllQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "submissions, without personal data", body = Vec<serde_json::Value>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn kyc_queue(
     State(state): State<AppState>,
     principal: Principal,
@@ -842,6 +955,14 @@ pub(crate) async fn kyc_queue(
 }
 
 /// One submission: personal data masked unless the caller's roles may see it; every view is audited.
+#[utoipa::path(get, path = "/v1/compliance/kyc/{id}", tag = "compliance",
+    params(("id" = i64, Path, description = "submission id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the submission, personal data masked unless the roles may see it",
+            body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn kyc_submission(
     State(state): State<AppState>,
     principal: Principal,
@@ -875,6 +996,13 @@ pub(crate) async fn kyc_submission(
 }
 
 /// A document's bytes: only for roles that may see personal data; audited.
+#[utoipa::path(get, path = "/v1/compliance/kyc/documents/{id}", tag = "compliance",
+    params(("id" = i64, Path, description = "document id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the document's bytes, with its own content type (PDF, PNG or JPEG)"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn kyc_document(
     State(state): State<AppState>,
     principal: Principal,
@@ -897,7 +1025,7 @@ pub(crate) async fn kyc_document(
 }
 
 /// `POST /v1/compliance/kyc/{id}/decide`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct DecideRequest {
     /// Approve or reject.
     pub approve: bool,
@@ -906,6 +1034,13 @@ pub struct DecideRequest {
 }
 
 /// Approves (the customer's level rises) or rejects a submission.
+#[utoipa::path(post, path = "/v1/compliance/kyc/{id}/decide", tag = "compliance", request_body = DecideRequest,
+    params(("id" = i64, Path, description = "submission id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`submission`, `state`, `customer` and their `level`", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "submission_decided", body = ErrorBody)
+    ))]
 pub(crate) async fn decide_kyc(
     State(state): State<AppState>,
     principal: Principal,
@@ -958,7 +1093,7 @@ pub struct TravelRuleRequest {
 }
 
 /// A transfer named in a staff request.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct TransferBody {
     /// The transfer's reference.
     pub reference: String,
@@ -998,6 +1133,14 @@ fn valid_reference(r: &str) -> Result<(), ApiError> {
 
 /// Records a transfer's Travel Rule data (for transfers made outside the withdrawal flow, and the data a
 /// counterparty sends with a deposit).
+#[utoipa::path(post, path = "/v1/compliance/travel-rule", tag = "compliance",
+    request_body(content = serde_json::Value, description = "the transfer's `reference`, `customer`, `asset`, \
+        `amount` and `amount_usd_micros`, with its `originator` and `beneficiary`"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "recorded"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "exists", body = ErrorBody)
+    ))]
 pub(crate) async fn record_travel_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -1015,6 +1158,13 @@ pub(crate) async fn record_travel_rule(
 }
 
 /// Travel Rule records, parties masked unless the roles may see personal data; unmasked views are audited.
+#[utoipa::path(get, path = "/v1/compliance/travel-rule", tag = "compliance", params(AllQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "records, parties masked unless the roles may see personal data",
+            body = Vec<serde_json::Value>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn travel_rule(
     State(state): State<AppState>,
     principal: Principal,
@@ -1068,6 +1218,13 @@ fn review_view(r: &rampart_store::TransferReview) -> serde_json::Value {
 
 /// Opens the review of a transfer above the threshold (transfers made outside the withdrawal flow: the withdrawal
 /// flow opens its own).
+#[utoipa::path(post, path = "/v1/compliance/reviews", tag = "compliance", request_body = TransferBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "the review", body = serde_json::Value), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "exists", body = ErrorBody)
+    ))]
 pub(crate) async fn open_review(
     State(state): State<AppState>,
     principal: Principal,
@@ -1089,6 +1246,11 @@ pub(crate) async fn open_review(
 }
 
 /// Reviews pending (all with `?all=true`).
+#[utoipa::path(get, path = "/v1/compliance/reviews", tag = "compliance", params(AllQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<serde_json::Value>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn reviews(
     State(state): State<AppState>,
     principal: Principal,
@@ -1101,6 +1263,15 @@ pub(crate) async fn reviews(
 
 /// Decides the waiting level of a review: the caller must hold that level's role, must not have asked for the
 /// transfer nor decided an earlier level.
+#[utoipa::path(post, path = "/v1/compliance/reviews/{id}/decide", tag = "compliance", request_body = DecideRequest,
+    params(("id" = i64, Path, description = "review id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the review", body = serde_json::Value), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "forbidden, review_closed, own_request, already_decided, wrong_level",
+            body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn decide_review(
     State(state): State<AppState>,
     principal: Principal,

@@ -55,9 +55,33 @@ use crate::principal::Principal;
         crate::custody_api::get_ceremony, crate::custody_api::post_message, crate::custody_api::list_refills,
         crate::custody_api::propose_refill, crate::custody_api::approve_refill, crate::custody_api::get_deposit_address,
         crate::custody_api::new_deposit_address, crate::custody_api::deposits, crate::custody_api::dev_mine,
-        crate::custody_api::dev_faucet, crate::custody_api::dev_reorg
+        crate::custody_api::dev_faucet, crate::custody_api::dev_reorg,
+        crate::risk::cases, crate::risk::case, crate::risk::assign, crate::risk::note, crate::risk::resolve,
+        crate::risk::rules, crate::risk::reload, crate::risk::events,
+        crate::compliance_api::import, crate::compliance_api::lists, crate::compliance_api::screen,
+        crate::compliance_api::addresses, crate::compliance_api::add_address, crate::compliance_api::remove_address,
+        crate::compliance_api::screen_address, crate::compliance_api::check_destination, crate::compliance_api::cases,
+        crate::compliance_api::case, crate::compliance_api::assign, crate::compliance_api::note,
+        crate::compliance_api::resolve, crate::compliance_api::submit_kyc, crate::compliance_api::my_kyc,
+        crate::compliance_api::kyc_queue, crate::compliance_api::kyc_submission, crate::compliance_api::kyc_document,
+        crate::compliance_api::decide_kyc, crate::compliance_api::record_travel_rule,
+        crate::compliance_api::travel_rule, crate::compliance_api::open_review, crate::compliance_api::reviews,
+        crate::compliance_api::decide_review,
+        crate::withdrawals_api::request, crate::withdrawals_api::mine, crate::withdrawals_api::one,
+        crate::withdrawals_api::cancel, crate::withdrawals_api::whitelist, crate::withdrawals_api::add_address,
+        crate::withdrawals_api::confirm_address, crate::withdrawals_api::remove_address,
+        crate::withdrawals_api::set_whitelist_only, crate::withdrawals_api::queue, crate::withdrawals_api::staff_one,
+        crate::withdrawals_api::approve, crate::withdrawals_api::reject, crate::withdrawals_api::policies,
+        crate::withdrawals_api::propose_policy, crate::withdrawals_api::decide_policy,
+        crate::telemetry::render_metrics, openapi
     ),
     components(schemas(ErrorBody)),
+    tags(
+        (name = "withdrawals", description = "Customers' withdrawals and address whitelists; the staff queue, \
+            approvals and the four-eyes withdrawal policy."),
+        (name = "compliance", description = "Sanctions lists and screening, address lists, compliance cases, KYC, \
+            the Travel Rule and the three-level review of large transfers.")
+    ),
     modifiers(&OperatorToken)
 )]
 pub struct ApiDoc;
@@ -66,12 +90,25 @@ struct OperatorToken;
 
 impl utoipa::Modify for OperatorToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // A customer's session works only with the token of the device it was created on; an API key signs each
+        // request (HMAC-SHA256 over method, path with query, body and the timestamp) in three headers.
+        for (name, header, what) in [
+            ("device", "x-rampart-device", "the device token a customer session is bound to"),
+            ("api_key", "x-rampart-key", "an API key's id (rak_…)"),
+            ("api_timestamp", "x-rampart-timestamp", "the signing time in milliseconds since the Unix epoch"),
+            ("api_signature", "x-rampart-sign", "HMAC-SHA256 of method, path and query, body and timestamp, hex"),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(header, what))),
+            );
+        }
     }
 }
 
@@ -122,6 +159,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<serde_j
     Ok(Json(serde_json::json!({"status": "ready", "backend": state.store().backend().as_str()})))
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json",
+    responses((status = 200, description = "the OpenAPI 3 document", body = serde_json::Value)))]
 pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

@@ -217,9 +217,8 @@ fn unix_s(now_ns: u64) -> u64 {
 }
 
 /// Signs a staff member in with password and TOTP code; answers a session token.
-#[utoipa::path(post, path = "/v1/staff/sign-in", request_body = SignInRequest, responses(
-    (status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)
-))]
+#[utoipa::path(post, path = "/v1/staff/sign-in", operation_id = "staff_sign_in_password", request_body = SignInRequest,
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn sign_in(
     State(state): State<AppState>,
     client: crate::customer_api::Client,
@@ -271,7 +270,8 @@ pub(crate) async fn sign_in(
 }
 
 /// Ends the caller's session.
-#[utoipa::path(post, path = "/v1/staff/sign-out", security(("bearer" = [])), responses((status = 204)))]
+#[utoipa::path(post, path = "/v1/staff/sign-out", operation_id = "staff_sign_out", security(("bearer" = [])),
+    responses((status = 204)))]
 pub(crate) async fn sign_out(
     State(state): State<AppState>,
     principal: Principal,

@@ -25,6 +25,9 @@ pub(crate) fn install_metrics() -> &'static PrometheusHandle {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "the metrics in Prometheus' text format", content_type = "text/plain", body = String)
+))]
 pub(crate) async fn render_metrics() -> impl IntoResponse {
     let body = install_metrics().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)

@@ -17,11 +17,12 @@ use rampart_store::{
 use rampart_withdrawal::{ApprovalRefused, Policy, Requirement, State as WState};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::compliance::AddressVerdict;
 use crate::customer_api::{EMAIL_LINK_S, customer_ledger_account, link, lock_until, ticket_customer};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::handlers::ApiJson;
 use crate::identity::{Customer, Scope, StepUp, Via, customer_record, notice, rfc3339, withdrawal_gate};
 use crate::principal::Principal;
@@ -35,7 +36,7 @@ const LABEL_CHARS_MAX: usize = 64;
 const REASON_CHARS_MAX: usize = 500;
 
 /// A withdrawal as its customer and staff see it.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct WithdrawalView {
     /// Id.
     pub id: String,
@@ -107,7 +108,7 @@ async fn view(state: &AppState, w: &WithdrawalRecord) -> Result<WithdrawalView, 
 }
 
 /// A withdrawal request.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WithdrawalRequest {
     /// The asset's code.
@@ -120,8 +121,10 @@ pub struct WithdrawalRequest {
     /// request answers the withdrawal made the first time.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// The Travel Rule's data, required at or above its threshold.
+    /// The Travel Rule's data, required at or above its threshold: `originator` and `beneficiary`, each with
+    /// `name`, `account` and optional `institution` and `details`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub travel_rule: Option<travel::TravelRule>,
 }
 
@@ -375,6 +378,18 @@ async fn gates(
 /// step-up window; with an API key, the `withdraw` scope (and the key's mandatory IP allow-list). The gates run in
 /// order: the account (lock, status), the whitelist, the KYC limits, sanctions and address lists, the risk engine;
 /// then the request is recorded with its funds held, and the compliance review and the policy decide where it goes.
+#[utoipa::path(post, path = "/v1/me/withdrawals", tag = "withdrawals", request_body = WithdrawalRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "the idempotency key, instead of the body's")),
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 201, description = "recorded, its funds held", body = WithdrawalView),
+        (status = 200, description = "the withdrawal this idempotency key made", body = WithdrawalView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "a gate refused: step-up, scope, lock, whitelist, limits, destination, risk",
+            body = ErrorBody),
+        (status = 409, description = "insufficient_funds or idempotency_key_reused", body = ErrorBody),
+        (status = 503, description = "custody or a USD price is not configured", body = ErrorBody)
+    ))]
 pub(crate) async fn request(
     State(state): State<AppState>,
     customer: Customer,
@@ -630,7 +645,8 @@ async fn answer_existing(
 }
 
 /// The page of a list.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// How many, newest first (at most 200).
@@ -642,6 +658,12 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/me/withdrawals`.
+#[utoipa::path(get, path = "/v1/me/withdrawals", tag = "withdrawals", params(ListQuery),
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 200, body = Vec<WithdrawalView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn mine(
     State(state): State<AppState>,
     customer: Customer,
@@ -667,6 +689,13 @@ async fn own(
 }
 
 /// `GET /v1/me/withdrawals/{id}`.
+#[utoipa::path(get, path = "/v1/me/withdrawals/{id}", tag = "withdrawals",
+    params(("id" = String, Path, description = "withdrawal id (32 hex digits)")),
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 200, body = WithdrawalView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn one(
     State(state): State<AppState>,
     customer: Customer,
@@ -678,6 +707,14 @@ pub(crate) async fn one(
 }
 
 /// `POST /v1/me/withdrawals/{id}/cancel`: the customer cancels a withdrawal not yet signed; the funds return.
+#[utoipa::path(post, path = "/v1/me/withdrawals/{id}/cancel", tag = "withdrawals",
+    params(("id" = String, Path, description = "withdrawal id (32 hex digits)")),
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 200, description = "cancelled, the funds returned", body = WithdrawalView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "not_cancellable", body = ErrorBody)
+    ))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     customer: Customer,
@@ -717,7 +754,7 @@ pub(crate) async fn cancel(
 // The whitelist.
 
 /// A whitelist entry.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct WhitelistView {
     /// Id.
     pub id: i64,
@@ -746,7 +783,7 @@ fn whitelist_view(e: &WhitelistEntry) -> WhitelistView {
 }
 
 /// The whitelist and its mode.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct WhitelistPage {
     /// Whether withdrawals may go only to whitelisted addresses.
     pub whitelist_only: bool,
@@ -755,6 +792,11 @@ pub struct WhitelistPage {
 }
 
 /// `GET /v1/me/whitelist`.
+#[utoipa::path(get, path = "/v1/me/whitelist", tag = "withdrawals",
+    security(("bearer" = [], "device" = []), ("api_key" = [], "api_timestamp" = [], "api_signature" = [])),
+    responses(
+        (status = 200, body = WhitelistPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn whitelist(
     State(state): State<AppState>,
     customer: Customer,
@@ -768,7 +810,7 @@ pub(crate) async fn whitelist(
 }
 
 /// A new whitelist address.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAddress {
     /// Asset.
@@ -781,6 +823,16 @@ pub struct NewAddress {
 
 /// `POST /v1/me/whitelist`: adds an address (session with a fresh second factor); it becomes usable when the
 /// emailed link confirms it and its cooling-off has passed.
+#[utoipa::path(post, path = "/v1/me/whitelist", tag = "withdrawals", operation_id = "whitelist_add_address",
+    request_body = NewAddress,
+    security(("bearer" = [], "device" = [])),
+    responses(
+        (status = 201, description = "added, unconfirmed: a confirmation link is emailed", body = WhitelistView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "step_up_required, session_required or destination_refused", body = ErrorBody),
+        (status = 409, description = "already_whitelisted", body = ErrorBody),
+        (status = 503, description = "custody is not configured", body = ErrorBody)
+    ))]
 pub(crate) async fn add_address(
     State(state): State<AppState>,
     customer: Customer,
@@ -857,14 +909,22 @@ pub(crate) async fn add_address(
 }
 
 /// A token from an emailed link.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WhitelistToken)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The token.
+    #[schema(value_type = String)]
     pub token: SecretString,
 }
 
 /// `POST /v1/customers/whitelist/confirm`: the emailed link confirms a new address; its cooling-off starts.
+#[utoipa::path(post, path = "/v1/customers/whitelist/confirm", tag = "withdrawals", request_body = TokenRequest,
+    responses(
+        (status = 200, description = "confirmed: usable once its cooling-off has passed", body = WhitelistView),
+        (status = 400, body = ErrorBody), (status = 401, description = "invalid_ticket", body = ErrorBody),
+        (status = 409, description = "not_unconfirmed", body = ErrorBody)
+    ))]
 pub(crate) async fn confirm_address(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
@@ -912,6 +972,13 @@ pub(crate) async fn confirm_address(
 }
 
 /// `DELETE /v1/me/whitelist/{id}`.
+#[utoipa::path(delete, path = "/v1/me/whitelist/{id}", tag = "withdrawals",
+    operation_id = "whitelist_remove_address",
+    params(("id" = i64, Path, description = "whitelist entry id")), security(("bearer" = [], "device" = [])),
+    responses(
+        (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn remove_address(
     State(state): State<AppState>,
     customer: Customer,
@@ -945,7 +1012,7 @@ pub(crate) async fn remove_address(
 }
 
 /// The whitelist-only mode.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhitelistMode {
     /// On or off.
@@ -954,6 +1021,12 @@ pub struct WhitelistMode {
 
 /// `PUT /v1/me/whitelist-only`: turning it on takes effect at once; turning it off is a security change that
 /// suspends withdrawals for the security lock's hours.
+#[utoipa::path(put, path = "/v1/me/whitelist-only", tag = "withdrawals", request_body = WhitelistMode,
+    security(("bearer" = [], "device" = [])),
+    responses(
+        (status = 200, body = WhitelistPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn set_whitelist_only(
     State(state): State<AppState>,
     customer: Customer,
@@ -992,7 +1065,7 @@ pub(crate) async fn set_whitelist_only(
 // Staff.
 
 /// A withdrawal in the staff queue, with what a reviewer needs.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct QueueView {
     /// The withdrawal.
     pub withdrawal: WithdrawalView,
@@ -1043,6 +1116,11 @@ async fn queue_view(state: &AppState, item: &QueueItem) -> Result<QueueView, Api
 }
 
 /// `GET /v1/withdrawals?state=…`: the queue (by default every withdrawal waiting for people), oldest first.
+#[utoipa::path(get, path = "/v1/withdrawals", tag = "withdrawals", params(ListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<QueueView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn queue(
     State(state): State<AppState>,
     principal: Principal,
@@ -1065,6 +1143,12 @@ pub(crate) async fn queue(
 }
 
 /// `GET /v1/withdrawals/{id}`: one withdrawal with its history of moves.
+#[utoipa::path(get, path = "/v1/withdrawals/{id}", tag = "withdrawals",
+    params(("id" = String, Path, description = "withdrawal id (32 hex digits)")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`withdrawal` (a queue item) and `events` (its moves)", body = serde_json::Value),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ))]
 pub(crate) async fn staff_one(
     State(state): State<AppState>,
     principal: Principal,
@@ -1088,7 +1172,7 @@ pub(crate) async fn staff_one(
 }
 
 /// A staff decision: a reason and a second factor.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaffDecision {
     /// Why.
@@ -1135,6 +1219,15 @@ fn groups(principal: &Principal) -> Vec<String> {
 }
 
 /// `POST /v1/withdrawals/{id}/approve`: one staff approval; the last one the policy needs approves the withdrawal.
+#[utoipa::path(post, path = "/v1/withdrawals/{id}/approve", tag = "withdrawals", request_body = StaffDecision,
+    params(("id" = String, Path, description = "withdrawal id (32 hex digits)")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`layer`, `complete` and the `withdrawal`", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, description = "invalid_second_factor", body = ErrorBody),
+        (status = 403, description = "forbidden, own_withdrawal, already_approved, not_an_approver_needed",
+            body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "not_awaiting_approval", body = ErrorBody)
+    ))]
 pub(crate) async fn approve(
     State(state): State<AppState>,
     principal: Principal,
@@ -1217,6 +1310,13 @@ pub(crate) async fn approve(
 }
 
 /// `POST /v1/withdrawals/{id}/reject`: a staff member rejects a withdrawal waiting for approvals; the funds return.
+#[utoipa::path(post, path = "/v1/withdrawals/{id}/reject", tag = "withdrawals", request_body = StaffDecision,
+    params(("id" = String, Path, description = "withdrawal id (32 hex digits)")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "rejected, the funds returned", body = WithdrawalView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "not_awaiting_approval", body = ErrorBody)
+    ))]
 pub(crate) async fn reject(
     State(state): State<AppState>,
     principal: Principal,
@@ -1256,7 +1356,7 @@ pub(crate) async fn reject(
 // The policy.
 
 /// A policy version.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct PolicyView {
     /// Version.
     pub version: i32,
@@ -1284,6 +1384,10 @@ fn policy_view(p: &PolicyRecord) -> PolicyView {
 }
 
 /// `GET /v1/withdrawals/policies`: every version, newest first.
+#[utoipa::path(get, path = "/v1/withdrawals/policies", tag = "withdrawals", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<PolicyView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn policies(
     State(state): State<AppState>,
     principal: Principal,
@@ -1294,7 +1398,7 @@ pub(crate) async fn policies(
 }
 
 /// A proposed policy.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposePolicy {
     /// The document.
@@ -1304,6 +1408,13 @@ pub struct ProposePolicy {
 }
 
 /// `POST /v1/withdrawals/policies`: proposes a version; another holder of the permission must approve it.
+#[utoipa::path(post, path = "/v1/withdrawals/policies", tag = "withdrawals", request_body = ProposePolicy,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "proposed, with the next version number", body = PolicyView),
+        (status = 400, description = "invalid_policy or invalid_note", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ))]
 pub(crate) async fn propose_policy(
     State(state): State<AppState>,
     principal: Principal,
@@ -1336,7 +1447,7 @@ pub(crate) async fn propose_policy(
 }
 
 /// A decision on a proposed policy.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDecision {
     /// Activate (true) or reject.
@@ -1346,6 +1457,15 @@ pub struct PolicyDecision {
 }
 
 /// `POST /v1/withdrawals/policies/{version}/decide`: a second person activates or rejects a proposed version.
+#[utoipa::path(post, path = "/v1/withdrawals/policies/{version}/decide", tag = "withdrawals",
+    request_body = PolicyDecision, params(("version" = i32, Path, description = "policy version")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "activated (the active version superseded) or rejected", body = PolicyView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "forbidden, or four_eyes: the proposer cannot decide", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "not_proposed", body = ErrorBody)
+    ))]
 pub(crate) async fn decide_policy(
     State(state): State<AppState>,
     principal: Principal,

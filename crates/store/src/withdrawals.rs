@@ -362,6 +362,19 @@ macro_rules! lock_withdrawal {
     }};
 }
 
+/// Orders the writers of the policy's versions on PostgreSQL (SQLite's single writer orders them already): a
+/// proposal numbers the next version from the highest one, and an activation supersedes the active one, so each
+/// must read what the other committed, not a snapshot from before it. `SHARE ROW EXCLUSIVE` conflicts with itself
+/// and with every write to the table, never with reads; it is taken first, before any other lock, so that it
+/// cannot close a cycle.
+macro_rules! lock_policies {
+    ($self:ident, $tx:ident) => {
+        if matches!($self, Store::Postgres(_)) {
+            sqlx::query("LOCK TABLE withdrawal_policies IN SHARE ROW EXCLUSIVE MODE").execute(&mut *$tx.0).await?;
+        }
+    };
+}
+
 /// Records the moves along `path` (each checked by the state machine) and updates the row.
 macro_rules! record_moves {
     ($tx:ident, $sql:ident, $w:expr, $path:expr, $actor:expr, $reason:expr, $changes:expr, $now:expr) => {{
@@ -1074,7 +1087,9 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<i32, StoreError> {
         on_backend!(self, |tx, sql| {
-            // The head row's lock (SQLite: the writer) orders concurrent proposals; a race on the key is retried.
+            // The next version is the highest one plus one: without the lock, two proposals at once would read the
+            // same highest version and the second insert would fail the primary key.
+            lock_policies!(self, tx);
             let version: i32 = sqlx::query_scalar(&sql(
                 "INSERT INTO withdrawal_policies (version, body, proposed_by, state, note, created_at) \
                  SELECT COALESCE(MAX(version), 0) + 1, $1, $2, 'proposed', $3, $4 FROM withdrawal_policies \
@@ -1113,6 +1128,9 @@ impl Store {
         records: Vec<AuditRecord>,
     ) -> Result<PolicyDecided, StoreError> {
         on_backend!(self, |tx, sql| {
+            // Without the lock, two activations at once would each supersede the version active before both, and
+            // the second would fail the index that allows one active version.
+            lock_policies!(self, tx);
             let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
             let q = sql(&format!(
                 "SELECT version, body, proposed_by, state, decided_by, note, created_at, decided_at \
