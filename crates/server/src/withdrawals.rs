@@ -286,13 +286,30 @@ fn void(w: &WithdrawalRecord, asset: AssetCode) -> Result<NewTransfer, ApiError>
     })
 }
 
+/// How a confirmed withdrawal was paid: from which custody wallet, and how much network fee the exchange paid for it
+/// on top of the customer's share (its part of a fee bump, which staff decide and the customer never pays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settlement {
+    /// The custody wallet whose coins paid it: `hot`, or `cold` for a cold signing ceremony.
+    pub(crate) wallet: &'static str,
+    /// The exchange's extra fee for this withdrawal, in the asset's smallest unit.
+    pub(crate) exchange_fee: u64,
+}
+
+impl Default for Settlement {
+    fn default() -> Settlement {
+        Settlement { wallet: "hot", exchange_fee: 0 }
+    }
+}
+
 /// The confirmation's ledger effect: the hold posted for the amount and the customer's share of the network fee
-/// (at most what was held; the rest is released), and any excess paid by the exchange's fee account.
-fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiError> {
+/// (at most what was held; the rest is released), and any excess, with the exchange's share of a fee bump, paid by
+/// the exchange's fee account; all of it leaves the custody wallet that paid.
+fn post(w: &WithdrawalRecord, asset: AssetCode, paid_by: Settlement) -> Result<Vec<NewTransfer>, ApiError> {
     let share = u128::from(u64::try_from(w.network_fee.unwrap_or(0)).unwrap_or(0));
     let held = fee_held_of(w)?;
     let charged = share.min(held);
-    let excess = share - charged;
+    let excess = share - charged + u128::from(paid_by.exchange_fee);
     let id = withdrawal_number(w)?;
     let paid = amount_of(w)? + charged;
     let mut batch = vec![
@@ -312,7 +329,7 @@ fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiE
         NewTransfer {
             id: resolution_id("paid", w),
             debit_account_id: clearing_account(w.customer_id, asset.as_str()),
-            credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+            credit_account_id: custody::custody_ledger_account(asset.as_str(), paid_by.wallet),
             amount: rampart_core::Amount::new(paid),
             pending_id: None,
             asset,
@@ -326,7 +343,7 @@ fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiE
         batch.push(NewTransfer {
             id: resolution_id("fee_excess", w),
             debit_account_id: custody::custody_ledger_account(asset.as_str(), "fees"),
-            credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+            credit_account_id: custody::custody_ledger_account(asset.as_str(), paid_by.wallet),
             amount: rampart_core::Amount::new(excess),
             pending_id: None,
             asset,
@@ -375,9 +392,22 @@ pub(crate) async fn advance(
     reason: &str,
     changes: &Changes<'_>,
 ) -> Result<Advanced, ApiError> {
+    advance_settled(state, w, path, actor, reason, changes, Settlement::default()).await
+}
+
+/// [`advance`], with how a confirmation was paid.
+pub(crate) async fn advance_settled(
+    state: &AppState,
+    w: &WithdrawalRecord,
+    path: &[State],
+    actor: &str,
+    reason: &str,
+    changes: &Changes<'_>,
+    paid_by: Settlement,
+) -> Result<Advanced, ApiError> {
     let from = w.state()?;
     let keyring = state.keyring()?;
-    let (effects, ledger) = move_effects(state, &keyring, w, path, actor, reason)?;
+    let (effects, ledger) = move_effects_settled(state, &keyring, w, path, actor, reason, paid_by)?;
     // The reason of the last move is the one the customer and staff see.
     let mut changes = changes.clone();
     if changes.reason.is_none() && !reason.is_empty() {
@@ -410,6 +440,18 @@ pub(crate) fn move_effects(
     actor: &str,
     reason: &str,
 ) -> Result<(Effects, Vec<NewTransfer>), ApiError> {
+    move_effects_settled(state, keyring, w, path, actor, reason, Settlement::default())
+}
+
+fn move_effects_settled(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    w: &WithdrawalRecord,
+    path: &[State],
+    actor: &str,
+    reason: &str,
+    paid_by: Settlement,
+) -> Result<(Effects, Vec<NewTransfer>), ApiError> {
     let last = *path.last().expect("a move has a destination");
     let mut records = Vec::new();
     let mut at = w.state()?;
@@ -426,7 +468,7 @@ pub(crate) fn move_effects(
     }
     let code = asset_of(state, w)?.code;
     let ledger = match last {
-        State::Confirmed => post(w, code)?,
+        State::Confirmed => post(w, code, paid_by)?,
         s if s.is_final() => vec![void(w, code)?],
         _ => vec![],
     };
