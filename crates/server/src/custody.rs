@@ -1066,7 +1066,8 @@ pub async fn start_refill(
         txid: tx.compute_txid().to_byte_array().to_vec(),
         tx: serialize(&tx),
         prevouts: serialize(&spent),
-        to_cold: 0,
+        // The change goes back to cold: in flight, it still counts as cold (the cap and the cold share read it).
+        to_cold: total - proposal.amount - fee,
         to_hot: proposal.amount,
         fee,
         state: "signing".into(),

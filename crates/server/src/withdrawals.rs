@@ -871,12 +871,35 @@ async fn pay(state: &AppState, custody: &Custody, report: &mut PassReport) -> Re
     let coins = state.store().spendable_utxos(&asset, "hot", seen).await?;
     let wallet = custody::ensure_hot_wallet(state, custody).await?;
     let rate = custody.chain.fee_rate().await.map_err(custody::chain_error)?.max(1);
+    // The most the hot wallet may ever hold (its cap, a share of everything held): a withdrawal above it can never
+    // be paid from hot, whatever refills bring, so the cold wallet's custodians sign it directly.
+    let b = state.store().custody_balances(&asset).await?;
+    let held = [b.cold.0, b.hot.0, b.deposit.0, b.in_flight_to_cold, b.in_flight_to_hot].map(u128::from);
+    let cap = u64::try_from(held.iter().sum::<u128>() * u128::from(custody.config.policy.max_hot_bps) / 10_000)
+        .unwrap_or(u64::MAX);
+    let hot_room = cap.saturating_sub(b.hot.0 + b.deposit.0 + b.in_flight_to_hot);
+    let cold = state.store().active_wallet(&asset, "cold").await?;
     let mut chosen: Vec<(WithdrawalRecord, PolicyApproved, ScriptBuf)> = Vec::new();
     let mut waiting = Vec::new();
     let mut total: u64 = 0;
     let available: u64 = coins.iter().map(|c| c.value).sum();
     for (w, proof) in approved {
         let amount = u64::try_from(amount_of(&w)?).map_err(internal)?;
+        if let Some(cold) = &cold
+            && amount.saturating_add(rate * custody::estimated_vsize(1, 2)) > cap
+        {
+            if pay_from_cold(state, custody, cold, &w, proof, rate, seen).await? {
+                report.paid += 1;
+            } else if w.state == State::Approved.as_str() {
+                let reason = "above the hot wallet's cap: waiting for confirmed coins in cold storage";
+                if let Advanced::Done(_) =
+                    advance(state, &w, &[State::Queued], "system", reason, &Changes::default()).await?
+                {
+                    report.queued += 1;
+                }
+            }
+            continue;
+        }
         let script = destination_script(custody, &w)?;
         let fee = rate * custody::estimated_vsize(coins.len().max(1), chosen.len() + 2);
         if chosen.len() < config.batch_max && waiting.is_empty() && total + amount + fee <= available {
@@ -899,19 +922,152 @@ async fn pay(state: &AppState, custody: &Custody, report: &mut PassReport) -> Re
     if !waiting.is_empty() {
         let short: u64 =
             waiting.iter().map(|(_, a)| a).sum::<u64>() + rate * custody::estimated_vsize(2, waiting.len() + 1);
-        custody::propose_refill_for(
-            state,
-            custody,
-            short.saturating_sub(available.saturating_sub(total)),
-            "withdrawals wait for funds",
-        )
-        .await?;
+        // What a refill on its way brings counts; a refill may not push the hot wallet over its cap (the sweeper
+        // would send the surplus back): what does not fit waits for the next one, after these are paid.
+        let refill =
+            short.saturating_sub(available.saturating_sub(total)).saturating_sub(b.in_flight_to_hot).min(hot_room);
+        if refill >= custody::DUST_SAT {
+            custody::propose_refill_for(state, custody, refill, "withdrawals wait for funds").await?;
+        }
     }
     if chosen.is_empty() {
         return Ok(());
     }
     report.paid += sign_and_record(state, custody, &wallet, coins, rate, chosen).await?;
     Ok(())
+}
+
+/// Pays a withdrawal the hot wallet may never hold straight from cold storage: the transaction spends confirmed
+/// cold coins (oldest first, change back to cold) and a signing session asks the cold wallet's custodians to sign
+/// it; the session, the transaction with its reserved coins and the withdrawal's move to `signing` are recorded
+/// before anything is signed. The custodians' tool shows them the destination, amount and fee, recomputed from the
+/// transaction. Once they have signed, the service broadcasts it and `follow` takes it to confirmation like any
+/// other; a failed or expired session fails the withdrawal and returns the funds. `false` when the cold wallet's
+/// confirmed coins do not cover it (it waits).
+async fn pay_from_cold(
+    state: &AppState,
+    custody: &Custody,
+    cold: &rampart_store::WalletRecord,
+    w: &WithdrawalRecord,
+    proof: PolicyApproved,
+    rate: u64,
+    seen: u64,
+) -> Result<bool, ApiError> {
+    assert_eq!(proof.withdrawal(), withdrawal_number(w)?, "a policy approval signs only its own withdrawal");
+    let asset = custody.config.asset.clone();
+    let amount = u64::try_from(amount_of(w)?).map_err(internal)?;
+    let script = destination_script(custody, w)?;
+    let mut inputs = Vec::new();
+    let mut gathered = 0u64;
+    let mut fee = 0;
+    for c in state.store().spendable_utxos(&asset, "cold", seen).await? {
+        gathered += c.value;
+        inputs.push(c);
+        fee = rate * custody::estimated_vsize(inputs.len(), 2);
+        if gathered >= amount + fee {
+            break;
+        }
+    }
+    if gathered < amount + fee || amount < custody::DUST_SAT {
+        return Ok(false);
+    }
+    let mut outputs = vec![TxOut { value: Sats::from_sat(amount), script_pubkey: script }];
+    let change = gathered - amount - fee;
+    if change >= custody::DUST_SAT {
+        outputs.push(TxOut {
+            value: Sats::from_sat(change),
+            script_pubkey: ScriptBuf::from_bytes(cold.script_pubkey.clone()),
+        });
+    }
+    let fee = gathered - outputs.iter().map(|o| o.value.to_sat()).sum::<u64>();
+    let to_cold = gathered - amount - fee;
+    let tx = custody::unsigned(&inputs, outputs)?;
+    let txid = tx.compute_txid();
+    let keyring = state.keyring()?;
+    let members = state.store().wallet_members(cold.id, cold.epoch).await?;
+    let roster = serde_json::to_string(
+        &members
+            .iter()
+            .map(|m| serde_json::json!({"identifier": m.identifier, "custodian_id": m.custodian_id}))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(internal)?;
+    let new = rampart_store::NewCeremony {
+        kind: "sign".into(),
+        asset: asset.clone(),
+        wallet_id: Some(cold.id),
+        threshold: cold.threshold.unwrap_or(3),
+        roster,
+        params: serde_json::json!({"withdrawal": w.id, "epoch": cold.epoch}).to_string(),
+        created_by: "system".into(),
+        expires_at_ns: state.now_ns().saturating_add(custody.config.ceremony_ttl_s.saturating_mul(NS)),
+    };
+    let mut opened = state.record("system", "custody.sign.session_opened", "-", AuditOutcome::Success);
+    opened.details.insert("withdrawal".into(), w.id.clone());
+    opened.details.insert("txid".into(), txid.to_string());
+    let ceremony = state.store().create_ceremony(&new, state.now_ns(), &state.auditor(&keyring), vec![opened]).await?;
+    let mut r = state.record("system", "withdrawal.signing", &format!("withdrawal:{}", w.id), AuditOutcome::Success);
+    r.details.insert("txid".into(), txid.to_string());
+    r.details.insert("policy_version".into(), proof.version().to_string());
+    r.details.insert("policy_rule".into(), proof.rule().to_owned());
+    r.details.insert("network_fee".into(), fee.to_string());
+    r.details.insert("ceremony".into(), ceremony.to_string());
+    let payment = Payment {
+        id: w.id.clone(),
+        from: w.state()?,
+        network_fee: fee,
+        effects: Effects {
+            records: vec![r],
+            notices: vec![in_app(notification(state, w, State::Signing, "")?)],
+            ..Effects::default()
+        },
+    };
+    let custody_tx = CustodyTx {
+        id: 0,
+        asset: asset.clone(),
+        kind: "withdrawal".into(),
+        txid: txid.to_byte_array().to_vec(),
+        tx: serialize(&tx),
+        prevouts: serialize(&custody::prevouts(&inputs)),
+        to_cold,
+        to_hot: 0,
+        fee,
+        state: "signing".into(),
+        ceremony_id: Some(ceremony),
+        failure: None,
+    };
+    let mut record = state.record("system", "custody.withdrawal.built", &format!("tx:{txid}"), AuditOutcome::Success);
+    record.details.insert("fee_sat".into(), fee.to_string());
+    record.details.insert("from".into(), "cold".into());
+    let spends: Vec<(Vec<u8>, u32)> = inputs.iter().map(|u| (u.txid.clone(), u.vout)).collect();
+    let recorded = state
+        .store()
+        .pay_withdrawals(
+            vec![payment],
+            &custody_tx,
+            &spends,
+            "system",
+            state.now_ns(),
+            &state.auditor(&keyring),
+            vec![record],
+        )
+        .await?;
+    if recorded.is_none() {
+        let failed =
+            state.record("system", "custody.sign.failed", &format!("ceremony:{ceremony}"), AuditOutcome::Failure);
+        state
+            .store()
+            .fail_ceremony(
+                ceremony,
+                "the withdrawal or its coins changed meanwhile",
+                state.now_ns(),
+                &state.auditor(&keyring),
+                vec![failed],
+            )
+            .await?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn destination_script(custody: &Custody, w: &WithdrawalRecord) -> Result<ScriptBuf, ApiError> {
