@@ -55,7 +55,8 @@ use crate::principal::Principal;
         crate::custody_api::get_ceremony, crate::custody_api::post_message, crate::custody_api::list_refills,
         crate::custody_api::propose_refill, crate::custody_api::approve_refill, crate::custody_api::get_deposit_address,
         crate::custody_api::new_deposit_address, crate::custody_api::deposits, crate::custody_api::dev_mine,
-        crate::custody_api::dev_faucet, crate::custody_api::dev_reorg
+        crate::custody_api::dev_faucet, crate::custody_api::dev_reorg,
+        crate::withdrawals_stuck::rebroadcast, crate::withdrawals_stuck::bump_fee
     ),
     components(schemas(ErrorBody)),
     modifiers(&OperatorToken)
