@@ -282,6 +282,10 @@ async fn withdrawals_and_custody(db: Db) {
     let check = root.get("/v1/ledger/check").await.expect(200).clone();
     assert!(check["violation"].is_null(), "{check}");
     root.assert_audit_intact().await;
+    let doc = root.get_public("/openapi.json").await.expect(200).clone();
+    for path in ["/v1/withdrawals/{id}/rebroadcast", "/v1/withdrawals/{id}/bump-fee"] {
+        assert!(doc["paths"][path]["post"].is_object(), "the OpenAPI document lists no POST {path}");
+    }
 }
 
 async fn queued_until_a_refill_confirms_then_paid(world: &World, alice: &Customer) {
