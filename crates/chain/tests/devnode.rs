@@ -90,14 +90,18 @@ async fn the_chain_trait_over_the_development_chain() {
     let unknown = BlockHash::from_byte_array([9; 32]);
     assert_eq!(node.block(&unknown).await, Err(ChainError::UnknownBlock(unknown)));
 
-    // Broadcasting twice answers the same txid; a conflicting spend and a cheap one are rejected with the reason.
+    // Broadcasting twice answers the same txid; a conflicting spend that pays too little to replace it and a cheap
+    // one are rejected with the reason; one that pays enough more replaces it (BIP-125).
     let tx = wallet.spend(coin, 100_000, 99_000);
-    let txid = node.broadcast(&tx).await.unwrap();
-    assert_eq!(node.broadcast(&tx).await, Ok(txid));
-    let conflict = wallet.spend(coin, 100_000, 98_000);
-    assert!(matches!(node.broadcast(&conflict).await, Err(ChainError::Rejected(m)) if m.contains("conflicts")));
+    let first = node.broadcast(&tx).await.unwrap();
+    assert_eq!(node.broadcast(&tx).await, Ok(first));
+    let conflict = wallet.spend(coin, 100_000, 99_500);
+    assert!(matches!(node.broadcast(&conflict).await, Err(ChainError::Rejected(m)) if m.contains("replacement")));
+    let bumped = wallet.spend(coin, 100_000, 97_000);
+    let txid = node.broadcast(&bumped).await.unwrap();
     node.mine(1).unwrap();
     assert_eq!(node.confirmations(&txid), 1);
+    assert_eq!(node.confirmations(&first), 0, "replaced");
     let coin = node.faucet(wallet.script.clone(), Amount::from_sat(10_000)).unwrap();
     node.mine(1).unwrap();
     let cheap = wallet.spend(coin, 10_000, 9_990);

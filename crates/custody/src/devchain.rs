@@ -18,7 +18,13 @@
 //!   interpreter given every spent output. A newly submitted transaction may spend confirmed outputs only: a child of
 //!   a transaction still in the mempool (a faucet transaction included) is refused until its parent is mined.
 //!   Transactions that a reorganisation returns keep their order, and there a child may follow its parent. Relative
-//!   lock times (BIP-68) and replacement (RBF) are not implemented.
+//!   lock times (BIP-68) are not implemented.
+//! - **Replacement** (BIP-125, as Bitcoin Core applies it): a new transaction that spends an output a mempool
+//!   transaction spends replaces it (and its descendants) when every transaction it replaces signals replaceability
+//!   (an input's sequence below `0xfffffffe`), it pays at least their fees plus the minimum fee rate times its own
+//!   virtual size, and its fee rate is above each directly replaced transaction's. Otherwise it is refused as a
+//!   conflict ([`ChainRejection::Conflict`]) or as paying too little ([`ChainRejection::ReplacementFeeTooLow`]).
+//!   Transactions returned by a reorganisation never replace anything.
 //! - **Mining** takes the mempool in the order it was accepted (parents before children), as much as fits in 4,000,000
 //!   weight units, and checks the block exactly as a block from outside would be checked.
 //! - **Reorganisations** disconnect blocks exactly (with per-block undo data), return their transactions to the
@@ -110,6 +116,15 @@ pub enum ChainRejection {
     /// The transaction's lock time is not reached yet.
     #[error("the transaction's lock time is not reached")]
     NonFinal,
+    /// The transaction conflicts with replaceable mempool transactions but pays too little to replace them: less
+    /// than their fees plus the minimum fee rate times its virtual size, or a fee rate no higher than one of theirs.
+    #[error("a replacement must pay at least {min} sat and a higher fee rate than what it replaces; it pays {fee} sat")]
+    ReplacementFeeTooLow {
+        /// The replacement's fee.
+        fee: u64,
+        /// The least it must pay.
+        min: u64,
+    },
     /// The transaction is already known.
     #[error("the transaction is already known")]
     Duplicate,
@@ -478,13 +493,18 @@ impl DevChain {
         }
         let mut spent = Vec::with_capacity(tx.input.len());
         let mut seen = HashSet::with_capacity(tx.input.len());
+        let mut conflict = None;
         for (i, input) in tx.input.iter().enumerate() {
             let outpoint = input.previous_output;
             if !seen.insert(outpoint) {
                 return Err(ChainRejection::DuplicateInput(i));
             }
             if self.mempool_spends.contains(&outpoint) {
-                return Err(ChainRejection::Conflict(i));
+                // A returned transaction never replaces; a new one may (checked below, once it is known valid).
+                if returned {
+                    return Err(ChainRejection::Conflict(i));
+                }
+                conflict = conflict.or(Some(i));
             }
             let output = match (self.utxos.get(&outpoint), self.mempool_outputs.get(&outpoint)) {
                 (Some(output), _) => output,
@@ -505,8 +525,47 @@ impl DevChain {
             return Err(ChainRejection::NonFinal);
         }
         verify_spend(&tx, &spent).map_err(|e: CustodyError| ChainRejection::Script(e.to_string()))?;
+        if let Some(input) = conflict {
+            let replaced = self.replaceable_by(&tx, fee, input)?;
+            let candidates = self.take_mempool();
+            self.readmit(candidates, &replaced);
+        }
         self.insert_mempool(MempoolEntry { tx, txid, fee });
         Ok(txid)
+    }
+
+    /// What a new transaction `tx` paying `fee`, which spends an output a mempool transaction spends (its input
+    /// `input` first), would replace under BIP-125's rules: the conflicting transactions and their descendants.
+    /// Refused as a conflict unless each of them signals replaceability, and as too cheap unless `tx` pays for all
+    /// of them plus its own relay (the minimum fee rate times its virtual size) at a fee rate above each conflict's.
+    fn replaceable_by(&self, tx: &Transaction, fee: u64, input: usize) -> Result<HashSet<Txid>, ChainRejection> {
+        let spends: HashSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let vsize = tx.vsize() as u64;
+        let mut replaced = HashSet::new();
+        let mut replaced_fees = 0u64;
+        for entry in &self.mempool {
+            let direct = entry.tx.input.iter().any(|i| spends.contains(&i.previous_output));
+            let child = entry.tx.input.iter().any(|i| replaced.contains(&i.previous_output.txid));
+            if !(direct || child) {
+                continue;
+            }
+            if !entry.tx.is_explicitly_rbf() {
+                return Err(ChainRejection::Conflict(input));
+            }
+            // Compare fee rates without division: fee / vsize > entry.fee / entry_vsize.
+            let entry_vsize = entry.tx.vsize() as u64;
+            if direct && u128::from(fee) * u128::from(entry_vsize) <= u128::from(entry.fee) * u128::from(vsize) {
+                let min = entry.fee.saturating_mul(vsize).div_ceil(entry_vsize.max(1)).saturating_add(1);
+                return Err(ChainRejection::ReplacementFeeTooLow { fee, min });
+            }
+            replaced.insert(entry.txid);
+            replaced_fees = replaced_fees.saturating_add(entry.fee);
+        }
+        let min = replaced_fees.saturating_add(self.min_fee_rate_sat_vb.max(1).saturating_mul(vsize));
+        if fee < min {
+            return Err(ChainRejection::ReplacementFeeTooLow { fee, min });
+        }
+        Ok(replaced)
     }
 
     fn insert_mempool(&mut self, entry: MempoolEntry) {

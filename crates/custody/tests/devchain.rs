@@ -62,6 +62,31 @@ impl Wallet {
         tx
     }
 
+    /// Like [`Wallet::spend`], but with every input's sequence at `0xffffffff`: the transaction does not signal
+    /// replaceability (BIP-125).
+    fn spend_final<'a>(
+        &self,
+        coins: impl IntoIterator<Item = &'a (OutPoint, TxOut)>,
+        outputs: Vec<TxOut>,
+    ) -> Transaction {
+        let coins: Vec<&(OutPoint, TxOut)> = coins.into_iter().collect();
+        let mut tx = self.spend(coins.iter().copied(), outputs);
+        for input in &mut tx.input {
+            input.sequence = Sequence::MAX;
+            input.witness = Witness::new();
+        }
+        let spent: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
+        let secp = Secp256k1::new();
+        let tweaked = self.keypair.tap_tweak(&secp, None).to_keypair();
+        let signatures: Vec<[u8; 64]> = key_spend_sighashes(&tx, &spent)
+            .unwrap()
+            .iter()
+            .map(|m| secp.sign_schnorr_no_aux_rand(&Message::from_digest(*m), &tweaked).serialize())
+            .collect();
+        attach_key_spend_signatures(&mut tx, &signatures).unwrap();
+        tx
+    }
+
     fn pay(&self, value: u64) -> TxOut {
         TxOut { value: Amount::from_sat(value), script_pubkey: self.script.clone() }
     }
@@ -96,12 +121,13 @@ fn a_double_spend_is_refused_in_the_mempool_and_in_a_block() {
     let mut chain = DevChain::new(1);
     let c = coin(&mut chain, &wallet, 100_000, T0);
     let first = wallet.spend([&c], vec![wallet.pay(99_000)]);
-    let second = wallet.spend([&c], vec![wallet.pay(98_000)]);
+    // Paying less than the first, it cannot replace it (`a_higher_fee_replaces_a_mempool_transaction`).
+    let second = wallet.spend([&c], vec![wallet.pay(99_500)]);
     // One transaction spending the same coin twice.
     let twice = wallet.spend([&c, &c], vec![wallet.pay(150_000)]);
     assert_eq!(chain.submit(twice), Err(ChainRejection::DuplicateInput(1)));
     let first_id = chain.submit(first.clone()).unwrap();
-    assert_eq!(chain.submit(second.clone()), Err(ChainRejection::Conflict(0)));
+    assert!(matches!(chain.submit(second.clone()), Err(ChainRejection::ReplacementFeeTooLow { fee: 500, .. })));
     chain.mine(T0 + 1);
     assert_eq!(chain.confirmations(&first_id), 1);
     assert_eq!(chain.submit(second.clone()), Err(ChainRejection::MissingInput(0)));
@@ -390,4 +416,68 @@ fn replaying_the_records_gives_the_same_chain() {
     assert_eq!(replayed.apply(&records[0]), Err(BlockError::NotOnTip));
     let mut fresh = DevChain::new(2);
     assert_eq!(fresh.apply(&LogRecord::Disconnect), Err(BlockError::NothingToDisconnect));
+}
+
+#[test]
+fn a_higher_fee_replaces_a_mempool_transaction() {
+    let wallet = Wallet::new(7);
+    let other = Wallet::new(8);
+    let mut chain = DevChain::new(1);
+    let c = coin(&mut chain, &wallet, 100_000, T0);
+    let original = wallet.spend([&c], vec![other.pay(60_000), wallet.pay(39_000)]);
+    let original_id = chain.submit(original.clone()).unwrap();
+    let vsize = original.vsize() as u64;
+
+    // The same payment with a little more fee: a higher rate, but not enough to pay for the relay of both.
+    let timid = wallet.spend([&c], vec![other.pay(60_000), wallet.pay(38_950)]);
+    assert_eq!(timid.vsize() as u64, vsize);
+    assert_eq!(chain.submit(timid), Err(ChainRejection::ReplacementFeeTooLow { fee: 1_050, min: 1_000 + vsize }));
+    // The same fee is no higher rate either.
+    let same = wallet.spend([&c], vec![other.pay(59_000), wallet.pay(40_000)]);
+    assert!(matches!(chain.submit(same), Err(ChainRejection::ReplacementFeeTooLow { fee: 1_000, .. })));
+    assert_eq!(chain.mempool_txids(), [original_id]);
+
+    // A fee bump: same input, same payment, the change gives up 4,000 sat. It replaces the original.
+    let bumped = wallet.spend([&c], vec![other.pay(60_000), wallet.pay(35_000)]);
+    let bumped_id = chain.submit(bumped.clone()).unwrap();
+    assert_eq!(chain.mempool_txids(), [bumped_id]);
+    assert!(!chain.in_mempool(&original_id));
+    // The original cannot come back: it now pays less than what replaced it.
+    assert!(matches!(chain.submit(original.clone()), Err(ChainRejection::ReplacementFeeTooLow { .. })));
+    chain.mine(T0 + 1);
+    assert_eq!(chain.confirmations(&bumped_id), 1);
+    assert!(!in_any_block(&chain, &original_id));
+    assert_eq!(chain.submit(original), Err(ChainRejection::MissingInput(0)));
+
+    // A transaction that does not signal replaceability is never replaced, whatever the fee.
+    let d = coin(&mut chain, &wallet, 100_000, T0 + 2);
+    let final_one = wallet.spend_final([&d], vec![wallet.pay(99_000)]);
+    let final_id = chain.submit(final_one).unwrap();
+    let generous = wallet.spend([&d], vec![wallet.pay(50_000)]);
+    assert_eq!(chain.submit(generous), Err(ChainRejection::Conflict(0)));
+    assert_eq!(chain.mempool_txids(), [final_id]);
+}
+
+#[test]
+fn a_replacement_evicts_the_descendants_it_invalidates() {
+    let wallet = Wallet::new(9);
+    let mut chain = DevChain::new(1);
+    let c = coin(&mut chain, &wallet, 100_000, T0);
+    let parent = wallet.spend([&c], vec![wallet.pay(99_000)]);
+    let parent_id = chain.submit(parent.clone()).unwrap();
+    chain.mine(T0 + 1);
+    // A reorganisation returns the parent to the mempool, where a child may follow it once the parent is mined
+    // again: mine the parent, spend it, then reorganise both back into the mempool.
+    let child_coin = (bitcoin::OutPoint { txid: parent_id, vout: 0 }, wallet.pay(99_000));
+    let child = wallet.spend([&child_coin], vec![wallet.pay(98_000)]);
+    let child_id = chain.submit(child).unwrap();
+    chain.mine(T0 + 2);
+    chain.reorg(2, &[], T0 + 3).unwrap();
+    assert_eq!(chain.mempool_txids(), [parent_id, child_id]);
+    // Replacing the parent must pay for the child too: 2,000 sat plus its own relay.
+    let cheap = wallet.spend([&c], vec![wallet.pay(97_950)]);
+    assert!(matches!(chain.submit(cheap), Err(ChainRejection::ReplacementFeeTooLow { fee: 2_050, .. })));
+    let replacement = wallet.spend([&c], vec![wallet.pay(95_000)]);
+    let replacement_id = chain.submit(replacement).unwrap();
+    assert_eq!(chain.mempool_txids(), [replacement_id], "the parent and its child are gone");
 }

@@ -900,6 +900,29 @@ pub(crate) async fn broadcast_one(
     match custody.chain.broadcast(&tx).await {
         Ok(_) => {}
         Err(ChainError::Rejected(reason)) => {
+            // A refused fee bump leaves the withdrawals with the transaction it was to replace, still in the mempool.
+            if t.kind == "withdrawal" {
+                let replaced = format!("replaced by {}", rampart_store::txid_text(&t.txid));
+                let failed = state.store().custody_txs(&t.asset, &["failed"]).await?;
+                if let Some(original) = failed.iter().find(|o| o.failure.as_deref() == Some(replaced.as_str())) {
+                    let mut record =
+                        state.record("system", "custody.withdrawal.replacement_refused", &target, Outcome::Failure);
+                    record.details.insert("reason".into(), reason.clone());
+                    state
+                        .store()
+                        .restore_replaced(
+                            id,
+                            original.id,
+                            "broadcast",
+                            &format!("the chain refused the replacement: {reason}"),
+                            state.now_ns(),
+                            &state.auditor(keyring),
+                            vec![record],
+                        )
+                        .await?;
+                    return Ok(false);
+                }
+            }
             let mut record = state.record("system", &format!("custody.{}.failed", t.kind), &target, Outcome::Failure);
             record.details.insert("reason".into(), reason.clone());
             state
@@ -1066,7 +1089,8 @@ pub async fn start_refill(
         txid: tx.compute_txid().to_byte_array().to_vec(),
         tx: serialize(&tx),
         prevouts: serialize(&spent),
-        to_cold: 0,
+        // The change goes back to cold: in flight, it still counts as cold (the cap and the cold share read it).
+        to_cold: total - proposal.amount - fee,
         to_hot: proposal.amount,
         fee,
         state: "signing".into(),

@@ -1273,7 +1273,8 @@ pub struct FaucetRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReorgRequest {
-    /// Blocks to undo.
+    /// Blocks to undo (0: none; the transactions in `evict` only leave the mempool, as a node restarting or trimming
+    /// its mempool would drop them, and one empty block is mined).
     pub depth: u64,
     /// Transactions the new branch leaves out (hex txids).
     #[serde(default)]
@@ -1362,8 +1363,11 @@ pub(crate) async fn dev_reorg(
         .iter()
         .map(|t| t.parse().map_err(|_| ApiError::bad_request("invalid_txid", format!("{t:?} is not a txid"))))
         .collect::<Result<_, _>>()?;
-    if !(1..=100).contains(&body.depth) {
-        return Err(ApiError::bad_request("invalid_depth", "reorganise 1 to 100 blocks"));
+    if body.depth > 100 || (body.depth == 0 && evict.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_depth",
+            "reorganise 1 to 100 blocks, or 0 to evict transactions from the mempool",
+        ));
     }
     node.reorg(body.depth, &evict).map_err(dev_error)?;
     Ok(Json(dev_view(node, None)))

@@ -73,7 +73,8 @@ use crate::principal::Principal;
         crate::withdrawals_api::set_whitelist_only, crate::withdrawals_api::queue, crate::withdrawals_api::staff_one,
         crate::withdrawals_api::approve, crate::withdrawals_api::reject, crate::withdrawals_api::policies,
         crate::withdrawals_api::propose_policy, crate::withdrawals_api::decide_policy,
-        crate::telemetry::render_metrics, openapi
+        crate::withdrawals_stuck::rebroadcast, crate::withdrawals_stuck::bump_fee, crate::telemetry::render_metrics,
+        openapi
     ),
     components(schemas(ErrorBody)),
     tags(

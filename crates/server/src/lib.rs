@@ -27,6 +27,7 @@ mod telemetry;
 mod vault;
 pub mod withdrawals;
 mod withdrawals_api;
+mod withdrawals_stuck;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -305,6 +306,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/withdrawals/{id}", get(withdrawals_api::staff_one))
         .route("/v1/withdrawals/{id}/approve", post(withdrawals_api::approve))
         .route("/v1/withdrawals/{id}/reject", post(withdrawals_api::reject))
+        .route("/v1/withdrawals/{id}/rebroadcast", post(withdrawals_stuck::rebroadcast))
+        .route("/v1/withdrawals/{id}/bump-fee", post(withdrawals_stuck::bump_fee))
         .route("/v1/dev/chain/mine", post(custody_api::dev_mine))
         .route("/v1/dev/chain/faucet", post(custody_api::dev_faucet))
         .route("/v1/dev/chain/reorg", post(custody_api::dev_reorg))

@@ -348,13 +348,30 @@ fn void(w: &WithdrawalRecord, asset: AssetCode) -> Result<NewTransfer, ApiError>
     })
 }
 
+/// How a confirmed withdrawal was paid: from which custody wallet, and how much network fee the exchange paid for it
+/// on top of the customer's share (its part of a fee bump, which staff decide and the customer never pays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settlement {
+    /// The custody wallet whose coins paid it: `hot`, or `cold` for a cold signing ceremony.
+    pub(crate) wallet: &'static str,
+    /// The exchange's extra fee for this withdrawal, in the asset's smallest unit.
+    pub(crate) exchange_fee: u64,
+}
+
+impl Default for Settlement {
+    fn default() -> Settlement {
+        Settlement { wallet: "hot", exchange_fee: 0 }
+    }
+}
+
 /// The confirmation's ledger effect: the hold posted for the amount and the customer's share of the network fee
-/// (at most what was held; the rest is released), and any excess paid by the exchange's fee account.
-fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiError> {
+/// (at most what was held; the rest is released), and any excess, with the exchange's share of a fee bump, paid by
+/// the exchange's fee account; all of it leaves the custody wallet that paid.
+fn post(w: &WithdrawalRecord, asset: AssetCode, paid_by: Settlement) -> Result<Vec<NewTransfer>, ApiError> {
     let share = u128::from(u64::try_from(w.network_fee.unwrap_or(0)).unwrap_or(0));
     let held = fee_held_of(w)?;
     let charged = share.min(held);
-    let excess = share - charged;
+    let excess = share - charged + u128::from(paid_by.exchange_fee);
     let id = withdrawal_number(w)?;
     let paid = amount_of(w)? + charged;
     let mut batch = vec![
@@ -374,7 +391,7 @@ fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiE
         NewTransfer {
             id: resolution_id("paid", w),
             debit_account_id: clearing_account(w.customer_id, asset.as_str()),
-            credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+            credit_account_id: custody::custody_ledger_account(asset.as_str(), paid_by.wallet),
             amount: rampart_core::Amount::new(paid),
             pending_id: None,
             asset,
@@ -388,7 +405,7 @@ fn post(w: &WithdrawalRecord, asset: AssetCode) -> Result<Vec<NewTransfer>, ApiE
         batch.push(NewTransfer {
             id: resolution_id("fee_excess", w),
             debit_account_id: custody::custody_ledger_account(asset.as_str(), "fees"),
-            credit_account_id: custody::custody_ledger_account(asset.as_str(), "hot"),
+            credit_account_id: custody::custody_ledger_account(asset.as_str(), paid_by.wallet),
             amount: rampart_core::Amount::new(excess),
             pending_id: None,
             asset,
@@ -437,9 +454,22 @@ pub(crate) async fn advance(
     reason: &str,
     changes: &Changes<'_>,
 ) -> Result<Advanced, ApiError> {
+    advance_settled(state, w, path, actor, reason, changes, Settlement::default()).await
+}
+
+/// [`advance`], with how a confirmation was paid.
+pub(crate) async fn advance_settled(
+    state: &AppState,
+    w: &WithdrawalRecord,
+    path: &[State],
+    actor: &str,
+    reason: &str,
+    changes: &Changes<'_>,
+    paid_by: Settlement,
+) -> Result<Advanced, ApiError> {
     let from = w.state()?;
     let keyring = state.keyring()?;
-    let (effects, ledger) = move_effects(state, &keyring, w, path, actor, reason)?;
+    let (effects, ledger) = move_effects_settled(state, &keyring, w, path, actor, reason, paid_by)?;
     // The reason of the last move is the one the customer and staff see.
     let mut changes = changes.clone();
     if changes.reason.is_none() && !reason.is_empty() {
@@ -472,6 +502,18 @@ pub(crate) fn move_effects(
     actor: &str,
     reason: &str,
 ) -> Result<(Effects, Vec<NewTransfer>), ApiError> {
+    move_effects_settled(state, keyring, w, path, actor, reason, Settlement::default())
+}
+
+fn move_effects_settled(
+    state: &AppState,
+    keyring: &rampart_crypto::Keyring,
+    w: &WithdrawalRecord,
+    path: &[State],
+    actor: &str,
+    reason: &str,
+    paid_by: Settlement,
+) -> Result<(Effects, Vec<NewTransfer>), ApiError> {
     let last = *path.last().expect("a move has a destination");
     let mut records = Vec::new();
     let mut at = w.state()?;
@@ -488,7 +530,7 @@ pub(crate) fn move_effects(
     }
     let code = asset_of(state, w)?.code;
     let ledger = match last {
-        State::Confirmed => post(w, code)?,
+        State::Confirmed => post(w, code, paid_by)?,
         s if s.is_final() => vec![void(w, code)?],
         _ => vec![],
     };
@@ -891,12 +933,35 @@ async fn pay(state: &AppState, custody: &Custody, report: &mut PassReport) -> Re
     let coins = state.store().spendable_utxos(&asset, "hot", seen).await?;
     let wallet = custody::ensure_hot_wallet(state, custody).await?;
     let rate = custody.chain.fee_rate().await.map_err(custody::chain_error)?.max(1);
+    // The most the hot wallet may ever hold (its cap, a share of everything held): a withdrawal above it can never
+    // be paid from hot, whatever refills bring, so the cold wallet's custodians sign it directly.
+    let b = state.store().custody_balances(&asset).await?;
+    let held = [b.cold.0, b.hot.0, b.deposit.0, b.in_flight_to_cold, b.in_flight_to_hot].map(u128::from);
+    let cap = u64::try_from(held.iter().sum::<u128>() * u128::from(custody.config.policy.max_hot_bps) / 10_000)
+        .unwrap_or(u64::MAX);
+    let hot_room = cap.saturating_sub(b.hot.0 + b.deposit.0 + b.in_flight_to_hot);
+    let cold = state.store().active_wallet(&asset, "cold").await?;
     let mut chosen: Vec<(WithdrawalRecord, PolicyApproved, ScriptBuf)> = Vec::new();
     let mut waiting = Vec::new();
     let mut total: u64 = 0;
     let available: u64 = coins.iter().map(|c| c.value).sum();
     for (w, proof) in approved {
         let amount = u64::try_from(amount_of(&w)?).map_err(internal)?;
+        if let Some(cold) = &cold
+            && amount.saturating_add(rate * custody::estimated_vsize(1, 2)) > cap
+        {
+            if pay_from_cold(state, custody, cold, &w, proof, rate, seen).await? {
+                report.paid += 1;
+            } else if w.state == State::Approved.as_str() {
+                let reason = "above the hot wallet's cap: waiting for confirmed coins in cold storage";
+                if let Advanced::Done(_) =
+                    advance(state, &w, &[State::Queued], "system", reason, &Changes::default()).await?
+                {
+                    report.queued += 1;
+                }
+            }
+            continue;
+        }
         let script = destination_script(custody, &w)?;
         let fee = rate * custody::estimated_vsize(coins.len().max(1), chosen.len() + 2);
         if chosen.len() < config.batch_max && waiting.is_empty() && total + amount + fee <= available {
@@ -919,19 +984,152 @@ async fn pay(state: &AppState, custody: &Custody, report: &mut PassReport) -> Re
     if !waiting.is_empty() {
         let short: u64 =
             waiting.iter().map(|(_, a)| a).sum::<u64>() + rate * custody::estimated_vsize(2, waiting.len() + 1);
-        custody::propose_refill_for(
-            state,
-            custody,
-            short.saturating_sub(available.saturating_sub(total)),
-            "withdrawals wait for funds",
-        )
-        .await?;
+        // What a refill on its way brings counts; a refill may not push the hot wallet over its cap (the sweeper
+        // would send the surplus back): what does not fit waits for the next one, after these are paid.
+        let refill =
+            short.saturating_sub(available.saturating_sub(total)).saturating_sub(b.in_flight_to_hot).min(hot_room);
+        if refill >= custody::DUST_SAT {
+            custody::propose_refill_for(state, custody, refill, "withdrawals wait for funds").await?;
+        }
     }
     if chosen.is_empty() {
         return Ok(());
     }
     report.paid += sign_and_record(state, custody, &wallet, coins, rate, chosen).await?;
     Ok(())
+}
+
+/// Pays a withdrawal the hot wallet may never hold straight from cold storage: the transaction spends confirmed
+/// cold coins (oldest first, change back to cold) and a signing session asks the cold wallet's custodians to sign
+/// it; the session, the transaction with its reserved coins and the withdrawal's move to `signing` are recorded
+/// before anything is signed. The custodians' tool shows them the destination, amount and fee, recomputed from the
+/// transaction. Once they have signed, the service broadcasts it and `follow` takes it to confirmation like any
+/// other; a failed or expired session fails the withdrawal and returns the funds. `false` when the cold wallet's
+/// confirmed coins do not cover it (it waits).
+async fn pay_from_cold(
+    state: &AppState,
+    custody: &Custody,
+    cold: &rampart_store::WalletRecord,
+    w: &WithdrawalRecord,
+    proof: PolicyApproved,
+    rate: u64,
+    seen: u64,
+) -> Result<bool, ApiError> {
+    assert_eq!(proof.withdrawal(), withdrawal_number(w)?, "a policy approval signs only its own withdrawal");
+    let asset = custody.config.asset.clone();
+    let amount = u64::try_from(amount_of(w)?).map_err(internal)?;
+    let script = destination_script(custody, w)?;
+    let mut inputs = Vec::new();
+    let mut gathered = 0u64;
+    let mut fee = 0;
+    for c in state.store().spendable_utxos(&asset, "cold", seen).await? {
+        gathered += c.value;
+        inputs.push(c);
+        fee = rate * custody::estimated_vsize(inputs.len(), 2);
+        if gathered >= amount + fee {
+            break;
+        }
+    }
+    if gathered < amount + fee || amount < custody::DUST_SAT {
+        return Ok(false);
+    }
+    let mut outputs = vec![TxOut { value: Sats::from_sat(amount), script_pubkey: script }];
+    let change = gathered - amount - fee;
+    if change >= custody::DUST_SAT {
+        outputs.push(TxOut {
+            value: Sats::from_sat(change),
+            script_pubkey: ScriptBuf::from_bytes(cold.script_pubkey.clone()),
+        });
+    }
+    let fee = gathered - outputs.iter().map(|o| o.value.to_sat()).sum::<u64>();
+    let to_cold = gathered - amount - fee;
+    let tx = custody::unsigned(&inputs, outputs)?;
+    let txid = tx.compute_txid();
+    let keyring = state.keyring()?;
+    let members = state.store().wallet_members(cold.id, cold.epoch).await?;
+    let roster = serde_json::to_string(
+        &members
+            .iter()
+            .map(|m| serde_json::json!({"identifier": m.identifier, "custodian_id": m.custodian_id}))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(internal)?;
+    let new = rampart_store::NewCeremony {
+        kind: "sign".into(),
+        asset: asset.clone(),
+        wallet_id: Some(cold.id),
+        threshold: cold.threshold.unwrap_or(3),
+        roster,
+        params: serde_json::json!({"withdrawal": w.id, "epoch": cold.epoch}).to_string(),
+        created_by: "system".into(),
+        expires_at_ns: state.now_ns().saturating_add(custody.config.ceremony_ttl_s.saturating_mul(NS)),
+    };
+    let mut opened = state.record("system", "custody.sign.session_opened", "-", AuditOutcome::Success);
+    opened.details.insert("withdrawal".into(), w.id.clone());
+    opened.details.insert("txid".into(), txid.to_string());
+    let ceremony = state.store().create_ceremony(&new, state.now_ns(), &state.auditor(&keyring), vec![opened]).await?;
+    let mut r = state.record("system", "withdrawal.signing", &format!("withdrawal:{}", w.id), AuditOutcome::Success);
+    r.details.insert("txid".into(), txid.to_string());
+    r.details.insert("policy_version".into(), proof.version().to_string());
+    r.details.insert("policy_rule".into(), proof.rule().to_owned());
+    r.details.insert("network_fee".into(), fee.to_string());
+    r.details.insert("ceremony".into(), ceremony.to_string());
+    let payment = Payment {
+        id: w.id.clone(),
+        from: w.state()?,
+        network_fee: fee,
+        effects: Effects {
+            records: vec![r],
+            notices: vec![in_app(notification(state, w, State::Signing, "")?)],
+            ..Effects::default()
+        },
+    };
+    let custody_tx = CustodyTx {
+        id: 0,
+        asset: asset.clone(),
+        kind: "withdrawal".into(),
+        txid: txid.to_byte_array().to_vec(),
+        tx: serialize(&tx),
+        prevouts: serialize(&custody::prevouts(&inputs)),
+        to_cold,
+        to_hot: 0,
+        fee,
+        state: "signing".into(),
+        ceremony_id: Some(ceremony),
+        failure: None,
+    };
+    let mut record = state.record("system", "custody.withdrawal.built", &format!("tx:{txid}"), AuditOutcome::Success);
+    record.details.insert("fee_sat".into(), fee.to_string());
+    record.details.insert("from".into(), "cold".into());
+    let spends: Vec<(Vec<u8>, u32)> = inputs.iter().map(|u| (u.txid.clone(), u.vout)).collect();
+    let recorded = state
+        .store()
+        .pay_withdrawals(
+            vec![payment],
+            &custody_tx,
+            &spends,
+            "system",
+            state.now_ns(),
+            &state.auditor(&keyring),
+            vec![record],
+        )
+        .await?;
+    if recorded.is_none() {
+        let failed =
+            state.record("system", "custody.sign.failed", &format!("ceremony:{ceremony}"), AuditOutcome::Failure);
+        state
+            .store()
+            .fail_ceremony(
+                ceremony,
+                "the withdrawal or its coins changed meanwhile",
+                state.now_ns(),
+                &state.auditor(&keyring),
+                vec![failed],
+            )
+            .await?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn destination_script(custody: &Custody, w: &WithdrawalRecord) -> Result<ScriptBuf, ApiError> {
@@ -1058,7 +1256,13 @@ async fn follow(state: &AppState, custody: &Custody, report: &mut PassReport) ->
             custody::broadcast_one(state, custody, &keyring, id).await?;
             t = state.store().custody_tx(id).await?.ok_or_else(|| internal("a custody transaction vanished"))?;
         }
+        if t.state == "broadcast" {
+            // `None`: its withdrawals went back to the transaction it replaced; the next pass follows that one.
+            let Some(now) = drop_if_spent_elsewhere(state, t, seen, confirmations).await? else { continue };
+            t = now;
+        }
         let txid = Txid::from_slice(&t.txid).map_err(internal)?;
+        let settled = if t.state == "confirmed" { settlements(state, &t).await? } else { BTreeMap::new() };
         for w in ws {
             let from = w.state()?;
             match (from, t.state.as_str()) {
@@ -1093,10 +1297,15 @@ async fn follow(state: &AppState, custody: &Custody, report: &mut PassReport) ->
                     }
                 }
                 (State::Signing | State::Broadcast, "failed") => {
-                    let reason = format!(
-                        "the chain refused the transaction: {}",
-                        t.failure.as_deref().unwrap_or("no reason given")
-                    );
+                    let why = t.failure.as_deref().unwrap_or("no reason given");
+                    let reason = if why.starts_with(DROPPED) {
+                        format!("{why}; the funds are returned")
+                    } else if t.ceremony_id.is_some() {
+                        // A signing session that failed or expired, or the chain's refusal of what it signed.
+                        format!("the cold wallet's transaction failed: {why}")
+                    } else {
+                        format!("the chain refused the transaction: {why}")
+                    };
                     if let Advanced::Done(_) =
                         advance(state, &w, &[State::Failed], "system", &reason, &Changes::default()).await?
                     {
@@ -1107,8 +1316,17 @@ async fn follow(state: &AppState, custody: &Custody, report: &mut PassReport) ->
                     let Some(height) = state.store().custody_tx_height(&t.txid).await? else { continue };
                     if seen + 1 >= height + confirmations {
                         let reason = format!("confirmed in block {height}");
-                        if let Advanced::Done(_) =
-                            advance(state, &w, &[State::Confirmed], "system", &reason, &Changes::default()).await?
+                        let paid_by = settled.get(&w.id).copied().unwrap_or_default();
+                        if let Advanced::Done(_) = advance_settled(
+                            state,
+                            &w,
+                            &[State::Confirmed],
+                            "system",
+                            &reason,
+                            &Changes::default(),
+                            paid_by,
+                        )
+                        .await?
                         {
                             report.confirmed += 1;
                         }
@@ -1125,6 +1343,283 @@ async fn follow(state: &AppState, custody: &Custody, report: &mut PassReport) ->
         }
     }
     Ok(())
+}
+
+/// How each withdrawal a confirmed transaction paid is settled: the wallet that paid, and its part of what the
+/// exchange paid beyond the customers' shares of the fee (a fee bump), split as the shares were.
+async fn settlements(state: &AppState, t: &CustodyTx) -> Result<BTreeMap<String, Settlement>, ApiError> {
+    let all = state.store().withdrawals_of_custody_tx(t.id).await?;
+    let shares: u64 = all.iter().map(|w| u64::try_from(w.network_fee.unwrap_or(0)).unwrap_or(0)).sum();
+    let extra = t.fee.saturating_sub(shares);
+    let n = all.len().max(1) as u64;
+    let wallet = if t.ceremony_id.is_some() { "cold" } else { "hot" };
+    Ok(all
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let exchange_fee = extra / n + u64::from((i as u64) < extra % n);
+            (w.id, Settlement { wallet, exchange_fee })
+        })
+        .collect())
+}
+
+/// How the reason of a dropped transaction starts.
+const DROPPED: &str = "dropped:";
+
+/// A broadcast transaction one of whose inputs a block confirmed spent by another transaction, at the asset's
+/// confirmation depth, can never confirm: it was dropped (a reorganisation, an eviction) and cannot be sent again.
+/// If that other transaction is one this one replaced (a fee bump the chain did not keep), the original paid: the
+/// withdrawals go back to it, confirmed (and `None` is answered). Otherwise this transaction fails, and `follow`
+/// returns the funds. Answers the transaction as it now stands.
+async fn drop_if_spent_elsewhere(
+    state: &AppState,
+    t: CustodyTx,
+    seen: u64,
+    confirmations: u64,
+) -> Result<Option<CustodyTx>, ApiError> {
+    let tx: Transaction = deserialize(&t.tx).map_err(internal)?;
+    let mut spender = None;
+    for input in &tx.input {
+        let prev = input.previous_output;
+        let Some(spend) = state.store().output_spend(&t.asset, prev.txid.as_byte_array(), prev.vout).await? else {
+            continue;
+        };
+        if let (Some(by), Some(height)) = (spend.spent_by, spend.spent_height)
+            && by != t.txid
+            && seen + 1 >= height + confirmations
+        {
+            spender = Some((by, prev));
+            break;
+        }
+    }
+    let Some((by, prev)) = spender else { return Ok(Some(t)) };
+    let keyring = state.keyring()?;
+    let spender_text = rampart_store::txid_text(&by);
+    if let Some(original) = replaced_original(state, &t, &by).await? {
+        let mut r = state.record(
+            "system",
+            "custody.withdrawal.original_confirmed",
+            &format!("tx:{}", rampart_store::txid_text(&t.txid)),
+            AuditOutcome::Success,
+        );
+        r.details.insert("confirmed".into(), spender_text);
+        state
+            .store()
+            .restore_replaced(
+                t.id,
+                original.id,
+                "confirmed",
+                "a block confirmed the transaction it replaced",
+                state.now_ns(),
+                &state.auditor(&keyring),
+                vec![r],
+            )
+            .await?;
+        return Ok(None);
+    }
+    let reason = format!("{DROPPED} input {}:{} was spent by transaction {spender_text}", prev.txid, prev.vout);
+    let mut r = state.record(
+        "system",
+        "custody.withdrawal.dropped",
+        &format!("tx:{}", rampart_store::txid_text(&t.txid)),
+        AuditOutcome::Failure,
+    );
+    r.details.insert("reason".into(), reason.clone());
+    state
+        .store()
+        .advance_custody_tx(
+            t.id,
+            "broadcast",
+            "failed",
+            None,
+            Some(&reason),
+            state.now_ns(),
+            &state.auditor(&keyring),
+            vec![r],
+        )
+        .await?;
+    Ok(Some(state.store().custody_tx(t.id).await?.unwrap_or(t)))
+}
+
+/// The transaction `spender`, if it is one that `t` replaced (directly or through other replacements).
+async fn replaced_original(state: &AppState, t: &CustodyTx, spender: &[u8]) -> Result<Option<CustodyTx>, ApiError> {
+    let Some(original) = state.store().custody_tx_by_txid(spender).await? else { return Ok(None) };
+    let mut at = original.clone();
+    // Replacements form a chain; a few links at most.
+    for _ in 0..REPLACEMENTS_MAX {
+        let Some(next) = at.failure.as_deref().and_then(|f| f.strip_prefix(REPLACED_BY)) else { return Ok(None) };
+        if next == rampart_store::txid_text(&t.txid) {
+            return Ok(Some(original));
+        }
+        let Ok(next) = next.parse::<Txid>() else { return Ok(None) };
+        let Some(n) = state.store().custody_tx_by_txid(next.as_byte_array()).await? else { return Ok(None) };
+        at = n;
+    }
+    Ok(None)
+}
+
+/// How the failure of a replaced transaction starts (the store writes it).
+const REPLACED_BY: &str = "replaced by ";
+/// The most fee bumps of one payment.
+pub(crate) const REPLACEMENTS_MAX: usize = 10;
+/// The highest fee rate a fee bump may ask, in satoshis per virtual byte: a typing error must not give the coins to
+/// the miners.
+pub(crate) const BUMP_FEE_RATE_MAX_SAT_VB: u64 = 2_000;
+
+/// Why a stuck transaction cannot be sent again or bumped.
+fn not_stuck(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, message)
+}
+
+/// The broadcast transaction paying `w`, as staff may act on it.
+async fn stuck_tx(state: &AppState, w: &WithdrawalRecord) -> Result<CustodyTx, ApiError> {
+    if w.state()? != State::Broadcast {
+        return Err(not_stuck("not_broadcast", format!("withdrawal {} is {}, not broadcast", w.id, w.state)));
+    }
+    let id = w.custody_tx.ok_or_else(|| internal(format!("broadcast withdrawal {} has no transaction", w.id)))?;
+    let t = state.store().custody_tx(id).await?.ok_or_else(|| internal("a custody transaction vanished"))?;
+    match t.state.as_str() {
+        "broadcast" => Ok(t),
+        "confirmed" => Err(not_stuck("already_confirmed", "a block confirmed the transaction already")),
+        other => Err(not_stuck("not_broadcast", format!("the transaction is {other}"))),
+    }
+}
+
+/// What a staff action on a stuck transaction did.
+#[derive(Debug, Clone)]
+pub struct StuckOutcome {
+    /// The transaction now paying the withdrawal.
+    pub txid: Txid,
+    /// Its fee, in satoshis.
+    pub fee_sat: u64,
+    /// The chain's answer: `accepted`, or why it refused.
+    pub chain: String,
+}
+
+/// Sends the stored transaction paying `w` again (a staff action, audited with the reason and the chain's answer).
+pub(crate) async fn rebroadcast_stuck(
+    state: &AppState,
+    custody: &Custody,
+    w: &WithdrawalRecord,
+    actor: &str,
+    reason: &str,
+) -> Result<StuckOutcome, ApiError> {
+    let t = stuck_tx(state, w).await?;
+    let tx: Transaction = deserialize(&t.tx).map_err(internal)?;
+    let txid = tx.compute_txid();
+    let answer = match custody.chain.broadcast(&tx).await {
+        Ok(_) => "accepted".to_owned(),
+        Err(rampart_chain::ChainError::Rejected(why)) => why,
+        Err(e) => return Err(custody::chain_error(e)),
+    };
+    let outcome = if answer == "accepted" { AuditOutcome::Success } else { AuditOutcome::Failure };
+    let mut r = state.record(actor, "withdrawal.rebroadcast", &format!("withdrawal:{}", w.id), outcome);
+    r.details.insert("txid".into(), txid.to_string());
+    r.details.insert("reason".into(), reason.to_owned());
+    r.details.insert("chain".into(), answer.clone());
+    state.audit(vec![r]).await?;
+    Ok(StuckOutcome { txid, fee_sat: t.fee, chain: answer })
+}
+
+/// Replaces the stuck transaction paying `w` by one with the same inputs and payments and a higher fee, taken from
+/// the hot wallet's change (a staff action: the customers' shares of the fee stay what they were; the exchange pays
+/// the rest, booked at confirmation). The reservation of the inputs moves to the replacement in the transaction that
+/// records it; if the chain refuses the replacement, everything goes back to the original.
+pub(crate) async fn bump_fee(
+    state: &AppState,
+    custody: &Custody,
+    w: &WithdrawalRecord,
+    fee_rate_sat_vb: u64,
+    actor: &str,
+    reason: &str,
+) -> Result<StuckOutcome, ApiError> {
+    let t = stuck_tx(state, w).await?;
+    if t.ceremony_id.is_some() {
+        return Err(not_stuck(
+            "cold_signed",
+            "the cold wallet's custodians signed this transaction; the hot key cannot replace it",
+        ));
+    }
+    let (old, spent) = custody::decode_tx(&t)?;
+    let wallet = custody::ensure_hot_wallet(state, custody).await?;
+    let hot_script = ScriptBuf::from_bytes(wallet.script_pubkey.clone());
+    if spent.iter().any(|o| o.script_pubkey != hot_script) {
+        return Err(not_stuck("cannot_bump", "the transaction spends coins the hot key does not hold"));
+    }
+    let vsize = old.vsize() as u64;
+    let relay = custody.chain.fee_rate().await.map_err(custody::chain_error)?.max(1);
+    // BIP-125: the replacement pays the original's fee and its own relay besides.
+    let least = (t.fee + relay * vsize).div_ceil(vsize);
+    if fee_rate_sat_vb < least || fee_rate_sat_vb > BUMP_FEE_RATE_MAX_SAT_VB {
+        return Err(ApiError::bad_request(
+            "invalid_fee_rate",
+            format!(
+                "the fee rate must be between {least} and {BUMP_FEE_RATE_MAX_SAT_VB} sat/vB (the transaction pays {}                  sat for {vsize} vB)",
+                t.fee
+            ),
+        ));
+    }
+    let fee = fee_rate_sat_vb * vsize;
+    let extra = fee - t.fee;
+    let mut tx = old.clone();
+    let change = tx
+        .output
+        .iter_mut()
+        .rev()
+        .find(|o| o.script_pubkey == hot_script)
+        .ok_or_else(|| not_stuck("cannot_bump", "the transaction has no change to pay a higher fee from"))?;
+    let left = change.value.to_sat().checked_sub(extra).filter(|v| *v >= custody::DUST_SAT).ok_or_else(|| {
+        not_stuck("cannot_bump", format!("the change of {} sat cannot pay {extra} sat more", change.value.to_sat()))
+    })?;
+    change.value = Sats::from_sat(left);
+    for input in &mut tx.input {
+        input.witness = bitcoin::Witness::new();
+    }
+    let keyring = state.keyring()?;
+    let paths = vec![(rampart_custody::HOT_BRANCH, 0); tx.input.len()];
+    custody::open_hot_key(&keyring, &wallet)?.sign_key_spends(&mut tx, &spent, &paths).map_err(internal)?;
+    let txid = tx.compute_txid();
+    let new = CustodyTx {
+        id: 0,
+        asset: t.asset.clone(),
+        kind: "withdrawal".into(),
+        txid: txid.to_byte_array().to_vec(),
+        tx: serialize(&tx),
+        prevouts: t.prevouts.clone(),
+        to_cold: t.to_cold,
+        to_hot: t.to_hot.saturating_sub(extra),
+        fee,
+        state: "signed".into(),
+        ceremony_id: None,
+        failure: None,
+    };
+    let mut r = state.record(actor, "withdrawal.fee_bumped", &format!("withdrawal:{}", w.id), AuditOutcome::Success);
+    r.details.insert("replaces".into(), old.compute_txid().to_string());
+    r.details.insert("txid".into(), txid.to_string());
+    r.details.insert("fee_sat".into(), fee.to_string());
+    r.details.insert("previous_fee_sat".into(), t.fee.to_string());
+    r.details.insert("reason".into(), reason.to_owned());
+    let Some(id) = state
+        .store()
+        .replace_custody_tx(t.id, &new, tx.input.len(), state.now_ns(), &state.auditor(&keyring), vec![r])
+        .await?
+    else {
+        return Err(not_stuck("not_broadcast", "the transaction changed meanwhile; look again"));
+    };
+    custody::broadcast_one(state, custody, &keyring, id).await?;
+    let now = state.store().custody_tx(id).await?.ok_or_else(|| internal("a custody transaction vanished"))?;
+    match now.state.as_str() {
+        "broadcast" | "confirmed" => Ok(StuckOutcome { txid, fee_sat: fee, chain: "accepted".into() }),
+        // Unreachable chain: recorded, the worker sends it.
+        "signed" => Ok(StuckOutcome { txid, fee_sat: fee, chain: "pending".into() }),
+        _ => Err(not_stuck(
+            "replacement_refused",
+            format!(
+                "the chain refused the replacement ({}); the original transaction still pays the withdrawal",
+                now.failure.as_deref().unwrap_or("no reason given")
+            ),
+        )),
+    }
 }
 
 fn sent_notice(state: &AppState, w: &WithdrawalRecord, txid: &Txid) -> Result<Notification, ApiError> {

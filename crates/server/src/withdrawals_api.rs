@@ -1182,7 +1182,11 @@ pub struct StaffDecision {
 }
 
 /// Checks a staff member's reason and TOTP code (each code works once, across nodes).
-async fn staff_factor(state: &AppState, principal: &Principal, body: &StaffDecision) -> Result<String, ApiError> {
+pub(crate) async fn staff_factor(
+    state: &AppState,
+    principal: &Principal,
+    body: &StaffDecision,
+) -> Result<String, ApiError> {
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > REASON_CHARS_MAX {
         return Err(ApiError::bad_request("invalid_reason", format!("a reason is 1 to {REASON_CHARS_MAX} characters")));

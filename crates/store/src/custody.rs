@@ -1767,3 +1767,150 @@ impl Store {
         Ok(b)
     }
 }
+
+/// Where one of our outputs stands, as the watcher recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpend {
+    /// The transaction that spends it (ours, reserved; or whichever a block confirmed).
+    pub spent_by: Option<Vec<u8>>,
+    /// The height of the block that confirmed that spend.
+    pub spent_height: Option<u64>,
+}
+
+impl Store {
+    /// Our transaction with this id (internal byte order), if we made one.
+    pub async fn custody_tx_by_txid(&self, txid: &[u8]) -> Result<Option<CustodyTx>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let q = sql(&format!("SELECT {CUSTODY_TX_COLUMNS} FROM custody_txs WHERE txid = $1"));
+            let row: Option<CustodyTxRow> = sqlx::query_as(&q).bind(txid).fetch_optional(pool).await?;
+            Ok(row.map(custody_tx))
+        })
+    }
+
+    /// Where our output `(txid, vout)` stands: `None` if the watcher has no such output (never seen, or its block
+    /// was disconnected).
+    pub async fn output_spend(&self, asset: &str, txid: &[u8], vout: u32) -> Result<Option<OutputSpend>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            let row: Option<(Option<Vec<u8>>, Option<i64>)> = sqlx::query_as(&sql(
+                "SELECT spent_by, spent_height FROM custody_utxos WHERE asset = $1 AND txid = $2 AND vout = $3",
+            ))
+            .bind(asset)
+            .bind(txid)
+            .bind(i64::from(vout))
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|(spent_by, h)| OutputSpend { spent_by, spent_height: h.map(u) }))
+        })
+    }
+
+    /// Replaces a broadcast withdrawal transaction `old` by `new` (the same inputs, signed, state `signed`), in one
+    /// audited transaction: `old` becomes `failed` with the reason `replaced by <new txid>` (its inputs are not
+    /// released: the reservation moves to `new`), and the withdrawals `old` paid are paid by `new`. `None`, and
+    /// nothing written, if `old` is no longer a broadcast withdrawal transaction or any of its inputs is no longer
+    /// reserved for it (a block confirmed a spend meanwhile).
+    pub async fn replace_custody_tx(
+        &self,
+        old: i64,
+        new: &CustodyTx,
+        inputs: usize,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<Option<i64>, StoreError> {
+        let reason = format!("replaced by {}", txid_text(&new.txid));
+        on_backend!(self, |tx, sql| {
+            let old_txid: Option<Vec<u8>> = sqlx::query_scalar(&sql(
+                "UPDATE custody_txs SET state = 'failed', failure = $1, updated_at = $2 WHERE id = $3 \
+                 AND state = 'broadcast' AND kind = 'withdrawal' RETURNING txid",
+            ))
+            .bind(&reason)
+            .bind(ts(now_ns))
+            .bind(old)
+            .fetch_optional(&mut *tx.0)
+            .await?;
+            let Some(old_txid) = old_txid else { return Ok(None) };
+            let Some(id) = insert_custody_tx!(tx, sql, new, &[], now_ns) else { return Ok(None) };
+            let moved = sqlx::query(&sql(
+                "UPDATE custody_utxos SET spent_by = $1 WHERE asset = $2 AND spent_by = $3 AND spent_height IS NULL",
+            ))
+            .bind(&new.txid)
+            .bind(&new.asset)
+            .bind(&old_txid)
+            .execute(&mut *tx.0)
+            .await?
+            .rows_affected();
+            if usize::try_from(moved).unwrap_or(0) != inputs {
+                return Ok(None);
+            }
+            sqlx::query(&sql("UPDATE withdrawals SET custody_tx = $1, updated_at = $2 WHERE custody_tx = $3"))
+                .bind(id)
+                .bind(ts(now_ns))
+                .bind(old)
+                .execute(&mut *tx.0)
+                .await?;
+            audit::append(&mut tx, records, auditor).await?;
+            Some(id)
+        })
+        .pipe(Ok)
+    }
+
+    /// Undoes [`Store::replace_custody_tx`]: the replacement `new` becomes `failed` with `failure`, the transaction
+    /// it replaced (`old`) goes back to `old_state` (`broadcast` when the chain refused the replacement, `confirmed`
+    /// when a block confirmed the original after all), the reservation and the withdrawals go back to it. `false`,
+    /// and nothing written, unless `new` is `signed` or `broadcast` and `old` is `failed`.
+    pub async fn restore_replaced(
+        &self,
+        new: i64,
+        old: i64,
+        old_state: &str,
+        failure: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let new_txid: Option<(Vec<u8>, String)> = sqlx::query_as(&sql(
+                "UPDATE custody_txs SET state = 'failed', failure = $1, updated_at = $2 WHERE id = $3 \
+                 AND state IN ('signed', 'broadcast') RETURNING txid, asset",
+            ))
+            .bind(failure)
+            .bind(ts(now_ns))
+            .bind(new)
+            .fetch_optional(&mut *tx.0)
+            .await?;
+            let Some((new_txid, asset)) = new_txid else { return Ok(false) };
+            let old_txid: Option<Vec<u8>> = sqlx::query_scalar(&sql(
+                "UPDATE custody_txs SET state = $1, failure = NULL, updated_at = $2 WHERE id = $3 \
+                 AND state = 'failed' RETURNING txid",
+            ))
+            .bind(old_state)
+            .bind(ts(now_ns))
+            .bind(old)
+            .fetch_optional(&mut *tx.0)
+            .await?;
+            let Some(old_txid) = old_txid else { return Ok(false) };
+            sqlx::query(&sql(
+                "UPDATE custody_utxos SET spent_by = $1 WHERE asset = $2 AND spent_by = $3 AND spent_height IS NULL",
+            ))
+            .bind(&old_txid)
+            .bind(&asset)
+            .bind(&new_txid)
+            .execute(&mut *tx.0)
+            .await?;
+            sqlx::query(&sql("UPDATE withdrawals SET custody_tx = $1, updated_at = $2 WHERE custody_tx = $3"))
+                .bind(old)
+                .bind(ts(now_ns))
+                .bind(new)
+                .execute(&mut *tx.0)
+                .await?;
+            audit::append(&mut tx, records, auditor).await?;
+            true
+        })
+        .pipe(Ok)
+    }
+}
+
+/// A transaction id as block explorers show it (reversed bytes, hex).
+pub fn txid_text(internal: &[u8]) -> String {
+    internal.iter().rev().map(|b| format!("{b:02x}")).collect()
+}

@@ -37,7 +37,8 @@ pub use compliance::{
 };
 pub use custody::{
     BlockFindings, CeremonyMessage, CeremonyRecord, ChainDeposit, CustodianRecord, CustodyBalances, CustodyTx,
-    DepositAddress, KeyOutcome, Member, NewCeremony, PostOutcome, RefillDecision, RefillProposal, Utxo, WalletRecord,
+    DepositAddress, KeyOutcome, Member, NewCeremony, OutputSpend, PostOutcome, RefillDecision, RefillProposal, Utxo,
+    WalletRecord, txid_text,
 };
 pub use customers::{
     ApiKeyRecord, CustomerRecord, CustomerSession, CustomerStatus, DeviceRecord, Effects, NewCustomer, NewSession,

@@ -740,6 +740,11 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         on_backend!(self, |tx, sql| {
             let Some(tx_id) = insert_custody_tx!(tx, sql, custody_tx, spends, now_ns) else { return Ok(None) };
+            let paid_by = if custody_tx.ceremony_id.is_some() {
+                "to be signed by the cold wallet's custodians"
+            } else {
+                "paid by the hot wallet"
+            };
             for p in payments {
                 let Some(w) = lock_withdrawal!(self, tx, sql, &p.id) else { return Ok(None) };
                 if w.state != p.from.as_str() {
@@ -749,10 +754,10 @@ impl Store {
                 let changes = Changes {
                     custody_tx: Some(tx_id),
                     network_fee: Some(i(p.network_fee)?),
-                    reason: Some("paid by the hot wallet"),
+                    reason: Some(paid_by),
                     ..Changes::default()
                 };
-                record_moves!(tx, sql, &w, &[State::Signing], actor, "paid by the hot wallet", &changes, now_ns);
+                record_moves!(tx, sql, &w, &[State::Signing], actor, paid_by, &changes, now_ns);
                 write_effects!(tx, sql, w.customer_id, now_ns, p.effects, auditor);
             }
             audit::append(&mut tx, crate::custody::about_custody_tx(records, tx_id), auditor).await?;

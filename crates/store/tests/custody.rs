@@ -1104,3 +1104,66 @@ on_both_backends!(a_refills_signing_session_that_fails_or_expires_frees_its_outp
     assert_eq!((balances.pending_refills, balances.in_flight_to_hot, balances.cold), (0, 40_000, (0, 0)));
     assert_log_verifies(&store).await;
 });
+
+on_both_backends!(a_replacement_takes_the_reservation_and_gives_it_back, |store: Arc<Store>| async move {
+    staff(&store, "admin").await;
+    let block = BlockFindings {
+        outputs: vec![output(1, 0, "hot", Some((0, 0)), 4_000), output(1, 1, "hot", Some((0, 0)), 6_000)],
+        ..BlockFindings::default()
+    };
+    assert!(store.connect_block("BTC", 100, &[0xB0; 32], &block, NOW).await.unwrap());
+    let spends = vec![(txid(1), 0), (txid(1), 1)];
+    let original = custody_tx("withdrawal", 0x61, None, 0, 2_000);
+    let first = store.record_custody_tx(&original, &spends, NOW, &auditor(), vec![]).await.unwrap().unwrap();
+    let replacement = CustodyTx { txid: txid(0x62), fee: 1_500, to_hot: 1_000, state: "signed".into(), ..original };
+    let replace = |old: i64, inputs: usize| {
+        let (store, new) = (Arc::clone(&store), replacement.clone());
+        async move {
+            let records = vec![record("withdrawal.fee_bumped", "staff:1", "withdrawal:x")];
+            store.replace_custody_tx(old, &new, inputs, NOW, &auditor(), records).await.unwrap()
+        }
+    };
+    let reserved_by = |tx: u8| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut by = Vec::new();
+            for vout in 0..2 {
+                by.push(store.output_spend("BTC", &txid(1), vout).await.unwrap().unwrap().spent_by);
+            }
+            by == vec![Some(txid(tx)), Some(txid(tx))]
+        }
+    };
+    // Only a broadcast transaction is replaced.
+    assert_eq!(replace(first, 2).await, None);
+    assert!(
+        store.advance_custody_tx(first, "signing", "broadcast", None, None, NOW, &auditor(), vec![]).await.unwrap()
+    );
+    // Nor when one of its inputs is no longer reserved for it: nothing is written.
+    assert_eq!(replace(first, 3).await, None);
+    assert_eq!(store.custody_tx(first).await.unwrap().unwrap().state, "broadcast");
+    assert!(store.custody_tx_by_txid(&txid(0x62)).await.unwrap().is_none());
+    let second = replace(first, 2).await.expect("replaced");
+    let old = store.custody_tx(first).await.unwrap().unwrap();
+    assert_eq!(old.state, "failed");
+    assert_eq!(old.failure, Some(format!("replaced by {}", rampart_store::txid_text(&txid(0x62)))));
+    assert!(reserved_by(0x62).await, "the reservation moved");
+    assert!(outpoints(&store, "hot").await.is_empty(), "the failed original released nothing");
+    assert_eq!(store.custody_tx_by_txid(&txid(0x62)).await.unwrap().map(|t| (t.id, t.fee)), Some((second, 1_500)));
+    assert_eq!(store.custody_balances("BTC").await.unwrap().in_flight_to_hot, 1_000, "only the replacement counts");
+    assert_eq!(replace(first, 2).await, None, "replaced once");
+
+    // The chain refuses the replacement: everything goes back to the original.
+    let restore = |state: &'static str| {
+        let store = Arc::clone(&store);
+        async move { store.restore_replaced(second, first, state, "refused", NOW, &auditor(), vec![]).await.unwrap() }
+    };
+    assert!(restore("broadcast").await);
+    assert!(!restore("broadcast").await, "restored once");
+    assert_eq!(store.custody_tx(first).await.unwrap().unwrap().state, "broadcast");
+    let refused = store.custody_tx(second).await.unwrap().unwrap();
+    assert_eq!((refused.state.as_str(), refused.failure.as_deref()), ("failed", Some("refused")));
+    assert!(reserved_by(0x61).await, "the reservation came back");
+    assert!(outpoints(&store, "hot").await.is_empty());
+    assert_eq!(audited(&store, "withdrawal.fee_bumped").await.len(), 1);
+    assert_log_verifies(&store).await;
+});

@@ -6,8 +6,13 @@
 //!                        ├─► awaiting_review ───────┤      └─► failed ◄─┘
 //!                        ├─► frozen ────────────────┘  (queued for funds: approved ─► queued ─► signing)
 //!                        └─► rejected
-//! cancelled: by the customer from any state before signing; expired: a request left waiting past its time limit.
+//! cancelled: by the customer from any state before signing; expired: a request left waiting for people (approvals,
+//! a review, a risk decision) past its time limit.
 //! ```
+//!
+//! A `queued` withdrawal never expires: the policy and the people it asked have approved it, and only the exchange's
+//! own treasury (a refill from cold storage, or a cold signing ceremony) keeps it waiting. Letting it lapse would turn
+//! the exchange's delay into the customer's refusal; the customer may cancel it instead, at any time before signing.
 //!
 //! A withdrawal never skips a state and never enters one twice: the only moves are those [`State::can_move_to`]
 //! lists, and none leads back. Every end but `confirmed` voids the ledger hold; `confirmed` posts it.
@@ -115,7 +120,8 @@ impl State {
             AwaitingReview => &[AwaitingApproval, Approved, Rejected, Cancelled, Expired],
             Frozen => &[AwaitingReview, AwaitingApproval, Approved, Rejected, Cancelled, Expired],
             Approved => &[Queued, Signing, Cancelled],
-            Queued => &[Signing, Cancelled, Expired],
+            // Never `expired`: see the module's documentation.
+            Queued => &[Signing, Cancelled],
             Signing => &[Broadcast, Failed],
             Broadcast => &[Confirmed, Failed],
             Rejected | Confirmed | Cancelled | Failed | Expired => &[],
@@ -147,9 +153,10 @@ impl State {
         !matches!(self, State::Rejected | State::Cancelled | State::Failed | State::Expired)
     }
 
-    /// Whether it waits for people (and so has a time limit).
+    /// Whether it waits for people (and so has a time limit). A `queued` withdrawal waits for the exchange's treasury,
+    /// not for a decision, and has none.
     pub fn waits_for_people(self) -> bool {
-        matches!(self, State::AwaitingApproval | State::AwaitingReview | State::Frozen | State::Queued)
+        matches!(self, State::AwaitingApproval | State::AwaitingReview | State::Frozen)
     }
 }
 
@@ -201,6 +208,18 @@ mod tests {
         assert_eq!(seen.len(), State::ALL.len());
         let ends: Vec<State> = State::ALL.into_iter().filter(|s| s.is_final()).collect();
         assert_eq!(ends, [State::Rejected, State::Confirmed, State::Cancelled, State::Failed, State::Expired]);
+    }
+
+    /// Only waits for people expire; a queued withdrawal, approved and waiting for the treasury, stays until it is
+    /// paid or the customer cancels it.
+    #[test]
+    fn a_queued_withdrawal_never_expires_but_can_be_cancelled() {
+        assert_eq!(State::Queued.next(), &[State::Signing, State::Cancelled]);
+        assert!(State::Queued.is_cancellable());
+        assert!(!State::Queued.waits_for_people());
+        for s in State::ALL {
+            assert_eq!(s.can_move_to(State::Expired), s.waits_for_people(), "{s}");
+        }
     }
 
     #[test]
