@@ -55,7 +55,10 @@ struct Client {
 pub async fn run(args: WithdrawalsArgs) -> anyhow::Result<()> {
     // Faults the server logs (a refused request's cause) go to stderr.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let temp = crate::bench::TempDir::create()?;

@@ -13,18 +13,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::customer::*;
 use common::production::Staff;
+use common::withdrawal::*;
 use common::{Answer, Api, Db, Server};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// The network fee held with each withdrawal (the server's default, 0.0002 BTC).
-const FEE_HELD_SAT: u64 = 20_000;
-/// How long the worker may take to move a withdrawal.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn config() -> String {
     r#"
@@ -115,19 +111,6 @@ impl World {
     }
 }
 
-/// Waits until `check` holds, at most [`DEADLINE`].
-async fn wait_for<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn withdraw(c: &Customer, key: &str, amount_sat: u64, to: &str, extra: Value) -> Answer {
     let mut body = json!({"asset": "BTC", "amount": btc(amount_sat), "address": to, "idempotency_key": key});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
@@ -143,41 +126,6 @@ fn travel_rule(c: &Customer, to: &str) -> Value {
     }})
 }
 
-async fn view(c: &Customer, id: &str) -> Value {
-    c.get(&format!("/v1/me/withdrawals/{id}")).await.expect(200).clone()
-}
-
-/// Waits until the withdrawal is in `state`; answers its view.
-async fn wait_state(c: &Customer, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let v = view(c, id).await;
-        if v["state"] == json!(state) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "withdrawal {id} is not {state} within {DEADLINE:?}: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn staff_member(root_admin: &Api, admin2: &Api, server: &Server, name: &str, role: &str) -> (Staff, Api) {
-    let (id, code) = root_admin.create_staff(name).await;
-    admin2.approve(root_admin.request_role(id, role).await).await;
-    let mut s = Staff::enrol(server, name, &code, &format!("{name}'s long passphrase"), &[role]).await;
-    s.sign_in(server, &[role]).await;
-    let api = s.api(server);
-    (s, api)
-}
-
-/// The first administrators' enrolment codes the development server printed.
-fn admin_code(server: &Server, name: &str) -> String {
-    let tail = server.log.tail();
-    let prefix = format!("first administrator {name}: enrolment code ");
-    tail.lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_owned))
-        .unwrap_or_else(|| panic!("the server printed no enrolment code for {name}:\n{tail}"))
-}
-
 on_both_backends!(concurrent_policy_proposals_and_decisions);
 
 /// Regression: two `POST /v1/withdrawals/policies` at once both computed the next version and one failed the
@@ -187,14 +135,7 @@ async fn concurrent_policy_proposals_and_decisions(db: Db) {
     const PROPOSALS: usize = 8;
     let server = Server::start_with_config(&db, &config()).await;
     let root: Api = (*server).clone();
-    let mut admin =
-        Staff::enrol(&server, "admin", &admin_code(&server, "admin"), "first administrator!", &["administrator"]).await;
-    let mut admin2 =
-        Staff::enrol(&server, "admin2", &admin_code(&server, "admin2"), "second administrator", &["administrator"])
-            .await;
-    admin.sign_in(&server, &["administrator"]).await;
-    admin2.sign_in(&server, &["administrator"]).await;
-    let (a1, a2) = (admin.api(&server), admin2.api(&server));
+    let (a1, a2) = two_administrators(&server).await;
     let policies = root.get("/v1/withdrawals/policies").await.expect(200).clone();
     let document = policies[0]["policy"].clone();
     assert_eq!((policies[0]["version"].as_i64(), policies[0]["state"].as_str()), (Some(1), Some("active")));
@@ -267,14 +208,7 @@ on_both_backends!(withdrawals_end_to_end);
 async fn withdrawals_end_to_end(db: Db) {
     let server = Server::start_with_config(&db, &config()).await;
     let root: Api = (*server).clone();
-    let mut admin =
-        Staff::enrol(&server, "admin", &admin_code(&server, "admin"), "first administrator!", &["administrator"]).await;
-    let mut admin2 =
-        Staff::enrol(&server, "admin2", &admin_code(&server, "admin2"), "second administrator", &["administrator"])
-            .await;
-    admin.sign_in(&server, &["administrator"]).await;
-    admin2.sign_in(&server, &["administrator"]).await;
-    let (a1, a2) = (admin.api(&server), admin2.api(&server));
+    let (a1, a2) = two_administrators(&server).await;
     let mut approvers = Vec::new();
     for (i, role) in ["treasury_custodian", "risk_analyst", "treasury_custodian", "risk_analyst"].iter().enumerate() {
         approvers.push(staff_member(&a1, &a2, &server, &format!("approver{i}"), role).await);
@@ -498,6 +432,9 @@ async fn refusals_before_anything_is_held(world: &World) {
     withdraw(&erin, "blocked-1", 100_000, &blocked, json!({})).await.assert_error(403, "destination_refused");
     // Bad input.
     withdraw(&erin, "bad-1", 100_000, "bc1qnotregtest", json!({})).await.assert_error(400, "invalid_address");
+    // A bad query string gets the JSON error shape, on the customer's list and on the staff queue.
+    erin.get("/v1/me/withdrawals?limit=many").await.assert_error(400, "invalid_query");
+    world.approvers[0].1.get("/v1/withdrawals?limit=-1").await.assert_error(400, "invalid_query");
     withdraw(&erin, "bad-2", 50, &address(6), json!({})).await.assert_error(400, "below_minimum");
     withdraw(&erin, "bad 3", 100_000, &address(6), json!({})).await.assert_error(400, "invalid_idempotency_key");
     withdraw(&erin, "big-1", 20_000_000, &address(6), travel_rule(&erin, &address(6)))

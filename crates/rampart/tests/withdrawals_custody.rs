@@ -14,18 +14,15 @@ mod common;
 #[path = "../src/custodian.rs"]
 mod custodian;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::customer::*;
 use common::production::Staff;
+use common::withdrawal::*;
 use common::{Api, Db, Server};
 use custodian::{Custodian, Service};
 use serde_json::{Value, json};
 
-/// The network fee held with each withdrawal (the server's default, 0.0002 BTC).
-const FEE_HELD_SAT: u64 = 20_000;
-/// How long the worker or the custodians may take.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// What the faucet puts in the cold wallet.
 const COLD_SAT: u64 = 2 * SAT_PER_BTC;
 
@@ -129,58 +126,10 @@ impl World {
     }
 }
 
-/// Waits until `check` holds, at most [`DEADLINE`].
-async fn wait_for<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn withdraw(c: &Customer, key: &str, amount_sat: u64, to: &str) -> String {
     let body = json!({"asset": "BTC", "amount": btc(amount_sat), "address": to, "idempotency_key": key});
     let answer = c.post("/v1/me/withdrawals", &body).await;
     answer.expect(201)["id"].as_str().expect("an id").to_owned()
-}
-
-async fn view(c: &Customer, id: &str) -> Value {
-    c.get(&format!("/v1/me/withdrawals/{id}")).await.expect(200).clone()
-}
-
-/// Waits until the withdrawal is in `state`; answers its view.
-async fn wait_state(c: &Customer, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let v = view(c, id).await;
-        if v["state"] == json!(state) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "withdrawal {id} is not {state} within {DEADLINE:?}: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn staff_member(root_admin: &Api, admin2: &Api, server: &Server, name: &str, role: &str) -> (Staff, Api) {
-    let (id, code) = root_admin.create_staff(name).await;
-    admin2.approve(root_admin.request_role(id, role).await).await;
-    let mut s = Staff::enrol(server, name, &code, &format!("{name}'s long passphrase"), &[role]).await;
-    s.sign_in(server, &[role]).await;
-    let api = s.api(server);
-    (s, api)
-}
-
-/// The first administrators' enrolment codes the development server printed.
-fn admin_code(server: &Server, name: &str) -> String {
-    let tail = server.log.tail();
-    let prefix = format!("first administrator {name}: enrolment code ");
-    tail.lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_owned))
-        .unwrap_or_else(|| panic!("the server printed no enrolment code for {name}:\n{tail}"))
 }
 
 /// A staff action on a stuck transaction, with a reason and a fresh TOTP code.
@@ -209,14 +158,7 @@ on_both_backends!(withdrawals_and_custody);
 async fn withdrawals_and_custody(db: Db) {
     let server = Server::start_with_config(&db, &config()).await;
     let root: Api = (*server).clone();
-    let mut admin =
-        Staff::enrol(&server, "admin", &admin_code(&server, "admin"), "first administrator!", &["administrator"]).await;
-    let mut admin2 =
-        Staff::enrol(&server, "admin2", &admin_code(&server, "admin2"), "second administrator", &["administrator"])
-            .await;
-    admin.sign_in(&server, &["administrator"]).await;
-    admin2.sign_in(&server, &["administrator"]).await;
-    let (a1, a2) = (admin.api(&server), admin2.api(&server));
+    let (a1, a2) = two_administrators(&server).await;
 
     // Five treasury custodians register their identity keys; an administrator activates them; they generate the
     // cold key among themselves.

@@ -40,7 +40,8 @@ pub struct AllQuery {
     customer: Option<i64>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+/// A query string's parameters, or `invalid_query` (400, the JSON error shape) saying what is wrong with it.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 

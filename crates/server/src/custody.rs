@@ -1004,6 +1004,47 @@ async fn mirror_in_ledger(state: &AppState, custody: &Custody, t: &CustodyTx) ->
     Ok(())
 }
 
+/// Opens a signing session of the cold wallet's custodians (the wallet's members of its epoch) for `tx`, which pays
+/// `subject` (`("refill", id)`, `("withdrawal", id)`: named in the session's parameters and in the audit record
+/// `custody.sign.session_opened` by `actor`, with the txid). Answers the session's id.
+pub(crate) async fn open_cold_signing_session(
+    state: &AppState,
+    custody: &Custody,
+    cold: &rampart_store::WalletRecord,
+    tx: &Transaction,
+    subject: (&str, serde_json::Value),
+    actor: &str,
+) -> Result<i64, ApiError> {
+    let keyring = state.keyring()?;
+    let members = state.store().wallet_members(cold.id, cold.epoch).await?;
+    let roster = serde_json::to_string(
+        &members
+            .iter()
+            .map(|m| serde_json::json!({"identifier": m.identifier, "custodian_id": m.custodian_id}))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(internal)?;
+    let (key, id) = subject;
+    let detail = id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string());
+    let mut params = serde_json::Map::new();
+    params.insert(key.to_owned(), id);
+    params.insert("epoch".into(), cold.epoch.into());
+    let new = rampart_store::NewCeremony {
+        kind: "sign".into(),
+        asset: custody.config.asset.clone(),
+        wallet_id: Some(cold.id),
+        threshold: cold.threshold.unwrap_or(3),
+        roster,
+        params: serde_json::Value::Object(params).to_string(),
+        created_by: actor.to_owned(),
+        expires_at_ns: state.now_ns().saturating_add(custody.config.ceremony_ttl_s.saturating_mul(1_000_000_000)),
+    };
+    let mut record = state.record(actor, "custody.sign.session_opened", "-", Outcome::Success);
+    record.details.insert(key.into(), detail);
+    record.details.insert("txid".into(), tx.compute_txid().to_string());
+    Ok(state.store().create_ceremony(&new, state.now_ns(), &state.auditor(&keyring), vec![record]).await?)
+}
+
 /// Builds the refill transaction of an approved proposal (cold coins to the hot wallet, change back to cold) and the
 /// signing ceremony for the cold wallet's custodians; answers the ceremony's id.
 pub async fn start_refill(
@@ -1059,29 +1100,7 @@ pub async fn start_refill(
     let fee = total - outputs.iter().map(|o| o.value.to_sat()).sum::<u64>();
     let spent = prevouts(&inputs);
     let tx = unsigned(&inputs, outputs)?;
-    let members = state.store().wallet_members(cold.id, cold.epoch).await?;
-    let roster = serde_json::to_string(
-        &members
-            .iter()
-            .map(|m| serde_json::json!({"identifier": m.identifier, "custodian_id": m.custodian_id}))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(internal)?;
-    let params = serde_json::json!({"refill": proposal.id, "epoch": cold.epoch}).to_string();
-    let new = rampart_store::NewCeremony {
-        kind: "sign".into(),
-        asset: asset.clone(),
-        wallet_id: Some(cold.id),
-        threshold: cold.threshold.unwrap_or(3),
-        roster,
-        params,
-        created_by: actor.to_owned(),
-        expires_at_ns: state.now_ns().saturating_add(custody.config.ceremony_ttl_s.saturating_mul(1_000_000_000)),
-    };
-    let mut record = state.record(actor, "custody.sign.session_opened", "-", Outcome::Success);
-    record.details.insert("refill".into(), proposal.id.to_string());
-    record.details.insert("txid".into(), tx.compute_txid().to_string());
-    let ceremony = state.store().create_ceremony(&new, state.now_ns(), &state.auditor(&keyring), vec![record]).await?;
+    let ceremony = open_cold_signing_session(state, custody, &cold, &tx, ("refill", proposal.id.into()), actor).await?;
     let custody_tx = CustodyTx {
         id: 0,
         asset: asset.clone(),

@@ -2044,6 +2044,8 @@ pub(crate) async fn revoke_api_key(
     {
         return Err(ApiError::not_found("no such live API key"));
     }
+    // Every request's admission reads the key afresh (other nodes refuse it there); this node forgets it now.
+    state.api_keys().forget(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,6 +7,10 @@
 //! No task runs while the queue is empty: the request that finds no writer at work spawns one, which drains the
 //! queue batch by batch and ends. The writer is a task of its own, not the request's future, so that a client
 //! hanging up cannot stop it with other requests' items in hand.
+//!
+//! A kind may allow more than one writer ([`Batch::WRITERS`]): while one transaction waits for the database, the
+//! next batch is already being written. Items with the same key are never in two transactions at once, whichever
+//! writer holds them.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -25,6 +29,10 @@ pub(crate) trait Batch: Send + Sync + 'static {
     type Out: Send + 'static;
     /// The most items one transaction writes.
     const MAX: usize;
+    /// What the metrics and logs call it.
+    const NAME: &'static str;
+    /// Transactions written at once, at most.
+    const WRITERS: usize = 1;
     /// The queue, in the state.
     fn queue(state: &AppState) -> &GroupCommit<Self>;
     /// Items with the same key never share a batch (a customer's withdrawals: each is checked against the ones
@@ -41,7 +49,10 @@ type Waiting<B> = (<B as Batch>::Item, oneshot::Sender<Result<<B as Batch>::Out,
 
 struct Queue<B: Batch + ?Sized> {
     waiting: VecDeque<Waiting<B>>,
-    writing: bool,
+    /// Writers at work.
+    writers: usize,
+    /// The keys of the items being written.
+    in_flight: HashSet<i64>,
 }
 
 /// The queue of one kind of item.
@@ -51,7 +62,7 @@ pub(crate) struct GroupCommit<B: Batch + ?Sized> {
 
 impl<B: Batch> Default for GroupCommit<B> {
     fn default() -> Self {
-        GroupCommit { queue: Mutex::new(Queue { waiting: VecDeque::new(), writing: false }) }
+        GroupCommit { queue: Mutex::new(Queue { waiting: VecDeque::new(), writers: 0, in_flight: HashSet::new() }) }
     }
 }
 
@@ -62,7 +73,11 @@ impl<B: Batch> GroupCommit<B> {
         let start = {
             let mut q = B::queue(state).queue.lock().expect("a group-commit queue is never poisoned");
             q.waiting.push_back((item, tx));
-            !std::mem::replace(&mut q.writing, true)
+            let start = q.writers < B::WRITERS;
+            if start {
+                q.writers += 1;
+            }
+            start
         };
         if start {
             let state = state.clone();
@@ -77,16 +92,15 @@ impl<B: Batch> GroupCommit<B> {
         })?
     }
 
-    /// Takes the next batch: up to [`Batch::MAX`] items in queue order, skipping (and leaving queued, in order)
-    /// those whose key is already in it; stops the writer when nothing waits.
-    fn next(&self) -> Vec<Waiting<B>> {
+    /// Releases the keys of the batch just written (`done`) and takes the next one: up to [`Batch::MAX`] items in
+    /// queue order, skipping (and leaving queued, in order) those whose key is already in it or in another writer's
+    /// batch; stops the writer when nothing it may take waits (another writer takes what it skipped).
+    fn next(&self, done: &[i64]) -> Vec<Waiting<B>> {
         let mut q = self.queue.lock().expect("a group-commit queue is never poisoned");
-        if q.waiting.is_empty() {
-            q.writing = false;
-            return Vec::new();
+        for k in done {
+            q.in_flight.remove(k);
         }
         let mut batch = Vec::new();
-        let mut keys = HashSet::new();
         let mut left = VecDeque::new();
         while let Some(w) = q.waiting.pop_front() {
             if batch.len() == B::MAX {
@@ -94,28 +108,44 @@ impl<B: Batch> GroupCommit<B> {
                 break;
             }
             match B::key(&w.0) {
-                Some(k) if !keys.insert(k) => left.push_back(w),
+                Some(k) if !q.in_flight.insert(k) => left.push_back(w),
                 _ => batch.push(w),
             }
         }
         while let Some(w) = left.pop_back() {
             q.waiting.push_front(w);
         }
+        if batch.is_empty() {
+            q.writers -= 1;
+        }
         batch
     }
 
     async fn drain(state: &AppState) {
         let this = B::queue(state);
+        let mut done = Vec::new();
         loop {
-            let batch = this.next();
+            let batch = this.next(&done);
             if batch.is_empty() {
                 return;
             }
             let (items, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            done = items.iter().filter_map(B::key).collect();
             // A batch that fails as a whole wrote nothing: its items are written again one by one, so that one
             // bad item (or a deadlock) fails only its own request.
             let copies = (items.len() > 1).then(|| items.clone());
-            match (B::write(state, items).await, copies) {
+            let (len, started) = (items.len(), std::time::Instant::now());
+            let written = B::write(state, items).await;
+            let took = started.elapsed();
+            metrics::histogram!("group_commit_items", "kind" => B::NAME).record(len as f64);
+            metrics::histogram!("group_commit_seconds", "kind" => B::NAME).record(took.as_secs_f64());
+            tracing::debug!(
+                kind = B::NAME,
+                items = len,
+                us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                "group commit"
+            );
+            match (written, copies) {
                 (Ok(outs), _) => {
                     for (answer, out) in answers.into_iter().zip(outs) {
                         let _ = answer.send(Ok(out));

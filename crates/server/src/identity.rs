@@ -621,23 +621,13 @@ pub(crate) async fn authenticate_customer(
 ) -> Result<Response, ApiError> {
     state.keyring()?;
     let ip = request_ip(&state, request.headers(), request.extensions());
+    let country = crate::risk::client_country(&state, request.headers(), request.extensions());
     let (customer, request) = if request.headers().contains_key("x-rampart-key") {
-        api_key_customer(&state, request, ip).await?
+        api_key_customer(&state, request, ip, country).await?
     } else {
-        (session_customer(&state, request.headers().clone(), ip).await?, request)
+        (Customer { country, ..session_customer(&state, request.headers().clone(), ip).await? }, request)
     };
     let mut request = request;
-    let mut customer = customer;
-    customer.country = crate::risk::client_country(&state, request.headers(), request.extensions());
-    // Every API-key request is scored: a flood from one key is refused here, before the handler runs.
-    if let Via::ApiKey { key, .. } = &customer.via {
-        let kind = rampart_risk::EventKind::ApiRequest { key: rampart_risk::profile::hash64(key.id.as_str()) };
-        let event = crate::risk::event(&state, customer.record.id, ip, None, customer.country, kind);
-        let assessed = crate::risk::assess(&state, customer.record.id, event).await?;
-        if let Some(refusal) = crate::risk::refusal(&assessed) {
-            return Err(refusal);
-        }
-    }
     let path = request.uri().path().to_owned();
     let (actor, id) = (customer.actor(), customer.record.id);
     request.extensions_mut().insert(customer);
@@ -708,7 +698,12 @@ async fn session_customer(state: &AppState, headers: HeaderMap, ip: IpAddr) -> R
     Ok(Customer { record, via: Via::Session(session), ip, country: None })
 }
 
-async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Result<(Customer, Request), ApiError> {
+async fn api_key_customer(
+    state: &AppState,
+    request: Request,
+    ip: IpAddr,
+    country: Option<rampart_risk::Country>,
+) -> Result<(Customer, Request), ApiError> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, crate::BODY_BYTES_MAX).await.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
@@ -738,41 +733,52 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
         record.details.insert("ip".into(), ip.to_string());
         record
     };
+    let unknown = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "unknown, revoked or expired API key");
     let now = state.now_ns();
-    let found = state.store().api_key_with_customer(&key_id).await?;
-    let Some((key, record)) = found.filter(|(k, _)| k.revoked_at_ns.is_none() && k.expires_at_ns > now) else {
-        state.audit(vec![refuse("unknown_key", None)]).await?;
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "unknown, revoked or expired API key"));
+    let known = match state.api_keys().get(&key_id) {
+        Some(known) => Some(known),
+        None => match state.store().api_key_with_customer(&key_id).await? {
+            Some((key, _)) if key.revoked_at_ns.is_none() => Some(state.api_keys().remember(state, key)?),
+            _ => None,
+        },
     };
-    let allow = rampart_auth::parse_allow_list(
-        &key.allow_list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>(),
-    )
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
-    if !allow.is_empty() && !rampart_auth::ip_allowed(&allow, ip) {
-        state.audit(vec![refuse("ip_not_allowed", Some(key.customer_id))]).await?;
+    let Some(known) = known.filter(|k| k.key.expires_at_ns > now) else {
+        state.audit(vec![refuse("unknown_key", None)]).await?;
+        return Err(unknown());
+    };
+    let customer_id = known.key.customer_id;
+    if !known.allow.is_empty() && !rampart_auth::ip_allowed(&known.allow, ip) {
+        state.audit(vec![refuse("ip_not_allowed", Some(customer_id))]).await?;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "ip_not_allowed",
             format!("API key {key_id} may not be used from {ip}"),
         ));
     }
-    let keyring = state.keyring()?;
-    let secret_bytes = keyring
-        .decrypt(&key.secret, api_key_aad(&key.id).as_bytes())
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
-    let secret = rampart_auth::ApiKeySecret::from_bytes(&secret_bytes)
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
     let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str());
     let now_ms = now / 1_000_000;
     let window_ms = state.identity().signature_window_ms;
-    if let Err(e) = rampart_auth::verify(&secret, parts.method.as_str(), path, &bytes, &parsed, now_ms, window_ms) {
-        state.audit(vec![refuse(e.code(), Some(key.customer_id))]).await?;
+    if let Err(e) = rampart_auth::verify(&known.secret, parts.method.as_str(), path, &bytes, &parsed, now_ms, window_ms)
+    {
+        state.audit(vec![refuse(e.code(), Some(customer_id))]).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()));
     }
+    // Every API-key request is scored (a flood from one key is refused before the handler runs); its event is
+    // logged with the signature's spend, in one transaction shared with the requests admitted meanwhile.
+    let kind = rampart_risk::EventKind::ApiRequest { key: rampart_risk::profile::hash64(key_id.as_str()) };
+    let scored =
+        crate::risk::score(state, customer_id, crate::risk::event(state, customer_id, ip, None, country, kind))?;
     // Each signature works once, on every node: remembered until its timestamp leaves the window.
     let forget_at = parsed.timestamp_ms.saturating_add(window_ms).saturating_add(1).saturating_mul(1_000_000);
-    let spend = (key.id.clone(), parsed.signature, forget_at);
-    if !GroupCommit::<Signatures>::submit(state, spend).await? {
+    let admit = ((key_id.clone(), parsed.signature, forget_at), scored.as_ref().map(|s| s.record.clone()));
+    let admission = GroupCommit::<Admissions>::submit(state, admit).await?;
+    // The key and its customer as the admission read them: a key revoked on another node stops here.
+    let Some((key, record)) = admission.key.filter(|(k, _)| k.revoked_at_ns.is_none() && k.expires_at_ns > now) else {
+        state.api_keys().forget(&key_id);
+        state.audit(vec![refuse("unknown_key", None)]).await?;
+        return Err(unknown());
+    };
+    if !admission.fresh {
         state.audit(vec![refuse("replayed_signature", Some(key.customer_id))]).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "replayed_signature", "this signature was already used"));
     }
@@ -780,26 +786,80 @@ async fn api_key_customer(state: &AppState, request: Request, ip: IpAddr) -> Res
     if record.status == CustomerStatus::Frozen {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "account_frozen", "the account is frozen: contact support"));
     }
+    if let Some(scored) = scored
+        && let Some(refusal) = crate::risk::refusal(&crate::risk::act(state, scored).await?)
+    {
+        return Err(refusal);
+    }
     let scopes = key.scopes.split(',').filter_map(Scope::parse).collect();
     let request = Request::from_parts(parts, Body::from(bytes));
-    Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip, country: None }, request))
+    Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip, country }, request))
 }
 
-/// Spending API request signatures, in groups: `(key, signature, remembered until)`, answered with whether it was
-/// fresh.
-pub(crate) struct Signatures;
+/// What a signed request needs of its API key that never changes once the key is made (its secret, decrypted; its
+/// IP allow list, parsed; its expiry), kept per process so that a key's requests need no read of their own.
+/// Whether the key is revoked, and its customer's state, are read afresh with each request's admission.
+pub(crate) struct KnownKey {
+    key: ApiKeyRecord,
+    secret: rampart_auth::ApiKeySecret,
+    allow: Vec<rampart_auth::IpNet>,
+}
 
-impl Batch for Signatures {
-    type Item = (String, [u8; 32], u64);
-    type Out = bool;
-    const MAX: usize = 500;
+/// The API keys this process has verified requests of ([`KnownKey`]), by id.
+#[derive(Default)]
+pub(crate) struct KnownKeys(Mutex<HashMap<String, std::sync::Arc<KnownKey>>>);
 
-    fn queue(state: &AppState) -> &GroupCommit<Signatures> {
-        state.signatures()
+/// Keys remembered at most; past it, the memory starts again empty.
+const KNOWN_KEYS_MAX: usize = 100_000;
+
+impl KnownKeys {
+    fn get(&self, id: &str) -> Option<std::sync::Arc<KnownKey>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
-    async fn write(state: &AppState, items: Vec<(String, [u8; 32], u64)>) -> Result<Vec<bool>, ApiError> {
-        Ok(state.store().spend_api_signatures(&items, state.now_ns()).await?)
+    /// Decrypts the key's secret and remembers what it needs.
+    fn remember(&self, state: &AppState, key: ApiKeyRecord) -> Result<std::sync::Arc<KnownKey>, ApiError> {
+        let internal = || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+        let allow = rampart_auth::parse_allow_list(
+            &key.allow_list.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>(),
+        )
+        .map_err(|_| internal())?;
+        let keyring = state.keyring()?;
+        let secret_bytes = keyring.decrypt(&key.secret, api_key_aad(&key.id).as_bytes()).map_err(|_| internal())?;
+        let secret = rampart_auth::ApiKeySecret::from_bytes(&secret_bytes).map_err(|_| internal())?;
+        let known = std::sync::Arc::new(KnownKey { key, secret, allow });
+        let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= KNOWN_KEYS_MAX {
+            keys.clear();
+        }
+        keys.insert(known.key.id.clone(), known.clone());
+        Ok(known)
+    }
+
+    /// Forgets a key (revoked here or found revoked).
+    pub(crate) fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// Admitting signed API requests, in groups: each spends its signature `(key, signature, remembered until)` and
+/// logs its risk event, and reads its key and customer as they are now.
+pub(crate) struct Admissions;
+
+impl Batch for Admissions {
+    type Item = ((String, [u8; 32], u64), Option<rampart_store::RiskEventRecord>);
+    type Out = rampart_store::Admission;
+    const MAX: usize = 500;
+    const NAME: &'static str = "admissions";
+
+    fn queue(state: &AppState) -> &GroupCommit<Admissions> {
+        state.admissions()
+    }
+
+    async fn write(state: &AppState, items: Vec<Self::Item>) -> Result<Vec<Self::Out>, ApiError> {
+        let (spends, events): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        let events: Vec<_> = events.into_iter().flatten().collect();
+        Ok(state.store().admit_api_requests(&spends, &events, state.now_ns()).await?)
     }
 }
 

@@ -91,8 +91,10 @@ struct Inner {
     withdrawals: Arc<withdrawals::Withdrawals>,
     /// Scored risk events waiting to be logged together.
     risk_log: group::GroupCommit<risk::RiskLog>,
-    /// API request signatures waiting to be spent together.
-    signatures: group::GroupCommit<identity::Signatures>,
+    /// Signed API requests waiting to be admitted together.
+    admissions: group::GroupCommit<identity::Admissions>,
+    /// The API keys this process has verified requests of.
+    api_keys: identity::KnownKeys,
 }
 
 impl AppState {
@@ -120,7 +122,8 @@ impl AppState {
                 compliance: Arc::new(compliance::Compliance::new(compliance::ComplianceConfig::default())),
                 withdrawals: Arc::new(withdrawals::Withdrawals::new(withdrawals::WithdrawalsConfig::default())),
                 risk_log: group::GroupCommit::default(),
-                signatures: group::GroupCommit::default(),
+                admissions: group::GroupCommit::default(),
+                api_keys: identity::KnownKeys::default(),
             }),
         }
     }
@@ -225,8 +228,12 @@ impl AppState {
         &self.inner.risk_log
     }
 
-    pub(crate) fn signatures(&self) -> &group::GroupCommit<identity::Signatures> {
-        &self.inner.signatures
+    pub(crate) fn admissions(&self) -> &group::GroupCommit<identity::Admissions> {
+        &self.inner.admissions
+    }
+
+    pub(crate) fn api_keys(&self) -> &identity::KnownKeys {
+        &self.inner.api_keys
     }
 
     /// The asset registry.

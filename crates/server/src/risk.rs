@@ -259,6 +259,7 @@ impl Batch for RiskLog {
     type Item = RiskEventRecord;
     type Out = ();
     const MAX: usize = 500;
+    const NAME: &'static str = "risk_events";
 
     fn queue(state: &AppState) -> &GroupCommit<RiskLog> {
         state.risk_log()
@@ -270,19 +271,29 @@ impl Batch for RiskLog {
     }
 }
 
-/// Scores `event` for `customer_id`, logs it, audits a decision other than `allow` and opens a case for `hold` and
-/// `freeze` (a freeze freezes the account). Without a risk engine, everything is allowed.
-pub async fn assess(state: &AppState, customer_id: i64, event: Event) -> Result<Assessed, ApiError> {
-    let Some(risk) = state.risk() else {
-        return Ok(Assessed {
-            decision: Decision { outcome: Outcome::Allow, score: 0, rules_version: 0, reasons: vec![] },
-            case: None,
-        });
-    };
+/// An event scored and not yet logged ([`score`]): log `record`, then [`act`] on it.
+pub(crate) struct Scored {
+    customer_id: i64,
+    event: Event,
+    seq: i64,
+    decision: Decision,
+    /// The event as the log keeps it.
+    pub(crate) record: RiskEventRecord,
+}
+
+impl Scored {
+    /// What the engine decided.
+    pub(crate) fn outcome(&self) -> Outcome {
+        self.decision.outcome
+    }
+}
+
+/// Scores `event` for `customer_id`; `None` without a risk engine (everything is allowed).
+pub(crate) fn score(state: &AppState, customer_id: i64, event: Event) -> Result<Option<Scored>, ApiError> {
+    let Some(risk) = state.risk() else { return Ok(None) };
     let (seq, decision) = risk.score(&event);
     let json = serde_json::to_string(&event)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    // Logged (with the events scored meanwhile) before the decision is acted on: a restart replays it.
     let record = RiskEventRecord {
         seq,
         at_ns: event.at_ns,
@@ -291,7 +302,27 @@ pub async fn assess(state: &AppState, customer_id: i64, event: Event) -> Result<
         outcome: decision.outcome.name().into(),
         rules_version: decision.rules_version,
     };
-    GroupCommit::<RiskLog>::submit(state, record).await?;
+    Ok(Some(Scored { customer_id, event, seq, decision, record }))
+}
+
+/// Scores `event` for `customer_id`, logs it, audits a decision other than `allow` and opens a case for `hold` and
+/// `freeze` (a freeze freezes the account). Without a risk engine, everything is allowed.
+pub async fn assess(state: &AppState, customer_id: i64, event: Event) -> Result<Assessed, ApiError> {
+    let Some(scored) = score(state, customer_id, event)? else { return Ok(allowed()) };
+    // Logged (with the events scored meanwhile) before the decision is acted on: a restart replays it.
+    GroupCommit::<RiskLog>::submit(state, scored.record.clone()).await?;
+    act(state, scored).await
+}
+
+/// What a service without a risk engine decides.
+pub(crate) fn allowed() -> Assessed {
+    Assessed { decision: Decision { outcome: Outcome::Allow, score: 0, rules_version: 0, reasons: vec![] }, case: None }
+}
+
+/// Acts on a decision whose event is logged: audits one other than `allow`, opens a case for `hold` and `freeze`
+/// (a freeze freezes the account).
+pub(crate) async fn act(state: &AppState, scored: Scored) -> Result<Assessed, ApiError> {
+    let Scored { customer_id, event, seq, decision, record: _ } = scored;
     metrics::counter!("risk_decisions_total", "outcome" => decision.outcome.name()).increment(1);
     if decision.outcome == Outcome::Allow {
         return Ok(Assessed { decision, case: None });

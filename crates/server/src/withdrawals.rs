@@ -108,6 +108,10 @@ impl Batch for Recording {
     type Item = NewWithdrawal;
     type Out = Requested<OverLimit>;
     const MAX: usize = 256;
+    const NAME: &'static str = "withdrawal_requests";
+    // Two transactions at once: they lock disjoint customers (and their ledger accounts) first and meet only at
+    // the audit chain's head, last.
+    const WRITERS: usize = 2;
 
     fn queue(state: &AppState) -> &GroupCommit<Recording> {
         &state.withdrawals().recorder
@@ -1046,28 +1050,9 @@ async fn pay_from_cold(
     let tx = custody::unsigned(&inputs, outputs)?;
     let txid = tx.compute_txid();
     let keyring = state.keyring()?;
-    let members = state.store().wallet_members(cold.id, cold.epoch).await?;
-    let roster = serde_json::to_string(
-        &members
-            .iter()
-            .map(|m| serde_json::json!({"identifier": m.identifier, "custodian_id": m.custodian_id}))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(internal)?;
-    let new = rampart_store::NewCeremony {
-        kind: "sign".into(),
-        asset: asset.clone(),
-        wallet_id: Some(cold.id),
-        threshold: cold.threshold.unwrap_or(3),
-        roster,
-        params: serde_json::json!({"withdrawal": w.id, "epoch": cold.epoch}).to_string(),
-        created_by: "system".into(),
-        expires_at_ns: state.now_ns().saturating_add(custody.config.ceremony_ttl_s.saturating_mul(NS)),
-    };
-    let mut opened = state.record("system", "custody.sign.session_opened", "-", AuditOutcome::Success);
-    opened.details.insert("withdrawal".into(), w.id.clone());
-    opened.details.insert("txid".into(), txid.to_string());
-    let ceremony = state.store().create_ceremony(&new, state.now_ns(), &state.auditor(&keyring), vec![opened]).await?;
+    let ceremony =
+        custody::open_cold_signing_session(state, custody, cold, &tx, ("withdrawal", w.id.clone().into()), "system")
+            .await?;
     let mut r = state.record("system", "withdrawal.signing", &format!("withdrawal:{}", w.id), AuditOutcome::Success);
     r.details.insert("txid".into(), txid.to_string());
     r.details.insert("policy_version".into(), proof.version().to_string());

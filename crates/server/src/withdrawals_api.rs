@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use rampart_audit::{Outcome, Permission};
@@ -193,6 +194,8 @@ struct Gated {
     finding: RiskFinding,
     travel_rule: Option<travel::TravelRule>,
     frozen_ok: bool,
+    /// The request's risk event when the engine allowed it: logged by the recording transaction.
+    risk_event: Option<rampart_store::RiskEventRecord>,
 }
 
 /// The gates of a new withdrawal, in order: the account (lock, status), the whitelist, the KYC limits, the
@@ -219,7 +222,13 @@ async fn gates(
     since.extend(windows.iter().map(|w| now.saturating_sub(w * NS)));
     let position = state
         .store()
-        .withdrawal_position(customer_id, asset.code.as_str(), address, &since)
+        .withdrawal_position(
+            customer_id,
+            asset.code.as_str(),
+            address,
+            customer_ledger_account(customer_id, asset.code.as_str()),
+            &since,
+        )
         .await?
         .ok_or_else(|| ApiError::unauthorized("no such customer"))?;
 
@@ -271,11 +280,10 @@ async fn gates(
     let level = position.kyc_level;
     let kyc = rampart_compliance::kyc::Level::from_number(level).unwrap_or(rampart_compliance::kyc::Level::Zero);
     limits.check(kyc, position.usd_since[0], position.usd_since[1], usd).map_err(over_limit)?;
-    // The balance, read before the gates with side effects (a request far above it must not make the risk engine
+    // The balance (read with the position), checked before the gates with side effects (a request far above it must not make the risk engine
     // freeze the account); the hold in the recording transaction is what decides.
     let fee_held = config.fee_held.get(asset.code.as_str()).copied().unwrap_or(0);
-    let account = state.store().account(customer_ledger_account(customer_id, asset.code.as_str())).await?;
-    if account.is_none_or(|a| a.available().units() < amount + fee_held) {
+    if position.available.is_none_or(|available| available < amount + fee_held) {
         return Err(insufficient_funds());
     }
 
@@ -323,7 +331,19 @@ async fn gates(
         customer.country,
         rampart_risk::EventKind::Withdrawal { amount_micro_usd: usd, destination: address.to_owned() },
     );
-    let assessed = crate::risk::assess(state, customer_id, event).await?;
+    // An event the engine allows is logged by the recording transaction (one commit fewer on the common path);
+    // any other is logged before the decision is acted on.
+    let (assessed, risk_event) = match crate::risk::score(state, customer_id, event)? {
+        None => (crate::risk::allowed(), None),
+        Some(scored) if scored.outcome() == RiskOutcome::Allow => {
+            let record = scored.record.clone();
+            (crate::risk::act(state, scored).await?, Some(record))
+        }
+        Some(scored) => {
+            crate::group::GroupCommit::<crate::risk::RiskLog>::submit(state, scored.record.clone()).await?;
+            (crate::risk::act(state, scored).await?, None)
+        }
+    };
     match assessed.decision.outcome {
         RiskOutcome::Block => return Err(crate::risk::refusal(&assessed).expect("a block refuses")),
         RiskOutcome::Challenge => {
@@ -371,6 +391,7 @@ async fn gates(
         // A freeze the risk engine just decided froze the account: the request is still recorded, so that the
         // reviewer who releases the account releases the withdrawal with it.
         frozen_ok: assessed.decision.outcome == RiskOutcome::Freeze,
+        risk_event,
     })
 }
 
@@ -428,15 +449,16 @@ pub(crate) async fn request(
     // A retry answers the withdrawal it made even where a gate would now refuse it (its own hold took the
     // balance): the key is looked up when a gate refuses; otherwise the recording transaction finds it.
     let gated = gates(&state, &customer, &body, &asset, amount, &address, step_up.as_ref(), now).await;
-    let Gated { entry, whitelisted_for_s, usd, fee_held, screening, finding, travel_rule, frozen_ok } = match gated {
-        Ok(g) => g,
-        Err(refusal) => {
-            if let Some(existing) = store.customer_withdrawal_by_key(customer_id, &key).await? {
-                return answer_existing(&state, existing, hash).await;
+    let Gated { entry, whitelisted_for_s, usd, fee_held, screening, finding, travel_rule, frozen_ok, risk_event } =
+        match gated {
+            Ok(g) => g,
+            Err(refusal) => {
+                if let Some(existing) = store.customer_withdrawal_by_key(customer_id, &key).await? {
+                    return answer_existing(&state, existing, hash).await;
+                }
+                return Err(refusal);
             }
-            return Err(refusal);
-        }
-    };
+        };
     let mut screening = screening;
     let api_key = matches!(customer.via, Via::ApiKey { .. });
     // Recorded, with the funds held, in one transaction.
@@ -555,8 +577,18 @@ pub(crate) async fn request(
         then,
         frozen_ok,
         effects,
+        risk_event: risk_event.clone(),
     };
-    let recorded = withdrawals::record(&state, new).await?;
+    let recorded = match withdrawals::record(&state, new).await {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            // Not recorded: the scored event is logged on its own (a restart replays it), and the error stands.
+            if let Some(event) = risk_event {
+                crate::group::GroupCommit::<crate::risk::RiskLog>::submit(&state, event).await?;
+            }
+            return Err(e);
+        }
+    };
     let w = match recorded {
         Requested::Recorded(w) => w,
         Requested::Existing(w) => return answer_existing(&state, w, hash).await,
@@ -667,8 +699,9 @@ pub struct ListQuery {
 pub(crate) async fn mine(
     State(state): State<AppState>,
     customer: Customer,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<WithdrawalView>>, ApiError> {
+    let q = crate::compliance_api::query(q)?;
     customer.require(Scope::Read)?;
     let mut out = Vec::new();
     for w in state.store().customer_withdrawals(customer.record.id, q.limit.unwrap_or(50).min(200)).await? {
@@ -1124,8 +1157,9 @@ async fn queue_view(state: &AppState, item: &QueueItem) -> Result<QueueView, Api
 pub(crate) async fn queue(
     State(state): State<AppState>,
     principal: Principal,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<QueueView>>, ApiError> {
+    let q = crate::compliance_api::query(q)?;
     state.authorize(&principal, Permission::WithdrawalRead, "withdrawals.queue", "-").await?;
     let states = match q.state.as_deref() {
         None => vec![WState::AwaitingApproval, WState::AwaitingReview, WState::Frozen, WState::Queued],

@@ -9,7 +9,7 @@ use rampart_audit::AuditRecord;
 
 use crate::audit::{self, Auditor};
 use crate::backend::Pipe;
-use crate::{Store, StoreError, ts};
+use crate::{RiskEventRecord, Store, StoreError, ts};
 
 /// Where a customer account stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,6 +428,57 @@ impl std::fmt::Debug for ApiKeyRecord {
             .field("scopes", &self.scopes)
             .finish_non_exhaustive()
     }
+}
+
+/// `SELECT` of an API key's columns (0–9) and its customer's (10–21), from `api_keys k JOIN customers c`.
+fn key_and_customer_select() -> String {
+    let k: Vec<String> = API_KEY_COLUMNS.split(',').map(|c| format!("k.{}", c.trim())).collect();
+    let c: Vec<String> = CUSTOMER_COLUMNS.split(',').map(|c| format!("c.{}", c.trim())).collect();
+    format!("SELECT {}, {} FROM api_keys k JOIN customers c ON c.id = k.customer_id", k.join(", "), c.join(", "))
+}
+
+/// Decodes a row of [`key_and_customer_select`] (on either backend's row type) into `(ApiKeyRecord, CustomerRecord)`.
+macro_rules! key_and_customer {
+    ($r:expr) => {{
+        use sqlx::Row;
+        let r = &$r;
+        let key: ApiKeyRow = (
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+            r.try_get(5)?,
+            r.try_get(6)?,
+            r.try_get(7)?,
+            r.try_get(8)?,
+            r.try_get(9)?,
+        );
+        let owner: CustomerRow = (
+            r.try_get(10)?,
+            r.try_get(11)?,
+            r.try_get(12)?,
+            r.try_get(13)?,
+            r.try_get(14)?,
+            r.try_get(15)?,
+            r.try_get(16)?,
+            r.try_get(17)?,
+            r.try_get(18)?,
+            r.try_get(19)?,
+            r.try_get(20)?,
+            r.try_get(21)?,
+        );
+        (api_key(key), customer(owner)?)
+    }};
+}
+
+/// What admitting one signed API request found ([`Store::admit_api_requests`]).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Whether its signature was spent now (`false`: a replay).
+    pub fresh: bool,
+    /// Its key with the key's customer, as they are now (`None`: no such key).
+    pub key: Option<(ApiKeyRecord, CustomerRecord)>,
 }
 
 type ApiKeyRow = (String, i64, String, Vec<u8>, String, String, i64, i64, Option<i64>, Option<i64>);
@@ -1427,46 +1478,13 @@ impl Store {
         })
     }
 
-    /// An API key with its customer, in one read (every signed request needs both).
+    /// An API key with its customer, in one read (a signed request from a key not seen before needs both).
     pub async fn api_key_with_customer(&self, id: &str) -> Result<Option<(ApiKeyRecord, CustomerRecord)>, StoreError> {
-        let k: Vec<String> = API_KEY_COLUMNS.split(',').map(|c| format!("k.{}", c.trim())).collect();
-        let c: Vec<String> = CUSTOMER_COLUMNS.split(',').map(|c| format!("c.{}", c.trim())).collect();
-        let q = format!(
-            "SELECT {}, {} FROM api_keys k JOIN customers c ON c.id = k.customer_id WHERE k.id = $1",
-            k.join(", "),
-            c.join(", ")
-        );
+        let q = format!("{} WHERE k.id = $1", key_and_customer_select());
         on_reader!(self, |pool, sql| {
-            use sqlx::Row;
             let q = sql(&q);
             let Some(r) = sqlx::query(&q).bind(id).fetch_optional(pool).await? else { return Ok(None) };
-            let key: ApiKeyRow = (
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-                r.try_get(5)?,
-                r.try_get(6)?,
-                r.try_get(7)?,
-                r.try_get(8)?,
-                r.try_get(9)?,
-            );
-            let owner: CustomerRow = (
-                r.try_get(10)?,
-                r.try_get(11)?,
-                r.try_get(12)?,
-                r.try_get(13)?,
-                r.try_get(14)?,
-                r.try_get(15)?,
-                r.try_get(16)?,
-                r.try_get(17)?,
-                r.try_get(18)?,
-                r.try_get(19)?,
-                r.try_get(20)?,
-                r.try_get(21)?,
-            );
-            Ok(Some((api_key(key), customer(owner)?)))
+            Ok(Some(key_and_customer!(r)))
         })
     }
 
@@ -1528,49 +1546,87 @@ impl Store {
         spends: &[(String, [u8; 32], u64)],
         now_ns: u64,
     ) -> Result<Vec<bool>, StoreError> {
+        Ok(self.admit_api_requests(spends, &[], now_ns).await?.into_iter().map(|a| a.fresh).collect())
+    }
+
+    /// Admits signed API requests in one transaction: spends their signatures `(key, signature, remembered until)`
+    /// as [`Store::spend_api_signatures`] does, logs the risk engine's `events` about them, and reads each key with
+    /// its customer as they are now (revoked, frozen), so that a key's details cached by the service never decide
+    /// alone.
+    pub async fn admit_api_requests(
+        &self,
+        spends: &[(String, [u8; 32], u64)],
+        events: &[RiskEventRecord],
+        now_ns: u64,
+    ) -> Result<Vec<Admission>, StoreError> {
         let mut seen = std::collections::HashSet::new();
         let first: Vec<bool> = spends.iter().map(|(k, s, _)| seen.insert((k.as_str(), *s))).collect();
         let fresh: Vec<&(String, [u8; 32], u64)> =
             spends.iter().zip(&first).filter(|(_, f)| **f).map(|(s, _)| s).collect();
-        if fresh.is_empty() {
-            return Ok(first);
-        }
         if fresh.len() > crate::backend::ROWS_PER_INSERT {
             return Err(StoreError::BatchTooLarge { len: fresh.len(), max: crate::backend::ROWS_PER_INSERT });
         }
-        let inserted: Vec<(String, Vec<u8>)> = on_backend!(self, |tx, sql| {
-            let q = sql(&format!(
-                "INSERT INTO api_signatures (key_id, signature, expires_at) VALUES {} \
-                 ON CONFLICT (key_id, signature) DO NOTHING RETURNING key_id, signature",
-                crate::backend::placeholders(fresh.len(), 3)
-            ));
-            let mut query = sqlx::query_as(&q);
-            for (key, signature, expires) in &fresh {
-                query = query.bind(key).bind(signature.to_vec()).bind(ts(*expires));
-            }
-            let inserted: Vec<(String, Vec<u8>)> = query.fetch_all(&mut *tx.0).await?;
-            let mut keys: Vec<&str> = inserted.iter().map(|(k, _)| k.as_str()).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            if !keys.is_empty() {
+        let mut keys: Vec<&str> = spends.iter().map(|(k, _, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        type Spent = Vec<(String, Vec<u8>)>;
+        let (inserted, found): (Spent, Vec<(ApiKeyRecord, CustomerRecord)>) = on_backend!(self, |tx, sql| {
+            crate::risk::insert_risk_events!(tx, sql, events);
+            if spends.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                // Every spend but an in-list replay is fresh: `fresh` is never empty here.
                 let q = sql(&format!(
-                    "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({}) \
-                     AND (last_used_at IS NULL OR last_used_at < $2)",
-                    crate::backend::numbered(3, keys.len())
+                    "INSERT INTO api_signatures (key_id, signature, expires_at) VALUES {} \
+                         ON CONFLICT (key_id, signature) DO NOTHING RETURNING key_id, signature",
+                    crate::backend::placeholders(fresh.len(), 3)
                 ));
-                let mut query = sqlx::query(&q).bind(ts(now_ns)).bind(ts(now_ns.saturating_sub(60_000_000_000)));
+                let mut query = sqlx::query_as(&q);
+                for (key, signature, expires) in &fresh {
+                    query = query.bind(key).bind(signature.to_vec()).bind(ts(*expires));
+                }
+                let inserted: Vec<(String, Vec<u8>)> = query.fetch_all(&mut *tx.0).await?;
+                let mut used: Vec<&str> = inserted.iter().map(|(k, _)| k.as_str()).collect();
+                used.sort_unstable();
+                used.dedup();
+                if !used.is_empty() {
+                    let q = sql(&format!(
+                        "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({}) \
+                             AND (last_used_at IS NULL OR last_used_at < $2)",
+                        crate::backend::numbered(3, used.len())
+                    ));
+                    let mut query = sqlx::query(&q).bind(ts(now_ns)).bind(ts(now_ns.saturating_sub(60_000_000_000)));
+                    for k in &used {
+                        query = query.bind(*k);
+                    }
+                    query.execute(&mut *tx.0).await?;
+                }
+                let q = sql(&format!(
+                    "{} WHERE k.id IN ({})",
+                    key_and_customer_select(),
+                    crate::backend::numbered(1, keys.len())
+                ));
+                let mut query = sqlx::query(&q);
                 for k in &keys {
                     query = query.bind(*k);
                 }
-                query.execute(&mut *tx.0).await?;
+                let mut found = Vec::with_capacity(keys.len());
+                for r in query.fetch_all(&mut *tx.0).await? {
+                    found.push(key_and_customer!(r));
+                }
+                (inserted, found)
             }
-            inserted
         });
         let inserted: std::collections::HashSet<(String, Vec<u8>)> = inserted.into_iter().collect();
+        let found: std::collections::HashMap<String, (ApiKeyRecord, CustomerRecord)> =
+            found.into_iter().map(|(k, c)| (k.id.clone(), (k, c))).collect();
         Ok(spends
             .iter()
             .zip(first)
-            .map(|((k, s, _), first)| first && inserted.contains(&(k.clone(), s.to_vec())))
+            .map(|((k, s, _), first)| Admission {
+                fresh: first && inserted.contains(&(k.clone(), s.to_vec())),
+                key: found.get(k).cloned(),
+            })
             .collect())
     }
 

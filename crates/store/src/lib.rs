@@ -41,8 +41,8 @@ pub use custody::{
     WalletRecord, txid_text,
 };
 pub use customers::{
-    ApiKeyRecord, CustomerRecord, CustomerSession, CustomerStatus, DeviceRecord, Effects, NewCustomer, NewSession,
-    NewTicket, Notice, NotificationRecord, OutboxEmail, SecurityChange, ThrottleState, Ticket,
+    Admission, ApiKeyRecord, CustomerRecord, CustomerSession, CustomerStatus, DeviceRecord, Effects, NewCustomer,
+    NewSession, NewTicket, Notice, NotificationRecord, OutboxEmail, SecurityChange, ThrottleState, Ticket,
     WebauthnCredentialRecord,
 };
 use rampart_audit::{AuditEntry, AuditRecord, VerifyReport};

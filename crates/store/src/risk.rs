@@ -10,6 +10,31 @@ use crate::audit::{self, Auditor};
 use crate::backend::Pipe;
 use crate::{Store, StoreError, ts};
 
+/// Inserts risk events (`&[RiskEventRecord]`) in transaction `$tx`; one already logged (its `seq`) stays as it is.
+macro_rules! insert_risk_events {
+    ($tx:ident, $sql:ident, $events:expr) => {
+        for chunk in $events.chunks($crate::backend::ROWS_PER_INSERT) {
+            let q = $sql(&format!(
+                "INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) VALUES {} \
+                 ON CONFLICT (seq) DO NOTHING",
+                $crate::backend::placeholders(chunk.len(), 6)
+            ));
+            let mut query = sqlx::query(&q);
+            for e in chunk {
+                query = query
+                    .bind(e.seq)
+                    .bind($crate::ts(e.at_ns))
+                    .bind(e.customer_id)
+                    .bind(&e.event)
+                    .bind(&e.outcome)
+                    .bind(i64::from(e.rules_version));
+            }
+            query.execute(&mut *$tx.0).await?;
+        }
+    };
+}
+pub(crate) use insert_risk_events;
+
 /// One scored event as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RiskEventRecord {
@@ -143,24 +168,7 @@ impl Store {
             return Ok(());
         }
         on_backend!(self, |tx, sql| {
-            for chunk in events.chunks(crate::backend::ROWS_PER_INSERT) {
-                let q = sql(&format!(
-                    "INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) VALUES {} \
-                     ON CONFLICT (seq) DO NOTHING",
-                    crate::backend::placeholders(chunk.len(), 6)
-                ));
-                let mut query = sqlx::query(&q);
-                for e in chunk {
-                    query = query
-                        .bind(e.seq)
-                        .bind(ts(e.at_ns))
-                        .bind(e.customer_id)
-                        .bind(&e.event)
-                        .bind(&e.outcome)
-                        .bind(i64::from(e.rules_version));
-                }
-                query.execute(&mut *tx.0).await?;
-            }
+            insert_risk_events!(tx, sql, events);
         });
         Ok(())
     }

@@ -126,6 +126,9 @@ pub struct NewWithdrawal {
     pub frozen_ok: bool,
     /// The request's audit entries and notifications (and those of `then`'s moves).
     pub effects: Effects,
+    /// The risk engine's event about the request, logged in the same transaction whatever the outcome (an event
+    /// whose decision stops or holds the request is logged before, by the caller).
+    pub risk_event: Option<crate::RiskEventRecord>,
 }
 
 /// Moves made in the transaction that records a withdrawal, with the fields they set (`None` leaves a column at
@@ -337,6 +340,8 @@ pub struct GatePosition {
     pub whitelist: Option<WhitelistEntry>,
     /// Micro-dollars withdrawn since each time asked for, in order.
     pub usd_since: Vec<u64>,
+    /// What the customer's ledger account can still spend (`None`: no such account yet).
+    pub available: Option<u128>,
 }
 
 /// A row of the staff queue: the withdrawal with what a reviewer needs about its customer and destination.
@@ -512,6 +517,8 @@ impl Store {
             }
             let rows: Vec<CustomerGate> = query.fetch_all(&mut *tx.0).await?;
             let accounts: std::collections::HashMap<i64, CustomerGate> = rows.into_iter().map(|r| (r.0, r)).collect();
+            let events: Vec<crate::RiskEventRecord> = batch.iter().filter_map(|n| n.risk_event.clone()).collect();
+            crate::risk::insert_risk_events!(tx, sql, events);
 
             let n = batch.len();
             let q = sql(&format!(
@@ -881,58 +888,81 @@ impl Store {
     }
 
     /// What the gates of a new withdrawal need to know about its customer, in one read: the KYC level, the
-    /// whitelist-only mode, the destination's whitelist entry (not removed), and the value in micro-dollars of the
-    /// withdrawals that count against limits since each of `since_ns`. `None` if there is no such customer.
+    /// whitelist-only mode, the destination's whitelist entry (not removed), what ledger `account` can still spend,
+    /// and the value in micro-dollars of the withdrawals that count against limits since each of `since_ns`. `None`
+    /// if there is no such customer.
     pub async fn withdrawal_position(
         &self,
         customer_id: i64,
         asset: &str,
         address: &str,
+        account: rampart_core::AccountId,
         since_ns: &[u64],
     ) -> Result<Option<GatePosition>, StoreError> {
+        // One pass over the customer's withdrawals since the earliest time asked for, a conditional sum per time.
         let sums: Vec<String> = (0..since_ns.len())
-            .map(|k| {
-                format!(
-                    "(SELECT CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 \
-                     AND created_at >= ${} AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired'))",
-                    k + 4
-                )
-            })
+            .map(|k| format!("CAST(SUM(CASE WHEN created_at >= ${} THEN usd_micro ELSE 0 END) AS BIGINT)", k + 6))
             .collect();
-        let sums = if sums.is_empty() { String::new() } else { format!(", {}", sums.join(", ")) };
+        // An aggregate either way: the derived table has exactly one row.
+        let sums = if sums.is_empty() { "COUNT(*)".to_owned() } else { sums.join(", ") };
         let w: Vec<String> = WHITELIST_COLUMNS.split(", ").map(|c| format!("w.{c}")).collect();
+        // The ledger's account ids are UUIDs on PostgreSQL and 16-byte blobs on SQLite: bound as bytes to both.
+        let account_id = if matches!(self, Store::Postgres(_)) { "CAST(encode($4, 'hex') AS uuid)" } else { "$4" };
         let q = format!(
-            "SELECT c.kyc_level, c.whitelist_only, {}{sums} FROM customers c LEFT JOIN whitelist_addresses w \
-             ON w.customer_id = c.id AND w.asset = $2 AND w.address = $3 AND w.state <> 'removed' WHERE c.id = $1",
+            "SELECT c.kyc_level, c.whitelist_only, CAST(a.debits_pending AS TEXT), CAST(a.debits_posted AS TEXT), \
+             CAST(a.credits_posted AS TEXT), {}, s.* FROM customers c \
+             LEFT JOIN whitelist_addresses w \
+               ON w.customer_id = c.id AND w.asset = $2 AND w.address = $3 AND w.state <> 'removed' \
+             LEFT JOIN ledger_accounts a ON a.id = {account_id} \
+             CROSS JOIN (SELECT {sums} FROM withdrawals WHERE customer_id = $1 AND created_at >= $5 \
+               AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired')) s \
+             WHERE c.id = $1",
             w.join(", ")
         );
+        let earliest = since_ns.iter().copied().min().unwrap_or(0);
         on_reader!(self, |pool, sql| {
             use sqlx::Row;
             let q = sql(&q);
-            let mut query = sqlx::query(&q).bind(customer_id).bind(asset).bind(address);
+            let mut query = sqlx::query(&q)
+                .bind(customer_id)
+                .bind(asset)
+                .bind(address)
+                .bind(account.get().to_be_bytes().to_vec())
+                .bind(ts(earliest));
             for since in since_ns {
                 query = query.bind(ts(*since));
             }
             let Some(row) = query.fetch_optional(pool).await? else { return Ok(None) };
-            let entry_id: Option<i64> = row.try_get(2)?;
+            let amount = |i: usize| -> Result<Option<u128>, StoreError> {
+                let text: Option<String> = row.try_get(i)?;
+                text.map(|t| t.parse::<u128>().map_err(|_| StoreError::Corrupt(format!("ledger amount {t:?}"))))
+                    .transpose()
+            };
+            let available = match (amount(2)?, amount(3)?, amount(4)?) {
+                (Some(pending), Some(posted), Some(credits)) => {
+                    Some(credits.saturating_sub(posted.saturating_add(pending)))
+                }
+                _ => None,
+            };
+            let entry_id: Option<i64> = row.try_get(5)?;
             let whitelist = match entry_id {
                 None => None,
                 Some(id) => Some(WhitelistEntry {
                     id,
-                    customer_id: row.try_get(3)?,
-                    asset: row.try_get(4)?,
-                    address: row.try_get(5)?,
-                    label: row.try_get(6)?,
-                    state: row.try_get(7)?,
-                    created_at: row.try_get(8)?,
-                    confirmed_at: row.try_get(9)?,
-                    usable_at: row.try_get(10)?,
-                    removed_at: row.try_get(11)?,
+                    customer_id: row.try_get(6)?,
+                    asset: row.try_get(7)?,
+                    address: row.try_get(8)?,
+                    label: row.try_get(9)?,
+                    state: row.try_get(10)?,
+                    created_at: row.try_get(11)?,
+                    confirmed_at: row.try_get(12)?,
+                    usable_at: row.try_get(13)?,
+                    removed_at: row.try_get(14)?,
                 }),
             };
             let mut usd_since = Vec::with_capacity(since_ns.len());
             for k in 0..since_ns.len() {
-                let total: Option<i64> = row.try_get(12 + k)?;
+                let total: Option<i64> = row.try_get(15 + k)?;
                 usd_since.push(u(total.unwrap_or(0)));
             }
             let level: i64 = row.try_get(0)?;
@@ -941,6 +971,7 @@ impl Store {
                 whitelist_only: row.try_get(1)?,
                 whitelist,
                 usd_since,
+                available,
             }))
         })
     }

@@ -473,6 +473,7 @@ pub fn resolve(id: u128, pending_id: u128, units: Option<u128>, post: bool) -> V
 
 #[allow(dead_code)]
 pub mod customer;
+pub mod withdrawal;
 
 #[allow(dead_code)]
 pub mod production {
