@@ -1,7 +1,7 @@
 //! The demo's withdrawal chapters, in the custody demo's service: Erin withdraws through every gate with a signed
 //! API request to her whitelisted address; a small withdrawal is paid from the hot wallet and confirmed; a larger one
-//! waits for three staff approvals (each with a second factor, each person once). The story ends with the ledger's
-//! invariants, the cold share and the audit log.
+//! waits for three staff approvals (each with a second factor, each person once); a stuck one is fee-bumped by a
+//! treasury custodian. The story ends with the ledger's invariants, the cold share and the audit log.
 
 use anyhow::{Context, anyhow, ensure};
 use rampart_audit::Role;
@@ -210,6 +210,49 @@ pub(crate) async fn story(
     let w = withdrawal(state, &id).await?;
     ensure!(w.state == "confirmed", "confirmed: {w:?}");
     println!("   With the third approval it is approved, paid from the hot wallet and, three blocks later, confirmed.");
+
+    chapter("28. A stuck transaction: a treasury custodian bumps its fee (replace-by-fee), with a second factor");
+    clock.advance_ns(30 * SEC);
+    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-3", "0.001").await?;
+    ensure!(status == 201 && created["state"] == "approved", "approved at once: {status} {created}");
+    let id = created["id"].as_str().context("an id")?.to_owned();
+    pass(state, custody).await?;
+    let w = withdrawal(state, &id).await?;
+    ensure!(w.state == "broadcast", "paid and broadcast: {w:?}");
+    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
+    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    println!("   Erin's next 0.001 BTC is broadcast ({}), then the network's fees rise and no block takes it.", {
+        tx.compute_txid()
+    });
+    let (name, (token, secret)) = &staff[0];
+    let body =
+        json!({"fee_rate_sat_vb": 25, "reason": "stuck behind higher fees", "totp_code": secret.code_at(step * 30)});
+    let path = format!("/v1/withdrawals/{id}/bump-fee");
+    let (status, bumped) = http.call(reqwest::Method::POST, &path, Some(token), Some(&body)).await;
+    ensure!(status == 200 && bumped["chain"] == "accepted", "the fee bump: {status} {bumped}");
+    let replacement = bumped["txid"].as_str().context("a txid")?.to_owned();
+    ensure!(replacement != tx.compute_txid().to_string(), "a new transaction: {bumped}");
+    println!(
+        "   {name} bumps it to 25 sat/vB with a reason and a TOTP code: replacement {replacement} spends the same coins,"
+    );
+    println!(
+        "   pays Erin the same amount and {} sat in fees (BIP-125); the exchange pays the bump from its fee account.",
+        bumped["fee_sat"].as_str().unwrap_or("?")
+    );
+    node.mine(3)?;
+    pass(state, custody).await?;
+    let w = withdrawal(state, &id).await?;
+    ensure!(w.state == "confirmed", "confirmed: {w:?}");
+    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
+    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    ensure!(tx.compute_txid().to_string() == replacement, "the replacement is what confirmed");
+    let filter = rampart_store::AuditFilter { action: Some("withdrawal.fee_bumped".into()), ..Default::default() };
+    let bumps = state.store().audit_entries(&filter, 100).await?;
+    let entry = bumps.iter().find(|e| e.record.target == format!("withdrawal:{id}")).context("the bump audited")?;
+    println!(
+        "   Three blocks later the replacement is confirmed; the audit log holds the bump (entry {}, by {}).",
+        entry.seq, entry.record.actor
+    );
 
     let report = state.store().verify_ledger().await?;
     ensure!(report.violation.is_none(), "the books balance after withdrawals: {:?}", report.violation);
