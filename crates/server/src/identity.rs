@@ -763,15 +763,9 @@ async fn api_key_customer(
         state.audit(vec![refuse(e.code(), Some(customer_id))]).await?;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()));
     }
-    // Every API-key request is scored (a flood from one key is refused before the handler runs); its event is
-    // logged with the signature's spend, in one transaction shared with the requests admitted meanwhile.
-    let kind = rampart_risk::EventKind::ApiRequest { key: rampart_risk::profile::hash64(key_id.as_str()) };
-    let scored =
-        crate::risk::score(state, customer_id, crate::risk::event(state, customer_id, ip, None, country, kind))?;
     // Each signature works once, on every node: remembered until its timestamp leaves the window.
     let forget_at = parsed.timestamp_ms.saturating_add(window_ms).saturating_add(1).saturating_mul(1_000_000);
-    let admit = ((key_id.clone(), parsed.signature, forget_at), scored.as_ref().map(|s| s.record.clone()));
-    let admission = GroupCommit::<Admissions>::submit(state, admit).await?;
+    let admission = GroupCommit::<Admissions>::submit(state, (key_id.clone(), parsed.signature, forget_at)).await?;
     // The key and its customer as the admission read them: a key revoked on another node stops here.
     let Some((key, record)) = admission.key.filter(|(k, _)| k.revoked_at_ns.is_none() && k.expires_at_ns > now) else {
         state.api_keys().forget(&key_id);
@@ -786,9 +780,12 @@ async fn api_key_customer(
     if record.status == CustomerStatus::Frozen {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "account_frozen", "the account is frozen: contact support"));
     }
-    if let Some(scored) = scored
-        && let Some(refusal) = crate::risk::refusal(&crate::risk::act(state, scored).await?)
-    {
+    // Every admitted API-key request is scored: a flood from one key is refused before the handler runs. A replay,
+    // a revoked key or a frozen account is refused before it, so that neither teaches the engine nor counts as the
+    // owner's traffic (a captured request replayed a thousand times must not freeze its owner's account).
+    let kind = rampart_risk::EventKind::ApiRequest { key: rampart_risk::profile::hash64(key_id.as_str()) };
+    let event = crate::risk::event(state, customer_id, ip, None, country, kind);
+    if let Some(refusal) = crate::risk::refusal(&crate::risk::assess(state, customer_id, event).await?) {
         return Err(refusal);
     }
     let scopes = key.scopes.split(',').filter_map(Scope::parse).collect();
@@ -843,11 +840,11 @@ impl KnownKeys {
 }
 
 /// Admitting signed API requests, in groups: each spends its signature `(key, signature, remembered until)` and
-/// logs its risk event, and reads its key and customer as they are now.
+/// reads its key and customer as they are now.
 pub(crate) struct Admissions;
 
 impl Batch for Admissions {
-    type Item = ((String, [u8; 32], u64), Option<rampart_store::RiskEventRecord>);
+    type Item = (String, [u8; 32], u64);
     type Out = rampart_store::Admission;
     const MAX: usize = 500;
     const NAME: &'static str = "admissions";
@@ -857,9 +854,7 @@ impl Batch for Admissions {
     }
 
     async fn write(state: &AppState, items: Vec<Self::Item>) -> Result<Vec<Self::Out>, ApiError> {
-        let (spends, events): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-        let events: Vec<_> = events.into_iter().flatten().collect();
-        Ok(state.store().admit_api_requests(&spends, &events, state.now_ns()).await?)
+        Ok(state.store().admit_api_requests(&items, state.now_ns()).await?)
     }
 }
 

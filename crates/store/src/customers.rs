@@ -9,7 +9,7 @@ use rampart_audit::AuditRecord;
 
 use crate::audit::{self, Auditor};
 use crate::backend::Pipe;
-use crate::{RiskEventRecord, Store, StoreError, ts};
+use crate::{Store, StoreError, ts};
 
 /// Where a customer account stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1546,17 +1546,15 @@ impl Store {
         spends: &[(String, [u8; 32], u64)],
         now_ns: u64,
     ) -> Result<Vec<bool>, StoreError> {
-        Ok(self.admit_api_requests(spends, &[], now_ns).await?.into_iter().map(|a| a.fresh).collect())
+        Ok(self.admit_api_requests(spends, now_ns).await?.into_iter().map(|a| a.fresh).collect())
     }
 
     /// Admits signed API requests in one transaction: spends their signatures `(key, signature, remembered until)`
-    /// as [`Store::spend_api_signatures`] does, logs the risk engine's `events` about them, and reads each key with
-    /// its customer as they are now (revoked, frozen), so that a key's details cached by the service never decide
-    /// alone.
+    /// as [`Store::spend_api_signatures`] does, and reads each key with its customer as they are now (revoked,
+    /// frozen), so that a key's details cached by the service never decide alone.
     pub async fn admit_api_requests(
         &self,
         spends: &[(String, [u8; 32], u64)],
-        events: &[RiskEventRecord],
         now_ns: u64,
     ) -> Result<Vec<Admission>, StoreError> {
         let mut seen = std::collections::HashSet::new();
@@ -1571,7 +1569,6 @@ impl Store {
         keys.dedup();
         type Spent = Vec<(String, Vec<u8>)>;
         let (inserted, found): (Spent, Vec<(ApiKeyRecord, CustomerRecord)>) = on_backend!(self, |tx, sql| {
-            crate::risk::insert_risk_events!(tx, sql, events);
             if spends.is_empty() {
                 (Vec::new(), Vec::new())
             } else {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rampart_audit::{AuditRecord, Outcome};
 use rampart_crypto::{Keyring, initialise};
 use rampart_store::{
-    ApiKeyRecord, Auditor, ConnectOptions, CustomerStatus, Effects, NewCustomer, NewTicket, Notice, RiskEventRecord,
-    SecurityChange, Store, WebauthnCredentialRecord, testing,
+    ApiKeyRecord, Auditor, ConnectOptions, CustomerStatus, Effects, NewCustomer, NewTicket, Notice, SecurityChange,
+    Store, WebauthnCredentialRecord, testing,
 };
 
 const NOW: u64 = 1_800_000_000_000_000_000;
@@ -379,14 +379,6 @@ on_both_backends!(api_requests_are_admitted_in_groups, |store: Arc<Store>| async
         last_used_ns: None,
     };
     store.create_api_key(&key, &auditor(), Effects::default()).await.unwrap();
-    let event = |seq: i64| RiskEventRecord {
-        seq,
-        at_ns: NOW,
-        customer_id: id,
-        event: format!("{{\"n\":{seq}}}"),
-        outcome: "allow".into(),
-        rules_version: 1,
-    };
     let (a, b): ([u8; 32], [u8; 32]) = (rand_bytes(), rand_bytes());
     let forget = NOW + 5 * S;
     // One batch: two signatures of the key, the first repeated (an in-batch replay), and an unknown key.
@@ -396,24 +388,17 @@ on_both_backends!(api_requests_are_admitted_in_groups, |store: Arc<Store>| async
         ("rak_admit".to_owned(), a, forget),
         ("rak_nobody".to_owned(), rand_bytes(), forget),
     ];
-    let admitted = store.admit_api_requests(&spends, &[event(1), event(2)], NOW).await.unwrap();
+    let admitted = store.admit_api_requests(&spends, NOW).await.unwrap();
     assert_eq!(admitted.iter().map(|a| a.fresh).collect::<Vec<_>>(), [true, true, false, true]);
     let (k, c) = admitted[0].key.clone().expect("the key with its customer");
     assert_eq!((k.id.as_str(), k.customer_id, c.id, c.status), ("rak_admit", id, id, CustomerStatus::Active));
     assert_eq!(k.last_used_ns, Some(NOW), "read after its last use was written");
     assert!(admitted[2].key.is_some(), "a replay's key is read too");
     assert!(admitted[3].key.is_none(), "an unknown key has none");
-    // The risk events were logged with the spends.
-    let logged = store.risk_events_after(0, 10).await.unwrap();
-    assert_eq!(logged.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
     // A later batch: the spent signature is a replay; the key is read as it is now (revoked).
     assert!(store.revoke_api_key(id, "rak_admit", NOW + S, &auditor(), Effects::default()).await.unwrap());
-    let again = store.admit_api_requests(&spends[..1], &[event(2), event(3)], NOW + 2 * S).await.unwrap();
+    let again = store.admit_api_requests(&spends[..1], NOW + 2 * S).await.unwrap();
     assert!(!again[0].fresh, "a signature works once, across batches");
     assert_eq!(again[0].key.as_ref().and_then(|(k, _)| k.revoked_at_ns), Some(NOW + S));
-    // An event logged before stays as it was; the new one is added.
-    assert_eq!(store.risk_events_after(0, 10).await.unwrap().len(), 3);
-    // Nothing to spend: the events alone.
-    assert!(store.admit_api_requests(&[], &[event(4)], NOW).await.unwrap().is_empty());
-    assert_eq!(store.risk_events_after(3, 10).await.unwrap().len(), 1);
+    assert!(store.admit_api_requests(&[], NOW).await.unwrap().is_empty());
 });
