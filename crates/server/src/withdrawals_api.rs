@@ -280,8 +280,8 @@ async fn gates(
     let level = position.kyc_level;
     let kyc = rampart_compliance::kyc::Level::from_number(level).unwrap_or(rampart_compliance::kyc::Level::Zero);
     limits.check(kyc, position.usd_since[0], position.usd_since[1], usd).map_err(over_limit)?;
-    // The balance (read with the position), checked before the gates with side effects (a request far above it must not make the risk engine
-    // freeze the account); the hold in the recording transaction is what decides.
+    // The balance (read with the position), checked before the gates with side effects (a request far above it
+    // must not make the risk engine freeze the account); the hold in the recording transaction is what decides.
     let fee_held = config.fee_held.get(asset.code.as_str()).copied().unwrap_or(0);
     if position.available.is_none_or(|available| available < amount + fee_held) {
         return Err(insufficient_funds());
@@ -459,6 +459,9 @@ pub(crate) async fn request(
                 return Err(refusal);
             }
         };
+    // The allowed risk event rides in the recording transaction; on any way out before it has committed, it is
+    // logged on its own (a restart replays it).
+    let mut unlogged = Unlogged(state.clone(), risk_event.clone());
     let mut screening = screening;
     let api_key = matches!(customer.via, Via::ApiKey { .. });
     // Recorded, with the funds held, in one transaction.
@@ -577,18 +580,10 @@ pub(crate) async fn request(
         then,
         frozen_ok,
         effects,
-        risk_event: risk_event.clone(),
+        risk_event,
     };
-    let recorded = match withdrawals::record(&state, new).await {
-        Ok(recorded) => recorded,
-        Err(e) => {
-            // Not recorded: the scored event is logged on its own (a restart replays it), and the error stands.
-            if let Some(event) = risk_event {
-                crate::group::GroupCommit::<crate::risk::RiskLog>::submit(&state, event).await?;
-            }
-            return Err(e);
-        }
-    };
+    let recorded = withdrawals::record(&state, new).await?;
+    unlogged.1 = None;
     let w = match recorded {
         Requested::Recorded(w) => w,
         Requested::Existing(w) => return answer_existing(&state, w, hash).await,
@@ -634,6 +629,22 @@ pub(crate) async fn request(
         _ => store.withdrawal(&w.id).await?.ok_or_else(|| internal("a recorded withdrawal vanished"))?,
     };
     Ok((StatusCode::CREATED, Json(view(&state, &w).await?)))
+}
+
+/// A scored risk event not yet logged: logged by a task of its own when dropped still holding it.
+struct Unlogged(AppState, Option<rampart_store::RiskEventRecord>);
+
+impl Drop for Unlogged {
+    fn drop(&mut self) {
+        if let Some(event) = self.1.take() {
+            let state = self.0.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::group::GroupCommit::<crate::risk::RiskLog>::submit(&state, event).await {
+                    tracing::warn!(code = e.code(), error = e.message(), "a withdrawal's risk event was not logged");
+                }
+            });
+        }
+    }
 }
 
 fn insufficient_funds() -> ApiError {
