@@ -1534,24 +1534,14 @@ impl Store {
         expires_at_ns: u64,
         now_ns: u64,
     ) -> Result<bool, StoreError> {
-        let spent = self.spend_api_signatures(&[(key_id.to_owned(), *signature, expires_at_ns)], now_ns).await?;
-        Ok(spent.first().copied().unwrap_or(false))
-    }
-
-    /// Spends signatures `(key, signature, remembered until)` in one transaction, answering for each whether it
-    /// was fresh: one spent before, or earlier in the same list, is a replay. Each key's last use is written at
-    /// most once a minute.
-    pub async fn spend_api_signatures(
-        &self,
-        spends: &[(String, [u8; 32], u64)],
-        now_ns: u64,
-    ) -> Result<Vec<bool>, StoreError> {
-        Ok(self.admit_api_requests(spends, now_ns).await?.into_iter().map(|a| a.fresh).collect())
+        let admitted = self.admit_api_requests(&[(key_id.to_owned(), *signature, expires_at_ns)], now_ns).await?;
+        Ok(admitted.first().is_some_and(|a| a.fresh))
     }
 
     /// Admits signed API requests in one transaction: spends their signatures `(key, signature, remembered until)`
-    /// as [`Store::spend_api_signatures`] does, and reads each key with its customer as they are now (revoked,
-    /// frozen), so that a key's details cached by the service never decide alone.
+    /// — one spent before, or earlier in the same list, is a replay (`fresh: false`); each key's last use is written
+    /// at most once a minute — and reads each key with its customer as they are now (revoked, frozen), so that a
+    /// key's details cached by the service never decide alone.
     pub async fn admit_api_requests(
         &self,
         spends: &[(String, [u8; 32], u64)],
