@@ -28,6 +28,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc instead of the C library's allocator: a request allocates often and from many threads, and glibc's
+/// malloc took about a tenth of the service's CPU under load (BENCHMARKS.md, withdrawals, sixth round).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rampart: identity, ledger, withdrawals, custody, proof of reserves and audit for a digital-asset exchange.
 #[derive(Parser)]
 #[command(name = "rampart", version, about)]
