@@ -422,6 +422,9 @@ pub struct Customer {
     pub ip: IpAddr,
     /// The client's country, when a trusted proxy says it.
     pub country: Option<rampart_risk::Country>,
+    /// The request's allowed risk events not yet logged: logged when the request is done, unless a handler takes
+    /// them into a transaction it makes anyway.
+    pub(crate) risk: crate::risk::PendingRisk,
 }
 
 impl Customer {
@@ -630,8 +633,14 @@ pub(crate) async fn authenticate_customer(
     let mut request = request;
     let path = request.uri().path().to_owned();
     let (actor, id) = (customer.actor(), customer.record.id);
+    // What the handler leaves of the request's risk events is logged before the answer (or, if the client hangs
+    // up first, by a task of its own).
+    let unlogged = crate::risk::Unlogged::new(&state, customer.risk.clone());
     request.extensions_mut().insert(customer);
     let response = next.run(request).await;
+    if let Err(e) = unlogged.log().await {
+        tracing::warn!(code = e.code(), error = e.message(), "a request's risk event was not logged");
+    }
     // Refusals decided in the handlers (a scope the key lacks, a missing step-up, an API key on a security route)
     // are audited here, once, with the route.
     if let Some(crate::error::ErrorCode(code)) = response.extensions().get::<crate::error::ErrorCode>()
@@ -695,7 +704,7 @@ async fn session_customer(state: &AppState, headers: HeaderMap, ip: IpAddr) -> R
     if record.status == CustomerStatus::Frozen {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "account_frozen", "the account is frozen: contact support"));
     }
-    Ok(Customer { record, via: Via::Session(session), ip, country: None })
+    Ok(Customer { record, via: Via::Session(session), ip, country: None, risk: crate::risk::PendingRisk::default() })
 }
 
 async fn api_key_customer(
@@ -784,13 +793,23 @@ async fn api_key_customer(
     // a revoked key or a frozen account is refused before it, so that neither teaches the engine nor counts as the
     // owner's traffic (a captured request replayed a thousand times must not freeze its owner's account).
     let kind = rampart_risk::EventKind::ApiRequest { key: rampart_risk::profile::hash64(key_id.as_str()) };
+    // An allowed event is logged with the request's own transaction when it makes one (a withdrawal's recording),
+    // else when the request is done; any other is logged before it is acted on.
     let event = crate::risk::event(state, customer_id, ip, None, country, kind);
-    if let Some(refusal) = crate::risk::refusal(&crate::risk::assess(state, customer_id, event).await?) {
-        return Err(refusal);
+    let risk = crate::risk::PendingRisk::default();
+    if let Some(scored) = crate::risk::score(state, customer_id, event)? {
+        if scored.outcome() == rampart_risk::Outcome::Allow {
+            risk.put(scored.record.clone());
+        } else {
+            GroupCommit::<crate::risk::RiskLog>::submit(state, scored.record.clone()).await?;
+        }
+        if let Some(refusal) = crate::risk::refusal(&crate::risk::act(state, scored).await?) {
+            return Err(refusal);
+        }
     }
     let scopes = key.scopes.split(',').filter_map(Scope::parse).collect();
     let request = Request::from_parts(parts, Body::from(bytes));
-    Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip, country }, request))
+    Ok((Customer { record, via: Via::ApiKey { key, scopes }, ip, country, risk }, request))
 }
 
 /// What a signed request needs of its API key that never changes once the key is made (its secret, decrypted; its

@@ -271,6 +271,77 @@ impl Batch for RiskLog {
     }
 }
 
+/// Allowed events of a request not yet logged, kept for a transaction the request makes anyway (a withdrawal's
+/// recording) and otherwise logged when the request is done ([`Unlogged`]). Shared by the middleware that scored
+/// the request and the handler that may take them.
+#[derive(Clone, Default)]
+pub(crate) struct PendingRisk(Arc<Mutex<Vec<RiskEventRecord>>>);
+
+impl PendingRisk {
+    /// Holding `events`.
+    pub(crate) fn holding(events: Vec<RiskEventRecord>) -> PendingRisk {
+        PendingRisk(Arc::new(Mutex::new(events)))
+    }
+
+    /// Keeps `record` for later.
+    pub(crate) fn put(&self, record: RiskEventRecord) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+    }
+
+    /// Takes what is kept: the taker logs it now.
+    pub(crate) fn take(&self) -> Vec<RiskEventRecord> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Scored events that must reach the log, in a [`PendingRisk`]: [`Unlogged::log`] logs them and waits; dropped
+/// while some are still there (the request failed, or its client hung up and the future was dropped), it logs them
+/// from a task of its own. [`Unlogged::logged`] says a transaction wrote them (logging one twice is harmless: the
+/// log keeps the first).
+pub(crate) struct Unlogged {
+    state: AppState,
+    pending: PendingRisk,
+}
+
+impl Unlogged {
+    pub(crate) fn new(state: &AppState, pending: PendingRisk) -> Unlogged {
+        Unlogged { state: state.clone(), pending }
+    }
+
+    /// A transaction that committed wrote them.
+    pub(crate) fn logged(&mut self) {
+        self.pending.take();
+    }
+
+    /// Logs them (in the next group commits) and waits; the first error, after trying each.
+    pub(crate) async fn log(self) -> Result<(), ApiError> {
+        let mut result = Ok(());
+        for event in self.pending.take() {
+            if let Err(e) = GroupCommit::<RiskLog>::submit(&self.state, event).await {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Unlogged {
+    fn drop(&mut self) {
+        let events = self.pending.take();
+        if events.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            for event in events {
+                if let Err(e) = GroupCommit::<RiskLog>::submit(&state, event).await {
+                    tracing::warn!(code = e.code(), error = e.message(), "a risk event was not logged");
+                }
+            }
+        });
+    }
+}
+
 /// An event scored and not yet logged ([`score`]): log `record`, then [`act`] on it.
 pub(crate) struct Scored {
     customer_id: i64,

@@ -459,9 +459,10 @@ pub(crate) async fn request(
                 return Err(refusal);
             }
         };
-    // The allowed risk event rides in the recording transaction; on any way out before it has committed, it is
-    // logged on its own (a restart replays it).
-    let mut unlogged = Unlogged(state.clone(), risk_event.clone());
+    // The allowed risk events (the signed request's, the withdrawal's) ride in the recording transaction; on any
+    // way out before it has committed, they are logged on their own (a restart replays them).
+    let risk_events: Vec<_> = customer.risk.take().into_iter().chain(risk_event).collect();
+    let mut unlogged = crate::risk::Unlogged::new(&state, crate::risk::PendingRisk::holding(risk_events.clone()));
     let mut screening = screening;
     let api_key = matches!(customer.via, Via::ApiKey { .. });
     // Recorded, with the funds held, in one transaction.
@@ -580,10 +581,10 @@ pub(crate) async fn request(
         then,
         frozen_ok,
         effects,
-        risk_event,
+        risk_events,
     };
     let recorded = withdrawals::record(&state, new).await?;
-    unlogged.1 = None;
+    unlogged.logged();
     let w = match recorded {
         Requested::Recorded(w) => w,
         Requested::Existing(w) => return answer_existing(&state, w, hash).await,
@@ -629,22 +630,6 @@ pub(crate) async fn request(
         _ => store.withdrawal(&w.id).await?.ok_or_else(|| internal("a recorded withdrawal vanished"))?,
     };
     Ok((StatusCode::CREATED, Json(view(&state, &w).await?)))
-}
-
-/// A scored risk event not yet logged: logged by a task of its own when dropped still holding it.
-struct Unlogged(AppState, Option<rampart_store::RiskEventRecord>);
-
-impl Drop for Unlogged {
-    fn drop(&mut self) {
-        if let Some(event) = self.1.take() {
-            let state = self.0.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::group::GroupCommit::<crate::risk::RiskLog>::submit(&state, event).await {
-                    tracing::warn!(code = e.code(), error = e.message(), "a withdrawal's risk event was not logged");
-                }
-            });
-        }
-    }
 }
 
 fn insufficient_funds() -> ApiError {

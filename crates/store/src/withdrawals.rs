@@ -126,9 +126,10 @@ pub struct NewWithdrawal {
     pub frozen_ok: bool,
     /// The request's audit entries and notifications (and those of `then`'s moves).
     pub effects: Effects,
-    /// The risk engine's event about the request, logged in the same transaction whatever the outcome (an event
-    /// whose decision stops or holds the request is logged before, by the caller).
-    pub risk_event: Option<crate::RiskEventRecord>,
+    /// The risk engine's events about the request (the signed API request's, the withdrawal's), logged in the same
+    /// transaction whatever the outcome (an event whose decision stops or holds the request is logged before, by
+    /// the caller).
+    pub risk_events: Vec<crate::RiskEventRecord>,
 }
 
 /// Moves made in the transaction that records a withdrawal, with the fields they set (`None` leaves a column at
@@ -517,7 +518,7 @@ impl Store {
             }
             let rows: Vec<CustomerGate> = query.fetch_all(&mut *tx.0).await?;
             let accounts: std::collections::HashMap<i64, CustomerGate> = rows.into_iter().map(|r| (r.0, r)).collect();
-            let events: Vec<crate::RiskEventRecord> = batch.iter().filter_map(|n| n.risk_event.clone()).collect();
+            let events: Vec<crate::RiskEventRecord> = batch.iter().flat_map(|n| n.risk_events.iter().cloned()).collect();
             crate::risk::insert_risk_events!(tx, sql, events);
 
             let n = batch.len();
