@@ -10,8 +10,8 @@
 //! transaction before it is broadcast; after a crash the same stored transaction is broadcast again, so nothing is
 //! ever signed twice.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::StatusCode;
 use bitcoin::consensus::{deserialize, serialize};
@@ -98,7 +98,13 @@ pub struct Withdrawals {
     accounts_ready: std::sync::atomic::AtomicBool,
     /// Requests waiting to be recorded together.
     recorder: GroupCommit<Recording>,
+    /// Clearing accounts known to exist (ledger accounts are never removed): a customer's later requests need not
+    /// create theirs.
+    clearing_made: Mutex<HashSet<AccountId>>,
 }
+
+/// Clearing accounts remembered at most; past it, the memory starts again empty.
+const CLEARING_KNOWN_MAX: usize = 1_000_000;
 
 /// Recording withdrawal requests, in groups: each transaction records every request queued meanwhile (one per
 /// customer, so that each is checked against that customer's earlier ones).
@@ -138,8 +144,21 @@ impl Batch for Recording {
 }
 
 /// Records a withdrawal request with its hold, together with the others asked meanwhile.
-pub(crate) async fn record(state: &AppState, new: NewWithdrawal) -> Result<Requested<OverLimit>, ApiError> {
-    GroupCommit::<Recording>::submit(state, new).await
+pub(crate) async fn record(state: &AppState, mut new: NewWithdrawal) -> Result<Requested<OverLimit>, ApiError> {
+    let made = &state.withdrawals().clearing_made;
+    let clearing = new.clearing.map(|a| a.id);
+    if clearing.is_some_and(|id| made.lock().unwrap_or_else(|e| e.into_inner()).contains(&id)) {
+        new.clearing = None;
+    }
+    let recorded = GroupCommit::<Recording>::submit(state, new).await?;
+    if let (Some(id), Requested::Recorded(_)) = (clearing, &recorded) {
+        let mut made = made.lock().unwrap_or_else(|e| e.into_inner());
+        if made.len() >= CLEARING_KNOWN_MAX {
+            made.clear();
+        }
+        made.insert(id);
+    }
+    Ok(recorded)
 }
 
 /// The starts of the UTC day and month that hold `now_ns`, for the KYC limits.
@@ -166,6 +185,7 @@ impl Withdrawals {
             policy: RwLock::new(Arc::new(policy)),
             accounts_ready: Default::default(),
             recorder: GroupCommit::default(),
+            clearing_made: Mutex::default(),
         }
     }
 

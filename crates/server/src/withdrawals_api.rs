@@ -576,7 +576,7 @@ pub(crate) async fn request(
         whitelist_id: entry.as_ref().filter(|_| whitelisted_for_s.is_some()).map(|e| e.id),
         initiator: if api_key { "api_key" } else { "session" },
         actor: actor.clone(),
-        clearing: withdrawals::new_clearing_account(customer_id, asset.code),
+        clearing: Some(withdrawals::new_clearing_account(customer_id, asset.code)),
         hold: withdrawals::hold(id, customer_id, asset.code, amount + fee_held),
         then,
         frozen_ok,

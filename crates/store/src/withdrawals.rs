@@ -114,8 +114,9 @@ pub struct NewWithdrawal {
     pub initiator: &'static str,
     /// Who asked.
     pub actor: String,
-    /// The customer's clearing account for withdrawals in flight, created with the first withdrawal.
-    pub clearing: NewAccount,
+    /// The customer's clearing account for withdrawals in flight, created with the first withdrawal (`None` when
+    /// the caller knows it exists: one statement fewer).
+    pub clearing: Option<NewAccount>,
     /// The hold: a pending transfer of `amount + fee_held` from the customer's account to the clearing account.
     pub hold: NewTransfer,
     /// The first moves, made in the same transaction when nothing waits for people (the decision is known before
@@ -518,8 +519,8 @@ impl Store {
             }
             let rows: Vec<CustomerGate> = query.fetch_all(&mut *tx.0).await?;
             let accounts: std::collections::HashMap<i64, CustomerGate> = rows.into_iter().map(|r| (r.0, r)).collect();
-            let events: Vec<crate::RiskEventRecord> = batch.iter().flat_map(|n| n.risk_events.iter().cloned()).collect();
-            crate::risk::insert_risk_events!(tx, sql, events);
+            let risk_events: Vec<crate::RiskEventRecord> =
+                batch.iter().flat_map(|n| n.risk_events.iter().cloned()).collect();
 
             let n = batch.len();
             let q = sql(&format!(
@@ -587,12 +588,14 @@ impl Store {
             // The holds, after the clearing accounts they credit.
             let going: Vec<usize> = (0..n).filter(|&k| answers[k].is_none()).collect();
             if !going.is_empty() {
-                let clearing: Vec<NewAccount> = going.iter().map(|&k| batch[k].clearing).collect();
-                let made = flow::create_accounts(&mut tx, &clearing, now_ns).await?;
-                if let Some(bad) =
-                    made.iter().find(|r| !matches!(r, CreateAccountResult::Ok | CreateAccountResult::Exists))
-                {
-                    return Err(StoreError::Corrupt(format!("a clearing account was refused: {}", bad.as_str())));
+                let clearing: Vec<NewAccount> = going.iter().filter_map(|&k| batch[k].clearing).collect();
+                if !clearing.is_empty() {
+                    let made = flow::create_accounts(&mut tx, &clearing, now_ns).await?;
+                    if let Some(bad) =
+                        made.iter().find(|r| !matches!(r, CreateAccountResult::Ok | CreateAccountResult::Exists))
+                    {
+                        return Err(StoreError::Corrupt(format!("a clearing account was refused: {}", bad.as_str())));
+                    }
                 }
                 let holds: Vec<NewTransfer> = going.iter().map(|&k| batch[k].hold).collect();
                 let results = flow::create_transfers(&mut tx, &holds, now_ns).await?;
@@ -618,67 +621,17 @@ impl Store {
                     }
                     rows.push(k);
                 }
-                let q = sql(&format!(
-                    "INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, \
-                     fee_held, usd_micro, address, whitelist_id, initiator, actor, state, screening, risk_score, \
-                     risk_case, review_id, policy_version, policy_rule, requirement, reason, expires_at, created_at, \
-                     updated_at) VALUES {} RETURNING {COLUMNS}",
-                    crate::backend::placeholders(rows.len(), 24)
-                ));
-                let mut query = sqlx::query_as(&q);
-                for &k in &rows {
-                    let new = &batch[k];
-                    let then = new.then.as_ref();
-                    let state = then.and_then(|t| t.path.last()).copied().unwrap_or(State::Requested);
-                    query = query
-                        .bind(&new.id)
-                        .bind(new.customer_id)
-                        .bind(&new.idempotency_key)
-                        .bind(new.request_hash.to_vec())
-                        .bind(&new.asset)
-                        .bind(new.amount.to_string())
-                        .bind(new.fee_held.to_string())
-                        .bind(i(new.usd_micro)?)
-                        .bind(&new.address)
-                        .bind(new.whitelist_id)
-                        .bind(new.initiator)
-                        .bind(&new.actor)
-                        .bind(state.as_str())
-                        .bind(then.and_then(|t| t.screening.clone()).unwrap_or_else(|| "{}".into()))
-                        .bind(then.and_then(|t| t.risk_score).unwrap_or(0))
-                        .bind(then.and_then(|t| t.risk_case))
-                        .bind(then.and_then(|t| t.review_id))
-                        .bind(then.and_then(|t| t.policy_version))
-                        .bind(then.and_then(|t| t.policy_rule.clone()))
-                        .bind(then.and_then(|t| t.requirement.clone()))
-                        .bind(then.map(|t| t.reason.clone()).filter(|r| !r.is_empty()))
-                        .bind(then.and_then(|t| t.expires_at_ns).map(i).transpose()?)
-                        .bind(ts(now_ns))
-                        .bind(ts(now_ns));
-                }
-                let inserted: Vec<WithdrawalRecord> = query.fetch_all(&mut *tx.0).await?;
+                let inserted = tx
+                    .insert_recorded(Recorded {
+                        batch: &batch,
+                        rows: &rows,
+                        events: &events,
+                        risk: &risk_events,
+                        now_ns,
+                    })
+                    .await?;
                 let mut inserted: std::collections::HashMap<String, WithdrawalRecord> =
                     inserted.into_iter().map(|w| (w.id.clone(), w)).collect();
-                for chunk in events.chunks(crate::backend::ROWS_PER_INSERT) {
-                    let q = sql(&format!(
-                        "INSERT INTO withdrawal_events (withdrawal_id, seq, from_state, to_state, actor, reason, at) \
-                         VALUES {}",
-                        crate::backend::placeholders(chunk.len(), 7)
-                    ));
-                    let mut query = sqlx::query(&q);
-                    for &(k, seq, from, to) in chunk {
-                        let t = batch[k].then.as_ref().expect("events come from a path");
-                        query = query
-                            .bind(&batch[k].id)
-                            .bind(seq)
-                            .bind(from.as_str())
-                            .bind(to.as_str())
-                            .bind(&t.actor)
-                            .bind(&t.reason)
-                            .bind(ts(now_ns));
-                    }
-                    query.execute(&mut *tx.0).await?;
-                }
                 let ledger: Vec<NewTransfer> = recorded
                     .iter()
                     .filter_map(|&k| batch[k].then.as_ref())
@@ -691,6 +644,9 @@ impl Store {
                         .ok_or_else(|| StoreError::Corrupt(format!("withdrawal {} was not inserted", batch[k].id)))?;
                     answers[k] = Some(Requested::Recorded(w));
                 }
+            }
+            if recorded.is_empty() {
+                crate::risk::insert_risk_events!(tx, sql, risk_events);
             }
             let mut effects = Vec::with_capacity(recorded.len());
             let mut batch = batch;
@@ -1359,5 +1315,233 @@ impl Store {
             true
         })
         .pipe(Ok)
+    }
+}
+
+/// What the recording transaction inserts once the holds are made: the withdrawals recorded (`rows`, indexes into
+/// `batch`), their first moves (`events`: index, sequence number, from, to) and every request's risk events.
+pub(crate) struct Recorded<'a> {
+    batch: &'a [NewWithdrawal],
+    rows: &'a [usize],
+    events: &'a [(usize, i64, State, State)],
+    risk: &'a [crate::RiskEventRecord],
+    now_ns: u64,
+}
+
+/// The row of `batch[k]` as inserted: its state after its first moves, and what they set.
+struct Row<'a> {
+    new: &'a NewWithdrawal,
+    then: Option<&'a Then>,
+    state: State,
+}
+
+impl<'a> Recorded<'a> {
+    fn row(&self, k: usize) -> Row<'a> {
+        let new = &self.batch[k];
+        let then = new.then.as_ref();
+        Row { new, then, state: then.and_then(|t| t.path.last()).copied().unwrap_or(State::Requested) }
+    }
+
+    fn then_of(&self, k: usize) -> &'a Then {
+        self.batch[k].then.as_ref().expect("events come from a path")
+    }
+}
+
+impl Row<'_> {
+    fn screening(&self) -> String {
+        self.then.and_then(|t| t.screening.clone()).unwrap_or_else(|| "{}".into())
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.then.map(|t| t.reason.clone()).filter(|r| !r.is_empty())
+    }
+
+    fn expires_at(&self) -> Result<Option<i64>, StoreError> {
+        self.then.and_then(|t| t.expires_at_ns).map(i).transpose()
+    }
+}
+
+/// Inserting [`Recorded`]: one statement on PostgreSQL (data-modifying `WITH` over arrays, so that its text, and
+/// its prepared plan, do not change with the batch), three on SQLite.
+pub(crate) trait RecordTx {
+    async fn insert_recorded(&mut self, r: Recorded<'_>) -> Result<Vec<WithdrawalRecord>, StoreError>;
+}
+
+impl RecordTx for crate::postgres::PgTx {
+    async fn insert_recorded(&mut self, r: Recorded<'_>) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        let n = r.rows.len();
+        let (mut id, mut customer, mut key, mut hash, mut asset) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut amount, mut fee, mut usd, mut address, mut whitelist) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut initiator, mut actor, mut state, mut screening, mut score) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut case, mut review, mut version, mut rule, mut requirement) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut reason, mut expires) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &k in r.rows {
+            let row = r.row(k);
+            let (new, then) = (row.new, row.then);
+            id.push(new.id.clone());
+            customer.push(new.customer_id);
+            key.push(new.idempotency_key.clone());
+            hash.push(new.request_hash.to_vec());
+            asset.push(new.asset.clone());
+            amount.push(new.amount.to_string());
+            fee.push(new.fee_held.to_string());
+            usd.push(i(new.usd_micro)?);
+            address.push(new.address.clone());
+            whitelist.push(new.whitelist_id);
+            initiator.push(new.initiator.to_owned());
+            actor.push(new.actor.clone());
+            state.push(row.state.as_str().to_owned());
+            screening.push(row.screening());
+            score.push(then.and_then(|t| t.risk_score).unwrap_or(0));
+            case.push(then.and_then(|t| t.risk_case));
+            review.push(then.and_then(|t| t.review_id));
+            version.push(then.and_then(|t| t.policy_version));
+            rule.push(then.and_then(|t| t.policy_rule.clone()));
+            requirement.push(then.and_then(|t| t.requirement.clone()));
+            reason.push(row.reason());
+            expires.push(row.expires_at()?);
+        }
+        let (mut e_id, mut e_seq, mut e_from, mut e_to, mut e_actor, mut e_reason) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for &(k, seq, from, to) in r.events {
+            let t = r.then_of(k);
+            e_id.push(r.batch[k].id.clone());
+            e_seq.push(seq);
+            e_from.push(from.as_str());
+            e_to.push(to.as_str());
+            e_actor.push(t.actor.clone());
+            e_reason.push(t.reason.clone());
+        }
+        let (mut r_seq, mut r_at, mut r_customer, mut r_event, mut r_outcome, mut r_version) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for e in r.risk {
+            r_seq.push(e.seq);
+            r_at.push(ts(e.at_ns));
+            r_customer.push(e.customer_id);
+            r_event.push(e.event.clone());
+            r_outcome.push(e.outcome.clone());
+            r_version.push(i64::from(e.rules_version));
+        }
+        let now = ts(r.now_ns);
+        // The events refer to the withdrawals inserted by the same statement: foreign keys are checked at its end.
+        let q = format!(
+            "WITH risk AS (INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[]) \
+             ON CONFLICT (seq) DO NOTHING), \
+             moves AS (INSERT INTO withdrawal_events (withdrawal_id, seq, from_state, to_state, actor, reason, at) \
+             SELECT u.*, $7 FROM UNNEST($8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
+             $13::text[]) AS u) \
+             INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, \
+             usd_micro, address, whitelist_id, initiator, actor, state, screening, risk_score, risk_case, review_id, \
+             policy_version, policy_rule, requirement, reason, expires_at, created_at, updated_at) \
+             SELECT u.*, $7, $7 FROM UNNEST($14::text[], $15::bigint[], $16::text[], $17::bytea[], $18::text[], \
+             $19::text[], $20::text[], $21::bigint[], $22::text[], $23::bigint[], $24::text[], $25::text[], \
+             $26::text[], $27::text[], $28::bigint[], $29::bigint[], $30::bigint[], $31::bigint[], $32::text[], \
+             $33::text[], $34::text[], $35::bigint[]) AS u RETURNING {COLUMNS}"
+        );
+        Ok(sqlx::query_as(&q)
+            .bind(r_seq)
+            .bind(r_at)
+            .bind(r_customer)
+            .bind(r_event)
+            .bind(r_outcome)
+            .bind(r_version)
+            .bind(now)
+            .bind(e_id)
+            .bind(e_seq)
+            .bind(e_from)
+            .bind(e_to)
+            .bind(e_actor)
+            .bind(e_reason)
+            .bind(id)
+            .bind(customer)
+            .bind(key)
+            .bind(hash)
+            .bind(asset)
+            .bind(amount)
+            .bind(fee)
+            .bind(usd)
+            .bind(address)
+            .bind(whitelist)
+            .bind(initiator)
+            .bind(actor)
+            .bind(state)
+            .bind(screening)
+            .bind(score)
+            .bind(case)
+            .bind(review)
+            .bind(version)
+            .bind(rule)
+            .bind(requirement)
+            .bind(reason)
+            .bind(expires)
+            .fetch_all(&mut *self.0)
+            .await?)
+    }
+}
+
+impl RecordTx for crate::sqlite::SqliteTx {
+    async fn insert_recorded(&mut self, r: Recorded<'_>) -> Result<Vec<WithdrawalRecord>, StoreError> {
+        let tx = self;
+        let sql = |q: &str| crate::backend::sqlite_placeholders(q);
+        crate::risk::insert_risk_events!(tx, sql, r.risk);
+        let q = sql(&format!(
+            "INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, \
+             usd_micro, address, whitelist_id, initiator, actor, state, screening, risk_score, risk_case, review_id, \
+             policy_version, policy_rule, requirement, reason, expires_at, created_at, updated_at) VALUES {} \
+             RETURNING {COLUMNS}",
+            crate::backend::placeholders(r.rows.len(), 24)
+        ));
+        let mut query = sqlx::query_as(&q);
+        for &k in r.rows {
+            let row = r.row(k);
+            let (new, then) = (row.new, row.then);
+            query = query
+                .bind(&new.id)
+                .bind(new.customer_id)
+                .bind(&new.idempotency_key)
+                .bind(new.request_hash.to_vec())
+                .bind(&new.asset)
+                .bind(new.amount.to_string())
+                .bind(new.fee_held.to_string())
+                .bind(i(new.usd_micro)?)
+                .bind(&new.address)
+                .bind(new.whitelist_id)
+                .bind(new.initiator)
+                .bind(&new.actor)
+                .bind(row.state.as_str())
+                .bind(row.screening())
+                .bind(then.and_then(|t| t.risk_score).unwrap_or(0))
+                .bind(then.and_then(|t| t.risk_case))
+                .bind(then.and_then(|t| t.review_id))
+                .bind(then.and_then(|t| t.policy_version))
+                .bind(then.and_then(|t| t.policy_rule.clone()))
+                .bind(then.and_then(|t| t.requirement.clone()))
+                .bind(row.reason())
+                .bind(row.expires_at()?)
+                .bind(ts(r.now_ns))
+                .bind(ts(r.now_ns));
+        }
+        let inserted: Vec<WithdrawalRecord> = query.fetch_all(&mut *tx.0).await?;
+        for chunk in r.events.chunks(crate::backend::ROWS_PER_INSERT) {
+            let q = sql(&format!(
+                "INSERT INTO withdrawal_events (withdrawal_id, seq, from_state, to_state, actor, reason, at) VALUES {}",
+                crate::backend::placeholders(chunk.len(), 7)
+            ));
+            let mut query = sqlx::query(&q);
+            for &(k, seq, from, to) in chunk {
+                let t = r.then_of(k);
+                query = query
+                    .bind(&r.batch[k].id)
+                    .bind(seq)
+                    .bind(from.as_str())
+                    .bind(to.as_str())
+                    .bind(&t.actor)
+                    .bind(&t.reason)
+                    .bind(ts(r.now_ns));
+            }
+            query.execute(&mut *tx.0).await?;
+        }
+        Ok(inserted)
     }
 }
