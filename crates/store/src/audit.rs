@@ -82,6 +82,12 @@ pub(crate) trait AuditTx {
     async fn write_audit_head(&mut self, head: &SignedHead) -> Result<(), StoreError>;
     /// The sequence number of the latest checkpoint (0 if none).
     async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError>;
+    /// Inserts entries and writes the signed head after them: two statements, unless the backend writes both in
+    /// one.
+    async fn append_entries(&mut self, entries: &[AuditEntry], head: &SignedHead) -> Result<(), StoreError> {
+        self.insert_audit_entries(entries).await?;
+        self.write_audit_head(head).await
+    }
 }
 
 /// Signs a checkpoint at the current head if entries were appended since the last one: the time-based half of the
@@ -120,12 +126,11 @@ pub(crate) async fn append<T: AuditTx>(
         }
         entries.push(entry);
     }
-    tx.insert_audit_entries(&entries).await?;
+    let signature = auditor.signer.sign(&head_message(seq, &prev));
+    tx.append_entries(&entries, &SignedHead { seq, hash: prev, signature }).await?;
     for checkpoint in &checkpoints {
         tx.insert_checkpoint(checkpoint).await?;
     }
-    let signature = auditor.signer.sign(&head_message(seq, &prev));
-    tx.write_audit_head(&SignedHead { seq, hash: prev, signature }).await?;
     Ok(entries)
 }
 

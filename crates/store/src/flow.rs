@@ -27,6 +27,30 @@ pub(crate) trait LedgerTx {
     async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError>;
     /// Inserts or updates pending states.
     async fn upsert_pending(&mut self, states: &[(TransferId, PendingState)]) -> Result<(), StoreError>;
+    /// Writes what a command changed: the accounts it created (with their balances as it left them), the balances
+    /// of the other accounts it changed, the transfers it created, the pending states it changed. A statement for
+    /// each kind that has any, unless the backend writes them together.
+    async fn write_journal(
+        &mut self,
+        created: &[Account],
+        updated: &[Account],
+        transfers: &[Transfer],
+        pending: &[(TransferId, PendingState)],
+    ) -> Result<(), StoreError> {
+        if !created.is_empty() {
+            self.insert_accounts(created).await?;
+        }
+        if !updated.is_empty() {
+            self.update_balances(updated).await?;
+        }
+        if !transfers.is_empty() {
+            self.insert_transfers(transfers).await?;
+        }
+        if !pending.is_empty() {
+            self.upsert_pending(pending).await?;
+        }
+        Ok(())
+    }
 }
 
 fn sorted_unique<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -108,28 +132,25 @@ pub(crate) async fn expire_pending<T: LedgerTx>(
 async fn write_back<T: LedgerTx>(tx: &mut T, ledger: &mut Ledger) -> Result<(), StoreError> {
     let journal = ledger.take_journal();
     let account = |id: &AccountId| *ledger.account(*id).expect("a journaled account is in the ledger");
-    if !journal.accounts_created.is_empty() {
-        let created: Vec<Account> = journal.accounts_created.iter().map(account).collect();
-        tx.insert_accounts(&created).await?;
+    let created: Vec<Account> = journal.accounts_created.iter().map(account).collect();
+    // An account created by this command is inserted with its final balances: it is not updated too.
+    let created_ids = sorted_unique(journal.accounts_created.clone());
+    let updated: Vec<Account> = sorted_unique(journal.accounts_updated)
+        .iter()
+        .filter(|id| created_ids.binary_search(id).is_err())
+        .map(account)
+        .collect();
+    let transfers: Vec<Transfer> = journal
+        .transfers_created
+        .iter()
+        .map(|id| *ledger.transfer(*id).expect("a journaled transfer is in the ledger"))
+        .collect();
+    let pending: Vec<(TransferId, PendingState)> = sorted_unique(journal.pending_changed)
+        .into_iter()
+        .map(|id| (id, ledger.pending_state(id).expect("a journaled pending state is in the ledger")))
+        .collect();
+    if created.is_empty() && updated.is_empty() && transfers.is_empty() && pending.is_empty() {
+        return Ok(());
     }
-    if !journal.accounts_updated.is_empty() {
-        let updated: Vec<Account> = sorted_unique(journal.accounts_updated).iter().map(account).collect();
-        tx.update_balances(&updated).await?;
-    }
-    if !journal.transfers_created.is_empty() {
-        let created: Vec<Transfer> = journal
-            .transfers_created
-            .iter()
-            .map(|id| *ledger.transfer(*id).expect("a journaled transfer is in the ledger"))
-            .collect();
-        tx.insert_transfers(&created).await?;
-    }
-    if !journal.pending_changed.is_empty() {
-        let states: Vec<(TransferId, PendingState)> = sorted_unique(journal.pending_changed)
-            .into_iter()
-            .map(|id| (id, ledger.pending_state(id).expect("a journaled pending state is in the ledger")))
-            .collect();
-        tx.upsert_pending(&states).await?;
-    }
-    Ok(())
+    tx.write_journal(&created, &updated, &transfers, &pending).await
 }

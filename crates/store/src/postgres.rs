@@ -191,48 +191,24 @@ impl LedgerTx for PgTx {
     }
 
     async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
-        let n = transfers.len();
-        let mut id = Vec::with_capacity(n);
-        let mut debit = Vec::with_capacity(n);
-        let mut credit = Vec::with_capacity(n);
-        let mut amount = Vec::with_capacity(n);
-        let mut pending_id = Vec::with_capacity(n);
-        let mut asset = Vec::with_capacity(n);
-        let mut code = Vec::with_capacity(n);
-        let mut flags = Vec::with_capacity(n);
-        let mut timeout_s = Vec::with_capacity(n);
-        let mut user_data = Vec::with_capacity(n);
-        let mut timestamp = Vec::with_capacity(n);
-        for t in transfers {
-            id.push(uuid(t.id.get()));
-            debit.push(uuid(t.debit_account_id.get()));
-            credit.push(uuid(t.credit_account_id.get()));
-            amount.push(t.amount.units().to_string());
-            pending_id.push(t.pending_id.map(|p| uuid(p.get())));
-            asset.push(t.asset.as_str().to_owned());
-            code.push(i32::from(t.code));
-            flags.push(i32::from(t.flags.to_bits()));
-            timeout_s.push(i64::from(t.timeout_s));
-            user_data.push(uuid(t.user_data));
-            timestamp.push(ts(t.timestamp));
-        }
+        let t = TransferColumns::of(transfers);
         sqlx::query(
             "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, pending_id, asset, code, \
              flags, timeout_s, user_data, timestamp) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]::numeric[], $5::uuid[], $6::text[], \
              $7::int[], $8::int[], $9::bigint[], $10::uuid[], $11::bigint[])",
         )
-        .bind(id)
-        .bind(debit)
-        .bind(credit)
-        .bind(amount)
-        .bind(pending_id)
-        .bind(asset)
-        .bind(code)
-        .bind(flags)
-        .bind(timeout_s)
-        .bind(user_data)
-        .bind(timestamp)
+        .bind(t.id)
+        .bind(t.debit)
+        .bind(t.credit)
+        .bind(t.amount)
+        .bind(t.pending_id)
+        .bind(t.asset)
+        .bind(t.code)
+        .bind(t.flags)
+        .bind(t.timeout_s)
+        .bind(t.user_data)
+        .bind(t.timestamp)
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -249,6 +225,73 @@ impl LedgerTx for PgTx {
         .bind(ids)
         .bind(status)
         .bind(expires)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+    /// One statement (data-modifying `WITH` over arrays; an empty array writes nothing): a round trip instead of
+    /// up to four. The pending states refer to transfers inserted by the same statement, and foreign keys are
+    /// checked at its end.
+    async fn write_journal(
+        &mut self,
+        created: &[Account],
+        updated: &[Account],
+        transfers: &[Transfer],
+        pending: &[(TransferId, PendingState)],
+    ) -> Result<(), StoreError> {
+        let c = AccountColumns::of(created);
+        let u = AccountColumns::of(updated);
+        let t = TransferColumns::of(transfers);
+        let p_id: Vec<Uuid> = pending.iter().map(|(id, _)| uuid(id.get())).collect();
+        let p_status: Vec<&str> = pending.iter().map(|(_, s)| s.status.as_str()).collect();
+        let p_expires: Vec<Option<i64>> = pending.iter().map(|(_, s)| s.expires_at_ns.map(ts)).collect();
+        sqlx::query(
+            "WITH created AS (INSERT INTO ledger_accounts (id, asset, code, flags, user_data, debits_pending, \
+             debits_posted, credits_pending, credits_posted, timestamp) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::int[], $5::uuid[], $6::text[]::numeric[], \
+             $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[])), \
+             balances AS (UPDATE ledger_accounts a SET debits_pending = u.dp, debits_posted = u.dpo, \
+             credits_pending = u.cp, credits_posted = u.cpo \
+             FROM UNNEST($11::uuid[], $12::text[]::numeric[], $13::text[]::numeric[], $14::text[]::numeric[], \
+             $15::text[]::numeric[]) AS u(id, dp, dpo, cp, cpo) WHERE a.id = u.id), \
+             transfers AS (INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, pending_id, \
+             asset, code, flags, timeout_s, user_data, timestamp) \
+             SELECT * FROM UNNEST($16::uuid[], $17::uuid[], $18::uuid[], $19::text[]::numeric[], $20::uuid[], \
+             $21::text[], $22::int[], $23::int[], $24::bigint[], $25::uuid[], $26::bigint[])), \
+             pending AS (INSERT INTO ledger_pending (id, status, expires_at) \
+             SELECT * FROM UNNEST($27::uuid[], $28::text[], $29::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status) \
+             SELECT 1",
+        )
+        .bind(c.id)
+        .bind(c.asset)
+        .bind(c.code)
+        .bind(c.flags)
+        .bind(c.user_data)
+        .bind(c.debits_pending)
+        .bind(c.debits_posted)
+        .bind(c.credits_pending)
+        .bind(c.credits_posted)
+        .bind(c.timestamp)
+        .bind(u.id)
+        .bind(u.debits_pending)
+        .bind(u.debits_posted)
+        .bind(u.credits_pending)
+        .bind(u.credits_posted)
+        .bind(t.id)
+        .bind(t.debit)
+        .bind(t.credit)
+        .bind(t.amount)
+        .bind(t.pending_id)
+        .bind(t.asset)
+        .bind(t.code)
+        .bind(t.flags)
+        .bind(t.timeout_s)
+        .bind(t.user_data)
+        .bind(t.timestamp)
+        .bind(p_id)
+        .bind(p_status)
+        .bind(p_expires)
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -271,29 +314,52 @@ impl AuditTx for PgTx {
     }
 
     async fn insert_audit_entries(&mut self, entries: &[rampart_audit::AuditEntry]) -> Result<(), StoreError> {
-        let seq: Vec<i64> = entries.iter().map(|e| i64::try_from(e.seq).expect("audit sequence fits i64")).collect();
-        let time: Vec<i64> = entries.iter().map(|e| ts(e.record.time_ns)).collect();
-        let actor: Vec<&str> = entries.iter().map(|e| e.record.actor.as_str()).collect();
-        let action: Vec<&str> = entries.iter().map(|e| e.record.action.as_str()).collect();
-        let target: Vec<&str> = entries.iter().map(|e| e.record.target.as_str()).collect();
-        let outcome: Vec<&str> = entries.iter().map(|e| e.record.outcome.as_str()).collect();
-        let details: Vec<String> = entries.iter().map(audit::encode_details).collect();
-        let prev: Vec<Vec<u8>> = entries.iter().map(|e| e.prev_hash.to_vec()).collect();
-        let hash: Vec<Vec<u8>> = entries.iter().map(|e| e.hash.to_vec()).collect();
+        let e = EntryColumns::of(entries);
         sqlx::query(
             "INSERT INTO audit_log (seq, time_ns, actor, action, target, outcome, details, prev_hash, hash) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
              $7::text[], $8::bytea[], $9::bytea[])",
         )
-        .bind(seq)
-        .bind(time)
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(outcome)
-        .bind(details)
-        .bind(prev)
-        .bind(hash)
+        .bind(e.seq)
+        .bind(e.time)
+        .bind(e.actor)
+        .bind(e.action)
+        .bind(e.target)
+        .bind(e.outcome)
+        .bind(e.details)
+        .bind(e.prev)
+        .bind(e.hash)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    /// One statement: the entries and the head that follows them.
+    async fn append_entries(
+        &mut self,
+        entries: &[rampart_audit::AuditEntry],
+        head: &rampart_audit::SignedHead,
+    ) -> Result<(), StoreError> {
+        let e = EntryColumns::of(entries);
+        sqlx::query(
+            "WITH entries AS (INSERT INTO audit_log (seq, time_ns, actor, action, target, outcome, details, \
+             prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::bytea[], $9::bytea[])) \
+             INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $10, $11, $12) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
+        )
+        .bind(e.seq)
+        .bind(e.time)
+        .bind(e.actor)
+        .bind(e.action)
+        .bind(e.target)
+        .bind(e.outcome)
+        .bind(e.details)
+        .bind(e.prev)
+        .bind(e.hash)
+        .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
+        .bind(head.hash.to_vec())
+        .bind(head.signature.to_vec())
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -327,6 +393,68 @@ impl AccountColumns {
             credits_pending: accounts.iter().map(|a| a.credits_pending.units().to_string()).collect(),
             credits_posted: accounts.iter().map(|a| a.credits_posted.units().to_string()).collect(),
             timestamp: accounts.iter().map(|a| ts(a.timestamp)).collect(),
+        }
+    }
+}
+
+/// Audit entries as the arrays of an `UNNEST` insert.
+struct EntryColumns<'a> {
+    seq: Vec<i64>,
+    time: Vec<i64>,
+    actor: Vec<&'a str>,
+    action: Vec<&'a str>,
+    target: Vec<&'a str>,
+    outcome: Vec<&'a str>,
+    details: Vec<String>,
+    prev: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn of(entries: &'a [rampart_audit::AuditEntry]) -> EntryColumns<'a> {
+        EntryColumns {
+            seq: entries.iter().map(|e| i64::try_from(e.seq).expect("audit sequence fits i64")).collect(),
+            time: entries.iter().map(|e| ts(e.record.time_ns)).collect(),
+            actor: entries.iter().map(|e| e.record.actor.as_str()).collect(),
+            action: entries.iter().map(|e| e.record.action.as_str()).collect(),
+            target: entries.iter().map(|e| e.record.target.as_str()).collect(),
+            outcome: entries.iter().map(|e| e.record.outcome.as_str()).collect(),
+            details: entries.iter().map(audit::encode_details).collect(),
+            prev: entries.iter().map(|e| e.prev_hash.to_vec()).collect(),
+            hash: entries.iter().map(|e| e.hash.to_vec()).collect(),
+        }
+    }
+}
+
+/// Transfers as the arrays of an `UNNEST` insert.
+struct TransferColumns {
+    id: Vec<Uuid>,
+    debit: Vec<Uuid>,
+    credit: Vec<Uuid>,
+    amount: Vec<String>,
+    pending_id: Vec<Option<Uuid>>,
+    asset: Vec<String>,
+    code: Vec<i32>,
+    flags: Vec<i32>,
+    timeout_s: Vec<i64>,
+    user_data: Vec<Uuid>,
+    timestamp: Vec<i64>,
+}
+
+impl TransferColumns {
+    fn of(transfers: &[Transfer]) -> TransferColumns {
+        TransferColumns {
+            id: transfers.iter().map(|t| uuid(t.id.get())).collect(),
+            debit: transfers.iter().map(|t| uuid(t.debit_account_id.get())).collect(),
+            credit: transfers.iter().map(|t| uuid(t.credit_account_id.get())).collect(),
+            amount: transfers.iter().map(|t| t.amount.units().to_string()).collect(),
+            pending_id: transfers.iter().map(|t| t.pending_id.map(|p| uuid(p.get()))).collect(),
+            asset: transfers.iter().map(|t| t.asset.as_str().to_owned()).collect(),
+            code: transfers.iter().map(|t| i32::from(t.code)).collect(),
+            flags: transfers.iter().map(|t| i32::from(t.flags.to_bits())).collect(),
+            timeout_s: transfers.iter().map(|t| i64::from(t.timeout_s)).collect(),
+            user_data: transfers.iter().map(|t| uuid(t.user_data)).collect(),
+            timestamp: transfers.iter().map(|t| ts(t.timestamp)).collect(),
         }
     }
 }
