@@ -1558,52 +1558,94 @@ impl Store {
         keys.sort_unstable();
         keys.dedup();
         type Spent = Vec<(String, Vec<u8>)>;
-        let (inserted, found): (Spent, Vec<(ApiKeyRecord, CustomerRecord)>) = on_backend!(self, |tx, sql| {
-            if spends.is_empty() {
-                (Vec::new(), Vec::new())
-            } else {
-                // Every spend but an in-list replay is fresh: `fresh` is never empty here.
-                let q = sql(&format!(
-                    "INSERT INTO api_signatures (key_id, signature, expires_at) VALUES {} \
-                         ON CONFLICT (key_id, signature) DO NOTHING RETURNING key_id, signature",
-                    crate::backend::placeholders(fresh.len(), 3)
-                ));
-                let mut query = sqlx::query_as(&q);
-                for (key, signature, expires) in &fresh {
-                    query = query.bind(key).bind(signature.to_vec()).bind(ts(*expires));
-                }
-                let inserted: Vec<(String, Vec<u8>)> = query.fetch_all(&mut *tx.0).await?;
-                let mut used: Vec<&str> = inserted.iter().map(|(k, _)| k.as_str()).collect();
-                used.sort_unstable();
-                used.dedup();
-                if !used.is_empty() {
-                    let q = sql(&format!(
-                        "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({}) \
-                             AND (last_used_at IS NULL OR last_used_at < $2)",
-                        crate::backend::numbered(3, used.len())
-                    ));
-                    let mut query = sqlx::query(&q).bind(ts(now_ns)).bind(ts(now_ns.saturating_sub(60_000_000_000)));
-                    for k in &used {
-                        query = query.bind(*k);
+        let (inserted, found): (Spent, Vec<(ApiKeyRecord, CustomerRecord)>) =
+            if let (Store::Postgres(pg), false) = (self, spends.is_empty()) {
+                // One statement, so no transaction of its own: one round trip instead of five. It reads the keys as the
+                // statement began, so their last use is set here as the statement writes it.
+                let select = key_and_customer_select();
+                let (columns, from) = select.split_once(" FROM ").expect("the select has a FROM");
+                let q = format!(
+                    "WITH spent AS (INSERT INTO api_signatures (key_id, signature, expires_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bigint[]) \
+                 ON CONFLICT (key_id, signature) DO NOTHING RETURNING key_id, signature), \
+                 used AS (UPDATE api_keys SET last_used_at = $4 WHERE id IN (SELECT key_id FROM spent) \
+                 AND (last_used_at IS NULL OR last_used_at < $5)) \
+                 {columns}, ARRAY(SELECT s.signature FROM spent s WHERE s.key_id = q.id), q.id \
+                 FROM UNNEST($6::text[]) AS q(id) LEFT JOIN ({from}) ON k.id = q.id"
+                );
+                let stale_before = now_ns.saturating_sub(60_000_000_000);
+                let rows = sqlx::query(&q)
+                    .bind(fresh.iter().map(|(k, _, _)| k.as_str()).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|(_, s, _)| s.to_vec()).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|(_, _, e)| ts(*e)).collect::<Vec<_>>())
+                    .bind(ts(now_ns))
+                    .bind(ts(stale_before))
+                    .bind(&keys)
+                    .fetch_all(&pg.pool)
+                    .await?;
+                let (mut inserted, mut found) = (Vec::new(), Vec::with_capacity(rows.len()));
+                for r in rows {
+                    let signatures: Vec<Vec<u8>> = sqlx::Row::try_get(&r, 22)?;
+                    let id: String = sqlx::Row::try_get(&r, 23)?;
+                    if sqlx::Row::try_get::<Option<String>, _>(&r, 0)?.is_some() {
+                        let (mut key, customer) = key_and_customer!(r);
+                        if !signatures.is_empty() && key.last_used_ns.is_none_or(|at| at < stale_before) {
+                            key.last_used_ns = Some(now_ns);
+                        }
+                        found.push((key, customer));
                     }
-                    query.execute(&mut *tx.0).await?;
-                }
-                let q = sql(&format!(
-                    "{} WHERE k.id IN ({})",
-                    key_and_customer_select(),
-                    crate::backend::numbered(1, keys.len())
-                ));
-                let mut query = sqlx::query(&q);
-                for k in &keys {
-                    query = query.bind(*k);
-                }
-                let mut found = Vec::with_capacity(keys.len());
-                for r in query.fetch_all(&mut *tx.0).await? {
-                    found.push(key_and_customer!(r));
+                    inserted.extend(signatures.into_iter().map(|s| (id.clone(), s)));
                 }
                 (inserted, found)
-            }
-        });
+            } else {
+                on_backend!(self, |tx, sql| {
+                    if spends.is_empty() {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        // Every spend but an in-list replay is fresh: `fresh` is never empty here.
+                        let q = sql(&format!(
+                            "INSERT INTO api_signatures (key_id, signature, expires_at) VALUES {} \
+                         ON CONFLICT (key_id, signature) DO NOTHING RETURNING key_id, signature",
+                            crate::backend::placeholders(fresh.len(), 3)
+                        ));
+                        let mut query = sqlx::query_as(&q);
+                        for (key, signature, expires) in &fresh {
+                            query = query.bind(key).bind(signature.to_vec()).bind(ts(*expires));
+                        }
+                        let inserted: Vec<(String, Vec<u8>)> = query.fetch_all(&mut *tx.0).await?;
+                        let mut used: Vec<&str> = inserted.iter().map(|(k, _)| k.as_str()).collect();
+                        used.sort_unstable();
+                        used.dedup();
+                        if !used.is_empty() {
+                            let q = sql(&format!(
+                                "UPDATE api_keys SET last_used_at = $1 WHERE id IN ({}) \
+                             AND (last_used_at IS NULL OR last_used_at < $2)",
+                                crate::backend::numbered(3, used.len())
+                            ));
+                            let mut query =
+                                sqlx::query(&q).bind(ts(now_ns)).bind(ts(now_ns.saturating_sub(60_000_000_000)));
+                            for k in &used {
+                                query = query.bind(*k);
+                            }
+                            query.execute(&mut *tx.0).await?;
+                        }
+                        let q = sql(&format!(
+                            "{} WHERE k.id IN ({})",
+                            key_and_customer_select(),
+                            crate::backend::numbered(1, keys.len())
+                        ));
+                        let mut query = sqlx::query(&q);
+                        for k in &keys {
+                            query = query.bind(*k);
+                        }
+                        let mut found = Vec::with_capacity(keys.len());
+                        for r in query.fetch_all(&mut *tx.0).await? {
+                            found.push(key_and_customer!(r));
+                        }
+                        (inserted, found)
+                    }
+                })
+            };
         let inserted: std::collections::HashSet<(String, Vec<u8>)> = inserted.into_iter().collect();
         let found: std::collections::HashMap<String, (ApiKeyRecord, CustomerRecord)> =
             found.into_iter().map(|(k, c)| (k.id.clone(), (k, c))).collect();
