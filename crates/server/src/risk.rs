@@ -288,6 +288,19 @@ impl PendingRisk {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(record);
     }
 
+    /// The first kept, left in place.
+    fn first(&self) -> Option<RiskEventRecord> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).first().cloned()
+    }
+
+    /// Forgets the first kept (written).
+    fn drop_first(&self) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !kept.is_empty() {
+            kept.remove(0);
+        }
+    }
+
     /// Takes what is kept: the taker logs it now.
     pub(crate) fn take(&self) -> Vec<RiskEventRecord> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
@@ -313,15 +326,14 @@ impl Unlogged {
         self.pending.take();
     }
 
-    /// Logs them (in the next group commits) and waits; the first error, after trying each.
+    /// Logs them (in the next group commits) and waits, one at a time, each taken only once written: cut off or
+    /// failing, it leaves the rest to the drop guard, whose task tries them again.
     pub(crate) async fn log(self) -> Result<(), ApiError> {
-        let mut result = Ok(());
-        for event in self.pending.take() {
-            if let Err(e) = GroupCommit::<RiskLog>::submit(&self.state, event).await {
-                result = result.and(Err(e));
-            }
+        while let Some(event) = self.pending.first() {
+            GroupCommit::<RiskLog>::submit(&self.state, event).await?;
+            self.pending.drop_first();
         }
-        result
+        Ok(())
     }
 }
 
