@@ -523,37 +523,49 @@ impl Store {
                 batch.iter().flat_map(|n| n.risk_events.iter().cloned()).collect();
 
             let n = batch.len();
-            let q = sql(&format!(
-                "SELECT {COLUMNS} FROM withdrawals WHERE customer_id IN ({ids}) AND idempotency_key IN ({})",
-                crate::backend::numbered(customers.len() + 1, n)
-            ));
-            let mut query = sqlx::query_as(&q);
-            for c in &customers {
-                query = query.bind(c);
-            }
-            for w in &batch {
-                query = query.bind(&w.idempotency_key);
-            }
-            let found: Vec<WithdrawalRecord> = query.fetch_all(&mut *tx.0).await?;
-            let mut existing: std::collections::HashMap<(i64, String), WithdrawalRecord> =
-                found.into_iter().map(|w| ((w.customer_id, w.idempotency_key.clone()), w)).collect();
-
-            // Both sums in one pass: the day starts within the month.
+            // One pass over the customers' recent withdrawals (and the one each request's idempotency key already
+            // made, however old): both limit sums (the day starts within the month) and that withdrawal's id.
             let since = day_start_ns.min(month_start_ns);
             let list = crate::backend::numbered(4, customers.len());
+            let first_pair = 4 + customers.len();
+            let pairs: Vec<String> =
+                (0..n).map(|k| format!("(${}, ${})", first_pair + 2 * k, first_pair + 2 * k + 1)).collect();
+            let pairs = pairs.join(", ");
+            let live = "state NOT IN ('rejected', 'cancelled', 'failed', 'expired')";
             let q = sql(&format!(
-                "SELECT customer_id, CAST(SUM(CASE WHEN created_at >= $1 THEN usd_micro ELSE 0 END) AS BIGINT), \
-                 CAST(SUM(CASE WHEN created_at >= $2 THEN usd_micro ELSE 0 END) AS BIGINT) FROM withdrawals \
-                 WHERE created_at >= $3 AND customer_id IN ({list}) \
-                 AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired') GROUP BY customer_id"
+                "SELECT customer_id, \
+                 CAST(SUM(CASE WHEN created_at >= $1 AND {live} THEN usd_micro ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN created_at >= $2 AND {live} THEN usd_micro ELSE 0 END) AS BIGINT), \
+                 MAX(CASE WHEN (customer_id, idempotency_key) IN (VALUES {pairs}) THEN id END) FROM withdrawals \
+                 WHERE customer_id IN ({list}) \
+                 AND (created_at >= $3 OR (customer_id, idempotency_key) IN (VALUES {pairs})) GROUP BY customer_id"
             ));
             let mut query = sqlx::query_as(&q).bind(ts(day_start_ns)).bind(ts(month_start_ns)).bind(ts(since));
             for c in &customers {
                 query = query.bind(c);
             }
-            let sums: Vec<(i64, Option<i64>, Option<i64>)> = query.fetch_all(&mut *tx.0).await?;
+            for w in &batch {
+                query = query.bind(w.customer_id).bind(&w.idempotency_key);
+            }
+            let sums: Vec<(i64, Option<i64>, Option<i64>, Option<String>)> = query.fetch_all(&mut *tx.0).await?;
+            let made: Vec<&String> = sums.iter().filter_map(|r| r.3.as_ref()).collect();
+            // Only a retried key (rare) reads its withdrawal.
+            let mut existing: std::collections::HashMap<(i64, String), WithdrawalRecord> =
+                std::collections::HashMap::new();
+            if !made.is_empty() {
+                let q = sql(&format!(
+                    "SELECT {COLUMNS} FROM withdrawals WHERE id IN ({})",
+                    crate::backend::numbered(1, made.len())
+                ));
+                let mut query = sqlx::query_as(&q);
+                for id in &made {
+                    query = query.bind(*id);
+                }
+                let found: Vec<WithdrawalRecord> = query.fetch_all(&mut *tx.0).await?;
+                existing.extend(found.into_iter().map(|w| ((w.customer_id, w.idempotency_key.clone()), w)));
+            }
             let sums: std::collections::HashMap<i64, (u64, u64)> =
-                sums.into_iter().map(|(c, d, m)| (c, (u(d.unwrap_or(0)), u(m.unwrap_or(0))))).collect();
+                sums.into_iter().map(|(c, d, m, _)| (c, (u(d.unwrap_or(0)), u(m.unwrap_or(0))))).collect();
 
             // Each request's own checks; `None` goes on to the ledger.
             let mut answers: Vec<Option<Requested<E>>> = Vec::with_capacity(n);
