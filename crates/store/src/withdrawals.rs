@@ -83,6 +83,9 @@ impl WithdrawalRecord {
     }
 }
 
+/// A customer's limit sums (today, this month) and the id of the withdrawal its request's idempotency key made.
+type SumsRow = (i64, Option<i64>, Option<i64>, Option<String>);
+
 const COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, usd_micro, address, \
      whitelist_id, initiator, actor, state, screening, risk_score, risk_case, review_id, policy_version, policy_rule, \
      requirement, reason, custody_tx, network_fee, created_at, updated_at, expires_at";
@@ -547,7 +550,7 @@ impl Store {
             for w in &batch {
                 query = query.bind(w.customer_id).bind(&w.idempotency_key);
             }
-            let sums: Vec<(i64, Option<i64>, Option<i64>, Option<String>)> = query.fetch_all(&mut *tx.0).await?;
+            let sums: Vec<SumsRow> = query.fetch_all(&mut *tx.0).await?;
             let made: Vec<&String> = sums.iter().filter_map(|r| r.3.as_ref()).collect();
             // Only a retried key (rare) reads its withdrawal.
             let mut existing: std::collections::HashMap<(i64, String), WithdrawalRecord> =
