@@ -74,20 +74,12 @@ pub struct AuditFilter {
 pub(crate) trait AuditTx {
     /// Locks the head (ordering every append after the previous one) and returns the last `(seq, hash)`.
     async fn lock_audit_head(&mut self) -> Result<(u64, [u8; 32]), StoreError>;
-    /// Inserts entries.
-    async fn insert_audit_entries(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError>;
     /// Inserts a checkpoint.
     async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
-    /// Writes the signed head.
-    async fn write_audit_head(&mut self, head: &SignedHead) -> Result<(), StoreError>;
     /// The sequence number of the latest checkpoint (0 if none).
     async fn last_checkpoint_seq(&mut self) -> Result<u64, StoreError>;
-    /// Inserts entries and writes the signed head after them: two statements, unless the backend writes both in
-    /// one.
-    async fn append_entries(&mut self, entries: &[AuditEntry], head: &SignedHead) -> Result<(), StoreError> {
-        self.insert_audit_entries(entries).await?;
-        self.write_audit_head(head).await
-    }
+    /// Inserts entries and writes the signed head after them.
+    async fn append_entries(&mut self, entries: &[AuditEntry], head: &SignedHead) -> Result<(), StoreError>;
 }
 
 /// Signs a checkpoint at the current head if entries were appended since the last one: the time-based half of the

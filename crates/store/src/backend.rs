@@ -124,19 +124,6 @@ macro_rules! shared_audit_tx_methods {
                 .await?;
             Ok(())
         }
-
-        async fn write_audit_head(&mut self, head: &rampart_audit::SignedHead) -> Result<(), StoreError> {
-            sqlx::query(&$sql(
-                "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3) \
-                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
-            ))
-            .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
-            .bind(head.hash.to_vec())
-            .bind(head.signature.to_vec())
-            .execute(&mut *self.0)
-            .await?;
-            Ok(())
-        }
     };
 }
 

@@ -19,38 +19,16 @@ pub(crate) trait LedgerTx {
     async fn load_transfers(&mut self, ids: &[TransferId]) -> Result<Vec<Transfer>, StoreError>;
     /// Locks and loads these accounts (those that exist).
     async fn lock_accounts(&mut self, ids: &[AccountId]) -> Result<Vec<Account>, StoreError>;
-    /// Inserts new accounts.
-    async fn insert_accounts(&mut self, accounts: &[Account]) -> Result<(), StoreError>;
-    /// Writes the balances of existing accounts.
-    async fn update_balances(&mut self, accounts: &[Account]) -> Result<(), StoreError>;
-    /// Inserts new transfers.
-    async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError>;
-    /// Inserts or updates pending states.
-    async fn upsert_pending(&mut self, states: &[(TransferId, PendingState)]) -> Result<(), StoreError>;
     /// Writes what a command changed: the accounts it created (with their balances as it left them), the balances
     /// of the other accounts it changed, the transfers it created, the pending states it changed. A statement for
-    /// each kind that has any, unless the backend writes them together.
+    /// each kind that has any, or one for all.
     async fn write_journal(
         &mut self,
         created: &[Account],
         updated: &[Account],
         transfers: &[Transfer],
         pending: &[(TransferId, PendingState)],
-    ) -> Result<(), StoreError> {
-        if !created.is_empty() {
-            self.insert_accounts(created).await?;
-        }
-        if !updated.is_empty() {
-            self.update_balances(updated).await?;
-        }
-        if !transfers.is_empty() {
-            self.insert_transfers(transfers).await?;
-        }
-        if !pending.is_empty() {
-            self.upsert_pending(pending).await?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 }
 
 fn sorted_unique<T: Ord>(mut v: Vec<T>) -> Vec<T> {

@@ -149,86 +149,6 @@ impl LedgerTx for PgTx {
         rows.iter().map(account_row).collect()
     }
 
-    async fn insert_accounts(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
-        let c = AccountColumns::of(accounts);
-        sqlx::query(
-            "INSERT INTO ledger_accounts (id, asset, code, flags, user_data, debits_pending, debits_posted, \
-             credits_pending, credits_posted, timestamp) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::int[], $5::uuid[], $6::text[]::numeric[], \
-             $7::text[]::numeric[], $8::text[]::numeric[], $9::text[]::numeric[], $10::bigint[])",
-        )
-        .bind(c.id)
-        .bind(c.asset)
-        .bind(c.code)
-        .bind(c.flags)
-        .bind(c.user_data)
-        .bind(c.debits_pending)
-        .bind(c.debits_posted)
-        .bind(c.credits_pending)
-        .bind(c.credits_posted)
-        .bind(c.timestamp)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn update_balances(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
-        let c = AccountColumns::of(accounts);
-        sqlx::query(
-            "UPDATE ledger_accounts a SET debits_pending = u.dp, debits_posted = u.dpo, credits_pending = u.cp, \
-             credits_posted = u.cpo \
-             FROM UNNEST($1::uuid[], $2::text[]::numeric[], $3::text[]::numeric[], $4::text[]::numeric[], \
-             $5::text[]::numeric[]) AS u(id, dp, dpo, cp, cpo) WHERE a.id = u.id",
-        )
-        .bind(c.id)
-        .bind(c.debits_pending)
-        .bind(c.debits_posted)
-        .bind(c.credits_pending)
-        .bind(c.credits_posted)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
-        let t = TransferColumns::of(transfers);
-        sqlx::query(
-            "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, pending_id, asset, code, \
-             flags, timeout_s, user_data, timestamp) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]::numeric[], $5::uuid[], $6::text[], \
-             $7::int[], $8::int[], $9::bigint[], $10::uuid[], $11::bigint[])",
-        )
-        .bind(t.id)
-        .bind(t.debit)
-        .bind(t.credit)
-        .bind(t.amount)
-        .bind(t.pending_id)
-        .bind(t.asset)
-        .bind(t.code)
-        .bind(t.flags)
-        .bind(t.timeout_s)
-        .bind(t.user_data)
-        .bind(t.timestamp)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn upsert_pending(&mut self, states: &[(TransferId, PendingState)]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = states.iter().map(|(id, _)| uuid(id.get())).collect();
-        let status: Vec<&str> = states.iter().map(|(_, s)| s.status.as_str()).collect();
-        let expires: Vec<Option<i64>> = states.iter().map(|(_, s)| s.expires_at_ns.map(ts)).collect();
-        sqlx::query(
-            "INSERT INTO ledger_pending (id, status, expires_at) SELECT * FROM UNNEST($1::uuid[], $2::text[], \
-             $3::bigint[]) ON CONFLICT (id) DO UPDATE SET status = excluded.status",
-        )
-        .bind(ids)
-        .bind(status)
-        .bind(expires)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
     /// One statement (data-modifying `WITH` over arrays; an empty array writes nothing): a round trip instead of
     /// up to four. The pending states refer to transfers inserted by the same statement, and foreign keys are
     /// checked at its end.
@@ -311,27 +231,6 @@ impl AuditTx for PgTx {
             None => Ok(audit::genesis()),
             Some(r) => audit::decode_head_position(r.try_get(0)?, r.try_get(1)?),
         }
-    }
-
-    async fn insert_audit_entries(&mut self, entries: &[rampart_audit::AuditEntry]) -> Result<(), StoreError> {
-        let e = EntryColumns::of(entries);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time_ns, actor, action, target, outcome, details, prev_hash, hash) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-             $7::text[], $8::bytea[], $9::bytea[])",
-        )
-        .bind(e.seq)
-        .bind(e.time)
-        .bind(e.actor)
-        .bind(e.action)
-        .bind(e.target)
-        .bind(e.outcome)
-        .bind(e.details)
-        .bind(e.prev)
-        .bind(e.hash)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
     }
 
     /// One statement: the entries and the head that follows them.

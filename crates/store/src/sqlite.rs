@@ -136,49 +136,24 @@ impl LedgerTx for SqliteTx {
         select_in(&mut self.0, &select, "id", &ids, account_row).await
     }
 
-    async fn insert_accounts(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
-        self.write_accounts(accounts, "").await
-    }
-
-    async fn update_balances(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
-        self.write_accounts(
-            accounts,
-            " ON CONFLICT (id) DO UPDATE SET debits_pending = excluded.debits_pending, \
-             debits_posted = excluded.debits_posted, credits_pending = excluded.credits_pending, \
-             credits_posted = excluded.credits_posted",
-        )
-        .await
-    }
-
-    async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
-        for chunk in transfers.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO ledger_transfers ({TRANSFER_COLUMNS}) "));
-            q.push_values(chunk, |mut b, t| {
-                b.push_bind(blob(t.id.get()))
-                    .push_bind(blob(t.debit_account_id.get()))
-                    .push_bind(blob(t.credit_account_id.get()))
-                    .push_bind(t.amount.units().to_string())
-                    .push_bind(t.pending_id.map(|p| blob(p.get())))
-                    .push_bind(t.asset.as_str().to_owned())
-                    .push_bind(i64::from(t.code))
-                    .push_bind(i64::from(t.flags.to_bits()))
-                    .push_bind(i64::from(t.timeout_s))
-                    .push_bind(blob(t.user_data))
-                    .push_bind(ts(t.timestamp));
-            });
-            q.build().execute(&mut *self.0).await?;
+    async fn write_journal(
+        &mut self,
+        created: &[Account],
+        updated: &[Account],
+        transfers: &[Transfer],
+        pending: &[(TransferId, PendingState)],
+    ) -> Result<(), StoreError> {
+        if !created.is_empty() {
+            self.insert_accounts(created).await?;
         }
-        Ok(())
-    }
-
-    async fn upsert_pending(&mut self, states: &[(TransferId, PendingState)]) -> Result<(), StoreError> {
-        for chunk in states.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO ledger_pending (id, status, expires_at) ");
-            q.push_values(chunk, |mut b, (id, state)| {
-                b.push_bind(blob(id.get())).push_bind(state.status.as_str()).push_bind(state.expires_at_ns.map(ts));
-            });
-            q.push(" ON CONFLICT (id) DO UPDATE SET status = excluded.status");
-            q.build().execute(&mut *self.0).await?;
+        if !updated.is_empty() {
+            self.update_balances(updated).await?;
+        }
+        if !transfers.is_empty() {
+            self.insert_transfers(transfers).await?;
+        }
+        if !pending.is_empty() {
+            self.upsert_pending(pending).await?;
         }
         Ok(())
     }
@@ -226,6 +201,64 @@ impl AuditTx for SqliteTx {
         }
     }
 
+    async fn append_entries(
+        &mut self,
+        entries: &[rampart_audit::AuditEntry],
+        head: &rampart_audit::SignedHead,
+    ) -> Result<(), StoreError> {
+        self.insert_audit_entries(entries).await?;
+        self.write_audit_head(head).await
+    }
+}
+
+impl SqliteTx {
+    async fn insert_accounts(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
+        self.write_accounts(accounts, "").await
+    }
+
+    async fn update_balances(&mut self, accounts: &[Account]) -> Result<(), StoreError> {
+        self.write_accounts(
+            accounts,
+            " ON CONFLICT (id) DO UPDATE SET debits_pending = excluded.debits_pending, \
+             debits_posted = excluded.debits_posted, credits_pending = excluded.credits_pending, \
+             credits_posted = excluded.credits_posted",
+        )
+        .await
+    }
+
+    async fn insert_transfers(&mut self, transfers: &[Transfer]) -> Result<(), StoreError> {
+        for chunk in transfers.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO ledger_transfers ({TRANSFER_COLUMNS}) "));
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(blob(t.id.get()))
+                    .push_bind(blob(t.debit_account_id.get()))
+                    .push_bind(blob(t.credit_account_id.get()))
+                    .push_bind(t.amount.units().to_string())
+                    .push_bind(t.pending_id.map(|p| blob(p.get())))
+                    .push_bind(t.asset.as_str().to_owned())
+                    .push_bind(i64::from(t.code))
+                    .push_bind(i64::from(t.flags.to_bits()))
+                    .push_bind(i64::from(t.timeout_s))
+                    .push_bind(blob(t.user_data))
+                    .push_bind(ts(t.timestamp));
+            });
+            q.build().execute(&mut *self.0).await?;
+        }
+        Ok(())
+    }
+
+    async fn upsert_pending(&mut self, states: &[(TransferId, PendingState)]) -> Result<(), StoreError> {
+        for chunk in states.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO ledger_pending (id, status, expires_at) ");
+            q.push_values(chunk, |mut b, (id, state)| {
+                b.push_bind(blob(id.get())).push_bind(state.status.as_str()).push_bind(state.expires_at_ns.map(ts));
+            });
+            q.push(" ON CONFLICT (id) DO UPDATE SET status = excluded.status");
+            q.build().execute(&mut *self.0).await?;
+        }
+        Ok(())
+    }
+
     async fn insert_audit_entries(&mut self, entries: &[rampart_audit::AuditEntry]) -> Result<(), StoreError> {
         for chunk in entries.chunks(ROWS_PER_STATEMENT_MAX) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -246,9 +279,20 @@ impl AuditTx for SqliteTx {
         }
         Ok(())
     }
-}
 
-impl SqliteTx {
+    async fn write_audit_head(&mut self, head: &rampart_audit::SignedHead) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, ?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature",
+        )
+        .bind(i64::try_from(head.seq).expect("audit sequence fits i64"))
+        .bind(head.hash.to_vec())
+        .bind(head.signature.to_vec())
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
     async fn write_accounts(&mut self, accounts: &[Account], on_conflict: &str) -> Result<(), StoreError> {
         for chunk in accounts.chunks(ROWS_PER_STATEMENT_MAX) {
             let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO ledger_accounts ({ACCOUNT_COLUMNS}) "));
