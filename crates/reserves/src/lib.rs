@@ -1,0 +1,382 @@
+//! Proof of reserves, the exchange's side: a multi-asset Merkle sum tree of every user's balances at one snapshot,
+//! built on every core, the users' inclusion proofs and the auditors' full leaf file, in the encodings of
+//! `rampart-verify` (`docs/reserves-spec.md`).
+//!
+//! The tree is pure: the snapshot's balances and a 32-byte secret go in; the secret derives each user's salt (per user
+//! and per snapshot, so leaves cannot be linked across snapshots), the padding leaves' secrets, and the random order
+//! in which users are placed among the `2^height` positions, so the padding hides how many users there are.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use rampart_verify::hash::{ChunkSet, chunk_slots, hint_count, leaf_hash, node_hash, padding_hash, root_hash, sums_digest, user_commitment};
+use rampart_verify::leaves::{LeafEntry, LeafFile};
+use rampart_verify::params::{CHUNK_LEN, Params};
+use rampart_verify::proof::{Level, Proof, USER_ID_LEN_MAX};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// One user's balances at the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The user's unique public id (for Rampart, the customer's handle).
+    pub user_id: Vec<u8>,
+    /// Non-zero balances as (asset index, amount), in any order; zeros are dropped.
+    pub balances: Vec<(u16, u128)>,
+}
+
+/// The secret a tree's salts, padding and placement come from. Never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct TreeSecret([u8; 32]);
+
+impl TreeSecret {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        TreeSecret(bytes)
+    }
+}
+
+impl fmt::Debug for TreeSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TreeSecret(<redacted>)")
+    }
+}
+
+/// Why a tree could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildError {
+    Params(String),
+    /// More users than the height's positions.
+    TooManyUsers { users: usize, positions: u64 },
+    UserId { index: usize },
+    DuplicateUser { index: usize },
+    Balance { index: usize, reason: String },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Params(m) => write!(f, "bad parameters: {m}"),
+            BuildError::TooManyUsers { users, positions } => {
+                write!(f, "{users} users do not fit a tree of {positions} positions")
+            }
+            BuildError::UserId { index } => write!(f, "user {index}: a user id is 1 to {USER_ID_LEN_MAX} bytes"),
+            BuildError::DuplicateUser { index } => write!(f, "user {index}: the same user id appears twice"),
+            BuildError::Balance { index, reason } => write!(f, "user {index}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Which chunks a proof reveals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reveal {
+    /// Only the chunks holding the user's non-zero balances: the smallest proof.
+    Held,
+    /// Every chunk: the proof shows every asset's total.
+    All,
+}
+
+/// The smallest height whose positions hold `users`, but never below `height_min`.
+pub fn height_for(users: usize, height_min: u8) -> u8 {
+    let needed = users.max(1).next_power_of_two().trailing_zeros() as u8;
+    needed.max(height_min).max(1)
+}
+
+/// One level of nodes: hashes, sums digests, and `K` sums per node.
+struct Nodes {
+    hashes: Vec<[u8; 32]>,
+    digests: Vec<[u8; 32]>,
+    sums: Vec<u128>,
+}
+
+/// A built liabilities tree.
+pub struct Tree {
+    params: Params,
+    params_digest: [u8; 32],
+    holdings: Vec<Holding>,
+    /// Each user's position, by their index in `holdings`.
+    positions: Vec<u64>,
+    /// Each position's user index, or `u32::MAX` for padding.
+    owners: Vec<u32>,
+    /// Level 0 (leaves) to level `height` (the top node).
+    levels: Vec<Nodes>,
+    salt_key: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Tree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tree")
+            .field("snapshot", &self.params.snapshot)
+            .field("height", &self.params.height)
+            .field("users", &self.holdings.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const PADDING: u32 = u32::MAX;
+
+impl Tree {
+    /// Builds the tree of `holdings` under `params` (whose height must leave room for every user), on up to
+    /// `threads` threads.
+    pub fn build(params: Params, mut holdings: Vec<Holding>, secret: &TreeSecret, threads: usize) -> Result<Tree, BuildError> {
+        params.validate().map_err(|e| BuildError::Params(e.to_string()))?;
+        let positions_len = 1u64 << params.height;
+        if holdings.len() as u64 > positions_len || holdings.len() >= PADDING as usize {
+            return Err(BuildError::TooManyUsers { users: holdings.len(), positions: positions_len });
+        }
+        let mut ids = HashSet::with_capacity(holdings.len());
+        for (index, h) in holdings.iter_mut().enumerate() {
+            if h.user_id.is_empty() || h.user_id.len() > USER_ID_LEN_MAX {
+                return Err(BuildError::UserId { index });
+            }
+            if !ids.insert(h.user_id.as_slice()) {
+                return Err(BuildError::DuplicateUser { index });
+            }
+            h.balances.retain(|&(_, b)| b != 0);
+            h.balances.sort_unstable_by_key(|&(i, _)| i);
+            for (j, &(i, b)) in h.balances.iter().enumerate() {
+                let asset = params.assets.get(usize::from(i)).ok_or_else(|| BuildError::Balance {
+                    index,
+                    reason: format!("asset index {i} is not in the tree"),
+                })?;
+                if j > 0 && h.balances[j - 1].0 == i {
+                    return Err(BuildError::Balance { index, reason: format!("two balances of {}", asset.code) });
+                }
+                if b > asset.max {
+                    return Err(BuildError::Balance {
+                        index,
+                        reason: format!("a balance of {} above the published maximum", asset.code),
+                    });
+                }
+            }
+        }
+        drop(ids);
+
+        let p = params.digest();
+        let key = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
+        let threads = threads.max(1);
+
+        // Placement: a partial Fisher–Yates shuffle of the positions, from a ChaCha20 stream keyed by the secret.
+        let mut seed_mac = key.clone();
+        seed_mac.update(b"placement");
+        seed_mac.update(&p);
+        let mut rng = ChaCha20Rng::from_seed(seed_mac.finalize().into_bytes().into());
+        let mut order: Vec<u32> = (0..positions_len).map(|x| x as u32).collect();
+        let n = holdings.len();
+        for i in 0..n {
+            let j = i as u64 + uniform(&mut rng, positions_len - i as u64);
+            order.swap(i, j as usize);
+        }
+        let positions: Vec<u64> = order[..n].iter().map(|&x| u64::from(x)).collect();
+        let mut owners = vec![PADDING; positions_len as usize];
+        for (user, &pos) in positions.iter().enumerate() {
+            owners[pos as usize] = user as u32;
+        }
+        drop(order);
+
+        let k = params.assets.len();
+        let all = ChunkSet::all(params.chunks());
+        let width = positions_len as usize;
+        let mut leaves = Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
+        let zero_digest = sums_digest(&vec![0u128; k], CHUNK_LEN, all, None);
+        let per = width.div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts = leaves
+                .hashes
+                .chunks_mut(per)
+                .zip(leaves.digests.chunks_mut(per))
+                .zip(leaves.sums.chunks_mut(per * k))
+                .enumerate();
+            for (t, ((hashes, digests), sums)) in parts {
+                let (owners, holdings, key, p) = (&owners, &holdings, &key, &p);
+                s.spawn(move || {
+                    for (j, (hash, digest)) in hashes.iter_mut().zip(digests.iter_mut()).enumerate() {
+                        let position = (t * per + j) as u64;
+                        let owner = owners[position as usize];
+                        if owner == PADDING {
+                            *hash = padding_hash(p, position, &padding_secret(key, p, position));
+                            *digest = zero_digest;
+                        } else {
+                            let h = &holdings[owner as usize];
+                            let row = &mut sums[j * k..(j + 1) * k];
+                            for &(i, b) in &h.balances {
+                                row[usize::from(i)] = b;
+                            }
+                            let user = user_commitment(p, &h.user_id, &salt(key, p, &h.user_id));
+                            *hash = leaf_hash(p, position, &user);
+                            *digest = sums_digest(row, CHUNK_LEN, all, None);
+                        }
+                    }
+                });
+            }
+        });
+
+        let mut levels = vec![leaves];
+        for level in 0..params.height {
+            let below = levels.last().expect("level 0 exists");
+            let width = below.hashes.len() / 2;
+            let mut up = Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
+            let per = width.div_ceil(threads).max(1);
+            let overflow = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let parts = up.hashes.chunks_mut(per).zip(up.digests.chunks_mut(per)).zip(up.sums.chunks_mut(per * k)).enumerate();
+                for (t, ((hashes, digests), sums)) in parts {
+                    let overflow = &overflow;
+                    s.spawn(move || {
+                        for j in 0..hashes.len() {
+                            let (l, r) = (2 * (t * per + j), 2 * (t * per + j) + 1);
+                            hashes[j] = node_hash(&below.hashes[l], &below.digests[l], &below.hashes[r], &below.digests[r]);
+                            let row = &mut sums[j * k..(j + 1) * k];
+                            for a in 0..k {
+                                match below.sums[l * k + a].checked_add(below.sums[r * k + a]) {
+                                    Some(v) => row[a] = v,
+                                    None => overflow.store(true, std::sync::atomic::Ordering::Relaxed),
+                                }
+                            }
+                            digests[j] = sums_digest(row, CHUNK_LEN, all, None);
+                        }
+                    });
+                }
+            });
+            // Unreachable with validated maxima (max · 2^height < 2^128), and kept as an assertion on money.
+            assert!(!overflow.into_inner(), "sums overflowed at level {level} despite the published maxima");
+            levels.push(up);
+        }
+        Ok(Tree { params, params_digest: p, holdings, positions, owners, levels, salt_key: key })
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn users(&self) -> usize {
+        self.holdings.len()
+    }
+
+    /// The published root.
+    pub fn root(&self) -> [u8; 32] {
+        let top = self.levels.last().expect("a tree has a top");
+        root_hash(&self.params_digest, &top.hashes[0], &top.digests[0])
+    }
+
+    /// Every asset's total liabilities, in the tree's asset order.
+    pub fn totals(&self) -> &[u128] {
+        &self.levels.last().expect("a tree has a top").sums
+    }
+
+    /// The index of the user with this id.
+    pub fn user_index(&self, user_id: &[u8]) -> Option<usize> {
+        self.holdings.iter().position(|h| h.user_id == user_id)
+    }
+
+    /// The inclusion proof of user `index` (their position in the holdings given to [`Tree::build`]).
+    pub fn proof(&self, index: usize, reveal: Reveal) -> Proof {
+        let holding = &self.holdings[index];
+        let position = self.positions[index];
+        let k = self.params.assets.len();
+        let chunks = self.params.chunks();
+        let revealed = match reveal {
+            Reveal::All => ChunkSet::all(chunks),
+            Reveal::Held => {
+                let mut s = ChunkSet::default();
+                for &(i, _) in &holding.balances {
+                    s.insert(usize::from(i) / CHUNK_LEN);
+                }
+                s
+            }
+        };
+        let assets: Vec<usize> = revealed.iter().flat_map(|c| self.params.chunk_assets(c)).collect();
+        let hidden = hint_count(chunk_slots(chunks), revealed) > 0;
+        let hints = |nodes: &Nodes, at: usize| -> Vec<[u8; 32]> {
+            if !hidden {
+                return Vec::new();
+            }
+            if chunks == 1 {
+                return vec![nodes.digests[at]];
+            }
+            let mut out = Vec::new();
+            sums_digest(&nodes.sums[at * k..(at + 1) * k], CHUNK_LEN, revealed, Some(&mut out));
+            out
+        };
+        let mut levels = Vec::with_capacity(usize::from(self.params.height));
+        for level in 0..usize::from(self.params.height) {
+            let nodes = &self.levels[level];
+            let sibling = (position >> level ^ 1) as usize;
+            let parent = (position >> (level + 1)) as usize;
+            levels.push(Level {
+                sibling: nodes.hashes[sibling],
+                sibling_sums: assets.iter().map(|&a| nodes.sums[sibling * k + a]).collect(),
+                sibling_hints: hints(nodes, sibling),
+                parent_hints: hints(&self.levels[level + 1], parent),
+            });
+        }
+        Proof {
+            params: self.params.clone(),
+            user_id: holding.user_id.clone(),
+            salt: salt(&self.salt_key, &self.params_digest, &holding.user_id),
+            position,
+            balances: holding.balances.clone(),
+            revealed,
+            levels,
+        }
+    }
+
+    /// The full leaf file, for auditors: user commitments (not ids), balances and the padding secrets.
+    pub fn leaf_file(&self) -> LeafFile {
+        let p = &self.params_digest;
+        let entries = self
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(position, &owner)| {
+                if owner == PADDING {
+                    LeafEntry::Padding { secret: padding_secret(&self.salt_key, p, position as u64) }
+                } else {
+                    let h = &self.holdings[owner as usize];
+                    LeafEntry::User {
+                        commitment: user_commitment(p, &h.user_id, &salt(&self.salt_key, p, &h.user_id)),
+                        balances: h.balances.clone(),
+                    }
+                }
+            })
+            .collect();
+        LeafFile { params: self.params.clone(), entries }
+    }
+}
+
+/// A user's salt: `HMAC-SHA256(secret, "salt" ‖ P ‖ len16(id) ‖ id)`.
+fn salt(key: &Hmac<Sha256>, p: &[u8; 32], user_id: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
+    mac.update(b"salt");
+    mac.update(p);
+    mac.update(&(user_id.len() as u16).to_be_bytes());
+    mac.update(user_id);
+    mac.finalize().into_bytes().into()
+}
+
+/// A padding leaf's secret: `HMAC-SHA256(secret, "padding" ‖ P ‖ position64)`.
+fn padding_secret(key: &Hmac<Sha256>, p: &[u8; 32], position: u64) -> [u8; 32] {
+    let mut mac = key.clone();
+    mac.update(b"padding");
+    mac.update(p);
+    mac.update(&position.to_be_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// A uniform integer below `bound` (> 0), by rejection.
+fn uniform(rng: &mut ChaCha20Rng, bound: u64) -> u64 {
+    let zone = u64::MAX - u64::MAX % bound;
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return x % bound;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
