@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use rampart_verify::hash::{ChunkSet, chunk_slots, hint_count, leaf_hash, node_hash, padding_hash, root_hash, sums_digest, user_commitment};
+use rampart_verify::hash::{
+    ChunkSet, chunk_slots, hint_count, leaf_hash, node_hash, padding_hash, root_hash, sums_digest, user_commitment,
+};
 use rampart_verify::leaves::{LeafEntry, LeafFile};
 use rampart_verify::params::{CHUNK_LEN, Params};
 use rampart_verify::proof::{Level, Proof, USER_ID_LEN_MAX};
@@ -49,10 +51,20 @@ impl fmt::Debug for TreeSecret {
 pub enum BuildError {
     Params(String),
     /// More users than the height's positions.
-    TooManyUsers { users: usize, positions: u64 },
-    UserId { index: usize },
-    DuplicateUser { index: usize },
-    Balance { index: usize, reason: String },
+    TooManyUsers {
+        users: usize,
+        positions: u64,
+    },
+    UserId {
+        index: usize,
+    },
+    DuplicateUser {
+        index: usize,
+    },
+    Balance {
+        index: usize,
+        reason: String,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -122,7 +134,12 @@ const PADDING: u32 = u32::MAX;
 impl Tree {
     /// Builds the tree of `holdings` under `params` (whose height must leave room for every user), on up to
     /// `threads` threads.
-    pub fn build(params: Params, mut holdings: Vec<Holding>, secret: &TreeSecret, threads: usize) -> Result<Tree, BuildError> {
+    pub fn build(
+        params: Params,
+        mut holdings: Vec<Holding>,
+        secret: &TreeSecret,
+        threads: usize,
+    ) -> Result<Tree, BuildError> {
         params.validate().map_err(|e| BuildError::Params(e.to_string()))?;
         let positions_len = 1u64 << params.height;
         if holdings.len() as u64 > positions_len || holdings.len() >= PADDING as usize {
@@ -181,7 +198,8 @@ impl Tree {
         let k = params.assets.len();
         let all = ChunkSet::all(params.chunks());
         let width = positions_len as usize;
-        let mut leaves = Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
+        let mut leaves =
+            Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
         let zero_digest = sums_digest(&vec![0u128; k], CHUNK_LEN, all, None);
         let per = width.div_ceil(threads);
         std::thread::scope(|s| {
@@ -219,17 +237,24 @@ impl Tree {
         for level in 0..params.height {
             let below = levels.last().expect("level 0 exists");
             let width = below.hashes.len() / 2;
-            let mut up = Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
+            let mut up =
+                Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
             let per = width.div_ceil(threads).max(1);
             let overflow = std::sync::atomic::AtomicBool::new(false);
             std::thread::scope(|s| {
-                let parts = up.hashes.chunks_mut(per).zip(up.digests.chunks_mut(per)).zip(up.sums.chunks_mut(per * k)).enumerate();
+                let parts = up
+                    .hashes
+                    .chunks_mut(per)
+                    .zip(up.digests.chunks_mut(per))
+                    .zip(up.sums.chunks_mut(per * k))
+                    .enumerate();
                 for (t, ((hashes, digests), sums)) in parts {
                     let overflow = &overflow;
                     s.spawn(move || {
                         for j in 0..hashes.len() {
                             let (l, r) = (2 * (t * per + j), 2 * (t * per + j) + 1);
-                            hashes[j] = node_hash(&below.hashes[l], &below.digests[l], &below.hashes[r], &below.digests[r]);
+                            hashes[j] =
+                                node_hash(&below.hashes[l], &below.digests[l], &below.hashes[r], &below.digests[r]);
                             let row = &mut sums[j * k..(j + 1) * k];
                             for a in 0..k {
                                 match below.sums[l * k + a].checked_add(below.sums[r * k + a]) {

@@ -147,12 +147,7 @@ pub fn digest_with_hints(
 
 /// Every chunk digest of a full sums vector (`sums.len()` = K), then the chunk tree: returns `D` and, when `hints` is
 /// given, appends the hints a proof revealing `revealed` needs for this node.
-pub fn sums_digest(
-    sums: &[u128],
-    chunk_len: usize,
-    revealed: ChunkSet,
-    hints: Option<&mut Vec<[u8; 32]>>,
-) -> [u8; 32] {
+pub fn sums_digest(sums: &[u128], chunk_len: usize, revealed: ChunkSet, hints: Option<&mut Vec<[u8; 32]>>) -> [u8; 32] {
     let chunks = sums.len().div_ceil(chunk_len);
     if chunks == 1 {
         let d = chunk_digest(sums);
@@ -165,15 +160,16 @@ pub fn sums_digest(
     }
     let slots = chunk_slots(chunks);
     let empty = chunk_digest(&[]);
-    let leaves: Vec<[u8; 32]> = (0..slots)
-        .map(|c| {
-            if c < chunks {
-                chunk_digest(&sums[c * chunk_len..((c + 1) * chunk_len).min(sums.len())])
-            } else {
-                empty
-            }
-        })
-        .collect();
+    let leaves: Vec<[u8; 32]> =
+        (0..slots)
+            .map(|c| {
+                if c < chunks {
+                    chunk_digest(&sums[c * chunk_len..((c + 1) * chunk_len).min(sums.len())])
+                } else {
+                    empty
+                }
+            })
+            .collect();
     fn subtree(
         lo: usize,
         len: usize,
@@ -192,7 +188,10 @@ pub fn sums_digest(
             let r = subtree(lo + len / 2, len / 2, leaves, revealed, hints, go);
             chunk_node(&l, &r)
         };
-        if emit && hidden && let Some(h) = hints.as_mut() {
+        if emit
+            && hidden
+            && let Some(h) = hints.as_mut()
+        {
             h.push(d);
         }
         d

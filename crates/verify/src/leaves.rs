@@ -141,7 +141,10 @@ impl LeafFile {
                     users += 1;
                     let row = &mut sums[position as usize * k..(position as usize + 1) * k];
                     for &(i, b) in balances {
-                        let asset = params.assets.get(usize::from(i)).ok_or_else(|| Failure::Malformed("asset index".into()))?;
+                        let asset = params
+                            .assets
+                            .get(usize::from(i))
+                            .ok_or_else(|| Failure::Malformed("asset index".into()))?;
                         if b > asset.max {
                             return Err(Failure::BalanceOutOfRange { position, asset: asset.code.clone() });
                         }
@@ -152,7 +155,12 @@ impl LeafFile {
                 }
                 LeafEntry::Padding { secret } => {
                     hashes.push(padding_hash(&p, position, secret));
-                    digests.push(sums_digest(&sums[position as usize * k..(position as usize + 1) * k], CHUNK_LEN, all, None));
+                    digests.push(sums_digest(
+                        &sums[position as usize * k..(position as usize + 1) * k],
+                        CHUNK_LEN,
+                        all,
+                        None,
+                    ));
                 }
             }
         }

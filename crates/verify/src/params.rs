@@ -55,7 +55,10 @@ impl Params {
                 || code.len() > ASSET_CODE_LEN_MAX
                 || !code.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
             {
-                return Err(Error::Params(format!("asset {i}: the code {:?} is not 1 to 16 of [A-Za-z0-9._-]", asset.code)));
+                return Err(Error::Params(format!(
+                    "asset {i}: the code {:?} is not 1 to 16 of [A-Za-z0-9._-]",
+                    asset.code
+                )));
             }
             if self.assets[..i].iter().any(|a| a.code == asset.code) {
                 return Err(Error::Params(format!("asset {i}: the code {} appears twice", asset.code)));

@@ -119,15 +119,9 @@ impl Proof {
         }
         let params = Params::decode(&mut r)?;
         let id_len = usize::from(r.u16("user id length")?);
-        if id_len == 0 || id_len > USER_ID_LEN_MAX {
-            return Err(Error::Decode(format!("a user id is 1 to {USER_ID_LEN_MAX} bytes, not {id_len}")));
-        }
         let user_id = r.take(id_len, "user id")?.to_vec();
         let salt = r.hash("salt")?;
         let position = r.u64("position")?;
-        if position >> params.height != 0 {
-            return Err(Error::Decode(format!("position {position} is outside a tree of height {}", params.height)));
-        }
         let count = usize::from(r.u16("balance count")?);
         if count > params.assets.len() {
             return Err(Error::Decode(format!("{count} balances for {} assets", params.assets.len())));
@@ -136,19 +130,6 @@ impl Proof {
         for _ in 0..count {
             let index = r.u16("balance's asset index")?;
             let amount = r.u128("balance")?;
-            let asset = params
-                .assets
-                .get(usize::from(index))
-                .ok_or_else(|| Error::Decode(format!("asset index {index} is not in the tree")))?;
-            if balances.last().is_some_and(|&(prev, _)| prev >= index) {
-                return Err(Error::Decode("balances are not in increasing asset order".into()));
-            }
-            if amount == 0 {
-                return Err(Error::Decode(format!("a zero balance of {} is listed (only non-zero ones are)", asset.code)));
-            }
-            if amount > asset.max {
-                return Err(Error::Decode(format!("the balance of {} is above its published maximum", asset.code)));
-            }
             balances.push((index, amount));
         }
         let chunks = params.chunks();
@@ -165,11 +146,6 @@ impl Proof {
             }
             last = Some(c);
             revealed.insert(c);
-        }
-        for &(index, _) in &balances {
-            if !revealed.contains(usize::from(index) / CHUNK_LEN) {
-                return Err(Error::Decode("a non-zero balance lies in a chunk the proof does not reveal".into()));
-            }
         }
         let revealed_assets: usize = revealed.iter().map(|c| params.chunk_assets(c).len()).sum();
         let hints = hint_count(chunk_slots(chunks), revealed);
@@ -191,18 +167,66 @@ impl Proof {
             levels.push(Level { sibling, sibling_sums, sibling_hints, parent_hints });
         }
         r.finish("proof")?;
-        Ok(Proof { params, user_id, salt, position, balances, revealed, levels })
+        let proof = Proof { params, user_id, salt, position, balances, revealed, levels };
+        proof.check_shape().map_err(Error::Decode)?;
+        Ok(proof)
+    }
+
+    /// The rules of §4 that do not depend on hashes: parameters, user id, position, balances (non-zero, at most the
+    /// asset's maximum, in increasing asset order, in revealed chunks), revealed chunks, and the levels' sizes.
+    fn check_shape(&self) -> Result<(), String> {
+        let params = &self.params;
+        params.validate().map_err(|e| e.to_string())?;
+        if self.user_id.is_empty() || self.user_id.len() > USER_ID_LEN_MAX {
+            return Err(format!("a user id is 1 to {USER_ID_LEN_MAX} bytes, not {}", self.user_id.len()));
+        }
+        if self.position >> params.height != 0 {
+            return Err(format!("position {} is outside a tree of height {}", self.position, params.height));
+        }
+        let chunks = params.chunks();
+        if self.revealed.iter().any(|c| c >= chunks) {
+            return Err("a revealed chunk is not in the tree".into());
+        }
+        for (j, &(index, amount)) in self.balances.iter().enumerate() {
+            let asset = params
+                .assets
+                .get(usize::from(index))
+                .ok_or_else(|| format!("asset index {index} is not in the tree"))?;
+            if j > 0 && self.balances[j - 1].0 >= index {
+                return Err("balances are not in increasing asset order".into());
+            }
+            if amount == 0 {
+                return Err(format!("a zero balance of {} is listed (only non-zero ones are)", asset.code));
+            }
+            if amount > asset.max {
+                return Err(format!("the balance of {} is above its published maximum", asset.code));
+            }
+            if !self.revealed.contains(usize::from(index) / CHUNK_LEN) {
+                return Err("a non-zero balance lies in a chunk the proof does not reveal".into());
+            }
+        }
+        if self.levels.len() != usize::from(params.height) {
+            return Err("the proof's levels do not match the tree's height".into());
+        }
+        let revealed_assets: usize = self.revealed.iter().map(|c| params.chunk_assets(c).len()).sum();
+        let hints = hint_count(chunk_slots(chunks), self.revealed);
+        for (l, level) in self.levels.iter().enumerate() {
+            if level.sibling_sums.len() != revealed_assets
+                || level.sibling_hints.len() != hints
+                || level.parent_hints.len() != hints
+            {
+                return Err(format!("level {l} has the wrong number of sums or hints"));
+            }
+        }
+        Ok(())
     }
 
     /// Verifies the proof against the published root: recomputes the user's leaf from their id, salt and balances,
     /// walks up the path adding the sibling sums with checked arithmetic (each sibling's sum bounded by its subtree's
     /// `2^level` users at the asset's maximum), and compares the root.
     pub fn verify(&self, expected_root: &[u8; 32]) -> Result<Verified, Failure> {
+        self.check_shape().map_err(Failure::Malformed)?;
         let params = &self.params;
-        params.validate().map_err(|e| Failure::Malformed(e.to_string()))?;
-        if self.levels.len() != usize::from(params.height) {
-            return Err(Failure::Malformed("the proof's levels do not match the tree's height".into()));
-        }
         let k = params.assets.len();
         let chunks = params.chunks();
         let slots = chunk_slots(chunks);
@@ -229,8 +253,9 @@ impl Proof {
                     return Err(Failure::SumOutOfRange { level, asset: params.assets[a].code.clone() });
                 }
             }
-            let sibling_digest = partial_digest(params, slots, self.revealed, &assets, &step.sibling_sums, &step.sibling_hints)
-                .ok_or_else(|| Failure::Malformed(format!("level {level}: wrong number of sibling hints")))?;
+            let sibling_digest =
+                partial_digest(params, slots, self.revealed, &assets, &step.sibling_sums, &step.sibling_hints)
+                    .ok_or_else(|| Failure::Malformed(format!("level {level}: wrong number of sibling hints")))?;
             let (left, left_d, right, right_d) = if self.position >> level & 1 == 0 {
                 (&hash, &digest, &step.sibling, &sibling_digest)
             } else {
