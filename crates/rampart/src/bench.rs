@@ -52,6 +52,9 @@ pub enum BenchCommand {
     /// Withdrawal requests accepted per second over HTTP through the whole gate chain, with latency percentiles, on
     /// SQLite or PostgreSQL.
     Withdrawals(crate::bench_withdrawals::WithdrawalsArgs),
+    /// The proof-of-reserves liabilities tree: build time, every user's proof, one proof's generation and
+    /// verification, proof size and peak memory.
+    Reserves(crate::bench_reserves::ReservesArgs),
 }
 
 /// Flags of `rampart bench ledger`.
@@ -105,6 +108,7 @@ pub async fn run(command: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Risk(args) => crate::bench_risk::run(args).await,
         BenchCommand::Screening(args) => crate::bench_screening::run(args).await,
         BenchCommand::Withdrawals(args) => crate::bench_withdrawals::run(args).await,
+        BenchCommand::Reserves(args) => crate::bench_reserves::run(args).await,
     }
 }
 

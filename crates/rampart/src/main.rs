@@ -5,6 +5,7 @@ mod bench;
 mod bench_audit;
 mod bench_auth;
 mod bench_custody;
+mod bench_reserves;
 mod bench_risk;
 mod bench_screening;
 mod bench_withdrawals;

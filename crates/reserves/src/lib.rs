@@ -98,10 +98,13 @@ pub fn height_for(users: usize, height_min: u8) -> u8 {
     needed.max(height_min).max(1)
 }
 
-/// One level of nodes: hashes, sums digests, and `K` sums per node.
+/// Levels below this one keep only their hashes: their sums are added up from the leaves when a proof needs them (at
+/// most 2^4 leaves), which saves most of the memory of a tree of many users.
+const SUMS_FROM_LEVEL: usize = 4;
+
+/// One level of nodes: hashes, and `K` sums per node from level `base` up.
 struct Nodes {
     hashes: Vec<[u8; 32]>,
-    digests: Vec<[u8; 32]>,
     sums: Vec<u128>,
 }
 
@@ -116,6 +119,9 @@ pub struct Tree {
     owners: Vec<u32>,
     /// Level 0 (leaves) to level `height` (the top node).
     levels: Vec<Nodes>,
+    /// The lowest level whose sums are stored.
+    base: usize,
+    top_digest: [u8; 32],
     salt_key: Hmac<Sha256>,
 }
 
@@ -198,63 +204,101 @@ impl Tree {
         let k = params.assets.len();
         let all = ChunkSet::all(params.chunks());
         let width = positions_len as usize;
-        let mut leaves =
-            Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
-        let zero_digest = sums_digest(&vec![0u128; k], CHUNK_LEN, all, None);
-        let per = width.div_ceil(threads);
+        let base = usize::from(params.height).min(SUMS_FROM_LEVEL);
+        let block = 1usize << base;
+        let blocks = width >> base;
+
+        // Levels 0 to `base`, a block of 2^base leaves at a time: only hashes are kept below `base`.
+        let mut levels: Vec<Nodes> =
+            (0..base).map(|l| Nodes { hashes: vec![[0; 32]; width >> l], sums: Vec::new() }).collect();
+        let mut top = Nodes { hashes: vec![[0; 32]; blocks], sums: vec![0; blocks * k] };
+        let mut digests = vec![[0u8; 32]; blocks];
+        let per = blocks.div_ceil(threads);
+        let mut lower: Vec<Vec<&mut [[u8; 32]]>> = (0..blocks.div_ceil(per)).map(|_| Vec::new()).collect();
+        for (l, nodes) in levels.iter_mut().enumerate() {
+            for (t, part) in nodes.hashes.chunks_mut((per * block) >> l).enumerate() {
+                lower[t].push(part);
+            }
+        }
+        let overflow = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
-            let parts = leaves
-                .hashes
-                .chunks_mut(per)
-                .zip(leaves.digests.chunks_mut(per))
-                .zip(leaves.sums.chunks_mut(per * k))
-                .enumerate();
-            for (t, ((hashes, digests), sums)) in parts {
-                let (owners, holdings, key, p) = (&owners, &holdings, &key, &p);
+            let parts = lower
+                .into_iter()
+                .zip(top.hashes.chunks_mut(per))
+                .zip(digests.chunks_mut(per))
+                .zip(top.sums.chunks_mut(per * k));
+            for (t, (((mut lower, hashes), digests), sums)) in parts.enumerate() {
+                let (owners, holdings, key, p, overflow) = (&owners, &holdings, &key, &p, &overflow);
                 s.spawn(move || {
-                    for (j, (hash, digest)) in hashes.iter_mut().zip(digests.iter_mut()).enumerate() {
-                        let position = (t * per + j) as u64;
-                        let owner = owners[position as usize];
-                        if owner == PADDING {
-                            *hash = padding_hash(p, position, &padding_secret(key, p, position));
-                            *digest = zero_digest;
-                        } else {
-                            let h = &holdings[owner as usize];
-                            let row = &mut sums[j * k..(j + 1) * k];
-                            for &(i, b) in &h.balances {
-                                row[usize::from(i)] = b;
+                    let mut hs = vec![[0u8; 32]; block];
+                    let mut ds = vec![[0u8; 32]; block];
+                    let mut ss = vec![0u128; block * k];
+                    for b in 0..hashes.len() {
+                        let first = ((t * per + b) * block) as u64;
+                        ss.fill(0);
+                        for i in 0..block {
+                            let position = first + i as u64;
+                            let row = &mut ss[i * k..(i + 1) * k];
+                            let owner = owners[position as usize];
+                            if owner == PADDING {
+                                hs[i] = padding_hash(p, position, &padding_secret(key, p, position));
+                            } else {
+                                let h = &holdings[owner as usize];
+                                for &(a, v) in &h.balances {
+                                    row[usize::from(a)] = v;
+                                }
+                                hs[i] =
+                                    leaf_hash(p, position, &user_commitment(p, &h.user_id, &salt(key, p, &h.user_id)));
                             }
-                            let user = user_commitment(p, &h.user_id, &salt(key, p, &h.user_id));
-                            *hash = leaf_hash(p, position, &user);
-                            *digest = sums_digest(row, CHUNK_LEN, all, None);
+                            ds[i] = sums_digest(row, CHUNK_LEN, all, None);
                         }
+                        lower[0][b * block..(b + 1) * block].copy_from_slice(&hs);
+                        for l in 1..=base {
+                            let n = block >> l;
+                            for j in 0..n {
+                                let hash = node_hash(&hs[2 * j], &ds[2 * j], &hs[2 * j + 1], &ds[2 * j + 1]);
+                                for a in 0..k {
+                                    match ss[2 * j * k + a].checked_add(ss[(2 * j + 1) * k + a]) {
+                                        Some(v) => ss[j * k + a] = v,
+                                        None => overflow.store(true, std::sync::atomic::Ordering::Relaxed),
+                                    }
+                                }
+                                hs[j] = hash;
+                                ds[j] = sums_digest(&ss[j * k..(j + 1) * k], CHUNK_LEN, all, None);
+                            }
+                            if l < base {
+                                lower[l][b * n..(b + 1) * n].copy_from_slice(&hs[..n]);
+                            }
+                        }
+                        hashes[b] = hs[0];
+                        digests[b] = ds[0];
+                        sums[b * k..(b + 1) * k].copy_from_slice(&ss[..k]);
                     }
                 });
             }
         });
+        levels.push(top);
 
-        let mut levels = vec![leaves];
-        for level in 0..params.height {
-            let below = levels.last().expect("level 0 exists");
+        // Levels above `base`, each from the one below, on every thread.
+        for _ in base..usize::from(params.height) {
+            let below = levels.last().expect("level base exists");
             let width = below.hashes.len() / 2;
-            let mut up =
-                Nodes { hashes: vec![[0; 32]; width], digests: vec![[0; 32]; width], sums: vec![0; width * k] };
+            let mut up = Nodes { hashes: vec![[0; 32]; width], sums: vec![0; width * k] };
+            let mut up_digests = vec![[0u8; 32]; width];
             let per = width.div_ceil(threads).max(1);
-            let overflow = std::sync::atomic::AtomicBool::new(false);
             std::thread::scope(|s| {
                 let parts = up
                     .hashes
                     .chunks_mut(per)
-                    .zip(up.digests.chunks_mut(per))
+                    .zip(up_digests.chunks_mut(per))
                     .zip(up.sums.chunks_mut(per * k))
                     .enumerate();
-                for (t, ((hashes, digests), sums)) in parts {
-                    let overflow = &overflow;
+                for (t, ((hashes, up_digests), sums)) in parts {
+                    let (overflow, digests) = (&overflow, &digests);
                     s.spawn(move || {
                         for j in 0..hashes.len() {
                             let (l, r) = (2 * (t * per + j), 2 * (t * per + j) + 1);
-                            hashes[j] =
-                                node_hash(&below.hashes[l], &below.digests[l], &below.hashes[r], &below.digests[r]);
+                            hashes[j] = node_hash(&below.hashes[l], &digests[l], &below.hashes[r], &digests[r]);
                             let row = &mut sums[j * k..(j + 1) * k];
                             for a in 0..k {
                                 match below.sums[l * k + a].checked_add(below.sums[r * k + a]) {
@@ -262,16 +306,18 @@ impl Tree {
                                     None => overflow.store(true, std::sync::atomic::Ordering::Relaxed),
                                 }
                             }
-                            digests[j] = sums_digest(row, CHUNK_LEN, all, None);
+                            up_digests[j] = sums_digest(row, CHUNK_LEN, all, None);
                         }
                     });
                 }
             });
-            // Unreachable with validated maxima (max · 2^height < 2^128), and kept as an assertion on money.
-            assert!(!overflow.into_inner(), "sums overflowed at level {level} despite the published maxima");
+            digests = up_digests;
             levels.push(up);
         }
-        Ok(Tree { params, params_digest: p, holdings, positions, owners, levels, salt_key: key })
+        // Unreachable with validated maxima (max · 2^height < 2^128), and kept as an assertion on money.
+        assert!(!overflow.into_inner(), "sums overflowed despite the published maxima");
+        let top_digest = digests[0];
+        Ok(Tree { params, params_digest: p, holdings, positions, owners, levels, base, top_digest, salt_key: key })
     }
 
     pub fn params(&self) -> &Params {
@@ -285,7 +331,7 @@ impl Tree {
     /// The published root.
     pub fn root(&self) -> [u8; 32] {
         let top = self.levels.last().expect("a tree has a top");
-        root_hash(&self.params_digest, &top.hashes[0], &top.digests[0])
+        root_hash(&self.params_digest, &top.hashes[0], &self.top_digest)
     }
 
     /// Every asset's total liabilities, in the tree's asset order.
@@ -316,27 +362,30 @@ impl Tree {
         };
         let assets: Vec<usize> = revealed.iter().flat_map(|c| self.params.chunk_assets(c)).collect();
         let hidden = hint_count(chunk_slots(chunks), revealed) > 0;
-        let hints = |nodes: &Nodes, at: usize| -> Vec<[u8; 32]> {
-            if !hidden {
-                return Vec::new();
-            }
-            if chunks == 1 {
-                return vec![nodes.digests[at]];
-            }
+        let hints = |sums: &[u128]| -> Vec<[u8; 32]> {
             let mut out = Vec::new();
-            sums_digest(&nodes.sums[at * k..(at + 1) * k], CHUNK_LEN, revealed, Some(&mut out));
+            if hidden {
+                sums_digest(sums, CHUNK_LEN, revealed, Some(&mut out));
+            }
             out
         };
         let mut levels = Vec::with_capacity(usize::from(self.params.height));
+        let mut sibling_sums = vec![0u128; k];
+        let mut parent_sums = vec![0u128; k];
         for level in 0..usize::from(self.params.height) {
-            let nodes = &self.levels[level];
             let sibling = (position >> level ^ 1) as usize;
-            let parent = (position >> (level + 1)) as usize;
+            self.node_sums(level, sibling, &mut sibling_sums);
+            let parent_hints = if hidden {
+                self.node_sums(level + 1, (position >> (level + 1)) as usize, &mut parent_sums);
+                hints(&parent_sums)
+            } else {
+                Vec::new()
+            };
             levels.push(Level {
-                sibling: nodes.hashes[sibling],
-                sibling_sums: assets.iter().map(|&a| nodes.sums[sibling * k + a]).collect(),
-                sibling_hints: hints(nodes, sibling),
-                parent_hints: hints(&self.levels[level + 1], parent),
+                sibling: self.levels[level].hashes[sibling],
+                sibling_sums: assets.iter().map(|&a| sibling_sums[a]).collect(),
+                sibling_hints: hints(&sibling_sums),
+                parent_hints,
             });
         }
         Proof {
@@ -347,6 +396,26 @@ impl Tree {
             balances: holding.balances.clone(),
             revealed,
             levels,
+        }
+    }
+
+    /// Node `index` of `level`'s sums, into `out` (K long): stored from level `base` up, added up from the leaves
+    /// below it.
+    fn node_sums(&self, level: usize, index: usize, out: &mut [u128]) {
+        let k = self.params.assets.len();
+        if level >= self.base {
+            out.copy_from_slice(&self.levels[level].sums[index * k..(index + 1) * k]);
+            return;
+        }
+        out.fill(0);
+        for position in index << level..(index + 1) << level {
+            let owner = self.owners[position];
+            if owner != PADDING {
+                for &(a, v) in &self.holdings[owner as usize].balances {
+                    // Bounded by the published maxima, as in the build.
+                    out[usize::from(a)] = out[usize::from(a)].checked_add(v).expect("sums fit 128 bits");
+                }
+            }
         }
     }
 
