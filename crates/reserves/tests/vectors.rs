@@ -177,6 +177,7 @@ fn build() -> Value {
             "root": hex::encode(root),
             "totals": totals.iter().map(u128::to_string).collect::<Vec<_>>(),
             "users": tree.users(),
+            "leaf_file": hex::encode(tree.leaf_file().encode()),
         },
         "intermediate": {
             "user_id": String::from_utf8(first.user_id.clone()).unwrap(),
