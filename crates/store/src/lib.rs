@@ -21,6 +21,7 @@ mod customers;
 mod flow;
 mod platform;
 mod postgres;
+mod reserves;
 mod risk;
 mod rows;
 mod sqlite;
@@ -51,6 +52,7 @@ use rampart_ledger::{
     Account, AssetTotals, CreateAccountResult, CreateTransferResult, InvariantViolation, NewAccount, NewTransfer,
     PendingState, Transfer,
 };
+pub use reserves::{LiabilitiesRead, NewReservesSnapshot, ReservesSnapshot};
 pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRecord};
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 pub use withdrawals::{

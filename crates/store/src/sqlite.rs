@@ -486,6 +486,23 @@ impl SqliteStore {
         rows.iter().map(transfer_row).collect()
     }
 
+    /// The accounts of one code, every customer's id and handle, and the newest transfer's sequence, in one read
+    /// transaction (one WAL snapshot).
+    pub(crate) async fn liabilities(&self, code: u16) -> Result<(i64, Vec<Account>, Vec<(i64, Vec<u8>)>), StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM ledger_transfers").fetch_one(&mut *tx).await?;
+        let rows = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE code = ?1"))
+            .bind(i64::from(code))
+            .fetch_all(&mut *tx)
+            .await?;
+        let customers: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, handle FROM customers").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let accounts = rows.iter().map(account_row).collect::<Result<Vec<_>, _>>()?;
+        Ok((seq, accounts, customers))
+    }
+
     pub(crate) async fn verify_ledger(&self) -> Result<LedgerReport, StoreError> {
         // One read transaction: in WAL mode it sees a single consistent snapshot while writers go on.
         let mut tx = self.reader.begin().await?;

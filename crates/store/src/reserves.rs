@@ -1,0 +1,171 @@
+//! Proof-of-reserves records: the consistent read of every customer's balances at one ledger point, and the
+//! snapshots built from it.
+
+use crate::audit::{self, Auditor};
+use crate::backend::Pipe;
+use crate::{Store, StoreError, ts};
+use rampart_audit::AuditRecord;
+
+/// Every customer's balances at one ledger point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiabilitiesRead {
+    /// The newest transfer's sequence number when the read began (0 for an empty ledger).
+    pub ledger_seq: i64,
+    /// (customer handle, asset, posted balance) for each customer account with a non-zero balance.
+    pub balances: Vec<(Vec<u8>, String, u128)>,
+}
+
+/// A snapshot as published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservesSnapshot {
+    pub id: i64,
+    pub name: String,
+    pub ledger_seq: i64,
+    pub created_at_ns: u64,
+    pub created_by: String,
+    /// The tree's parameters as JSON.
+    pub params: String,
+    pub root: Vec<u8>,
+    /// The totals as a JSON array of decimal strings.
+    pub totals: String,
+    pub users: i64,
+}
+
+/// What a new snapshot stores.
+pub struct NewReservesSnapshot<'a> {
+    pub name: &'a str,
+    pub ledger_seq: i64,
+    pub created_by: &'a str,
+    pub params: &'a str,
+    pub root: &'a [u8],
+    pub totals: &'a str,
+    pub users: i64,
+    /// The tree secret, already sealed.
+    pub secret: &'a [u8],
+    /// The builder's input, encoded.
+    pub holdings: &'a [u8],
+}
+
+const SNAPSHOT_COLUMNS: &str = "id, name, ledger_seq, created_at, created_by, params, root, totals, users";
+
+type SnapshotRow = (i64, String, i64, i64, String, String, Vec<u8>, String, i64);
+
+fn snapshot(row: SnapshotRow) -> ReservesSnapshot {
+    let (id, name, ledger_seq, created_at, created_by, params, root, totals, users) = row;
+    ReservesSnapshot {
+        id,
+        name,
+        ledger_seq,
+        created_at_ns: u64::try_from(created_at).unwrap_or(0),
+        created_by,
+        params,
+        root,
+        totals,
+        users,
+    }
+}
+
+impl Store {
+    /// Every customer's posted balance in each of their accounts of `account_code`, with their handles, in one
+    /// consistent read (a repeatable-read, read-only transaction on PostgreSQL; one read transaction on SQLite's WAL),
+    /// while writers go on. A pending hold still counts: the funds are owed until the withdrawal is confirmed.
+    pub async fn read_liabilities(&self, account_code: u16) -> Result<LiabilitiesRead, StoreError> {
+        let (ledger_seq, accounts, customers) = match self {
+            Store::Sqlite(s) => s.liabilities(account_code).await?,
+            Store::Postgres(s) => s.liabilities(account_code).await?,
+        };
+        let handles: std::collections::HashMap<i64, Vec<u8>> = customers.into_iter().collect();
+        let mut balances = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            let balance = account
+                .credits_posted
+                .checked_sub(account.debits_posted)
+                .ok_or_else(|| StoreError::Corrupt(format!("account {} has more debits than credits", account.id)))?;
+            if balance.is_zero() {
+                continue;
+            }
+            let customer = i64::try_from(account.user_data)
+                .map_err(|_| StoreError::Corrupt(format!("account {} names no customer", account.id)))?;
+            let handle = handles
+                .get(&customer)
+                .ok_or_else(|| StoreError::Corrupt(format!("account {} names an unknown customer", account.id)))?;
+            balances.push((handle.clone(), account.asset.as_str().to_owned(), balance.units()));
+        }
+        Ok(LiabilitiesRead { ledger_seq, balances })
+    }
+
+    /// Records a snapshot with its audit entries; `None` when the name is taken (nothing is written).
+    pub async fn insert_reserves_snapshot(
+        &self,
+        new: &NewReservesSnapshot<'_>,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        records: Vec<AuditRecord>,
+    ) -> Result<Option<i64>, StoreError> {
+        let taken: Option<i64> = on_reader!(self, |pool, sql| {
+            sqlx::query_scalar(&sql("SELECT id FROM reserves_snapshots WHERE name = $1"))
+                .bind(new.name)
+                .fetch_optional(pool)
+                .await?
+        });
+        if taken.is_some() {
+            return Ok(None);
+        }
+        on_backend!(self, |tx, sql| {
+            let id: i64 = sqlx::query_scalar(&sql(
+                "INSERT INTO reserves_snapshots (name, ledger_seq, created_at, created_by, params, root, totals, \
+                 users, secret, holdings) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            ))
+            .bind(new.name)
+            .bind(new.ledger_seq)
+            .bind(ts(now_ns))
+            .bind(new.created_by)
+            .bind(new.params)
+            .bind(new.root)
+            .bind(new.totals)
+            .bind(new.users)
+            .bind(new.secret)
+            .bind(new.holdings)
+            .fetch_one(&mut *tx.0)
+            .await?;
+            audit::append(&mut tx, audit::tagged(records, "reserves_snapshot", id), auditor).await?;
+            Some(id)
+        })
+        .pipe(Ok)
+    }
+
+    /// Snapshots, newest first.
+    pub async fn reserves_snapshots(&self, limit: u32) -> Result<Vec<ReservesSnapshot>, StoreError> {
+        let rows: Vec<SnapshotRow> = on_reader!(self, |pool, sql| {
+            sqlx::query_as(&sql(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM reserves_snapshots ORDER BY id DESC LIMIT $1"
+            )))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(snapshot).collect())
+    }
+
+    /// One snapshot by name.
+    pub async fn reserves_snapshot(&self, name: &str) -> Result<Option<ReservesSnapshot>, StoreError> {
+        let row: Option<SnapshotRow> = on_reader!(self, |pool, sql| {
+            sqlx::query_as(&sql(&format!("SELECT {SNAPSHOT_COLUMNS} FROM reserves_snapshots WHERE name = $1")))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(snapshot))
+    }
+
+    /// A snapshot's sealed secret and encoded holdings, to rebuild its tree.
+    pub async fn reserves_snapshot_material(&self, name: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        on_reader!(self, |pool, sql| {
+            sqlx::query_as(&sql("SELECT secret, holdings FROM reserves_snapshots WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        })
+        .pipe(Ok)
+    }
+}
