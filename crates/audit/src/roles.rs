@@ -75,6 +75,11 @@ pub enum Permission {
     WithdrawalApprove,
     /// Propose and approve versions of the withdrawal policy (never one's own proposal).
     WithdrawalPolicy,
+    /// Take a proof-of-reserves snapshot of every customer's balances and publish it.
+    ReservesPublish,
+    /// Read every snapshot's full leaf file (each customer's balances under a salted commitment) and any customer's
+    /// inclusion proof, to audit a publication.
+    ReservesRead,
 }
 
 impl Role {
@@ -146,6 +151,8 @@ impl Role {
                     | P::CustodyCeremony
                     | P::WithdrawalRead
                     | P::WithdrawalApprove
+                    | P::ReservesPublish
+                    | P::ReservesRead
             ),
             Role::Administrator => matches!(
                 permission,
@@ -161,6 +168,7 @@ impl Role {
                     | P::RiskRead
                     | P::ComplianceRead
                     | P::WithdrawalRead
+                    | P::ReservesRead
             ),
         }
     }
@@ -186,6 +194,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
         Permission::ComplianceLists,
         Permission::WithdrawalApprove,
         Permission::WithdrawalPolicy,
+        Permission::ReservesPublish,
     ];
     if roles.contains(&Role::Auditor) && writes.into_iter().any(may) {
         return Some("an auditor may not also hold a role that changes anything");
@@ -195,7 +204,7 @@ pub fn separation_violation(roles: &[Role]) -> Option<&'static str> {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 21] = [
+    pub const ALL: [Permission; 23] = [
         Permission::LedgerRead,
         Permission::LedgerWrite,
         Permission::StaffRead,
@@ -217,6 +226,8 @@ impl Permission {
         Permission::WithdrawalRead,
         Permission::WithdrawalApprove,
         Permission::WithdrawalPolicy,
+        Permission::ReservesPublish,
+        Permission::ReservesRead,
     ];
 
     /// A stable name.
@@ -243,6 +254,8 @@ impl Permission {
             Permission::WithdrawalRead => "withdrawal_read",
             Permission::WithdrawalApprove => "withdrawal_approve",
             Permission::WithdrawalPolicy => "withdrawal_policy",
+            Permission::ReservesPublish => "reserves_publish",
+            Permission::ReservesRead => "reserves_read",
         }
     }
 

@@ -123,6 +123,8 @@ pub struct Tree {
     base: usize,
     top_digest: [u8; 32],
     salt_key: Hmac<Sha256>,
+    /// Whether `holdings` are in increasing user id order.
+    sorted: bool,
 }
 
 impl fmt::Debug for Tree {
@@ -317,7 +319,19 @@ impl Tree {
         // Unreachable with validated maxima (max · 2^height < 2^128), and kept as an assertion on money.
         assert!(!overflow.into_inner(), "sums overflowed despite the published maxima");
         let top_digest = digests[0];
-        Ok(Tree { params, params_digest: p, holdings, positions, owners, levels, base, top_digest, salt_key: key })
+        let sorted = holdings.windows(2).all(|w| w[0].user_id < w[1].user_id);
+        Ok(Tree {
+            params,
+            params_digest: p,
+            holdings,
+            positions,
+            owners,
+            levels,
+            base,
+            top_digest,
+            salt_key: key,
+            sorted,
+        })
     }
 
     pub fn params(&self) -> &Params {
@@ -339,9 +353,14 @@ impl Tree {
         &self.levels.last().expect("a tree has a top").sums
     }
 
-    /// The index of the user with this id.
+    /// The index of the user with this id: a binary search when the holdings were given sorted by user id (as
+    /// [`decode_holdings`] gives them), else a scan.
     pub fn user_index(&self, user_id: &[u8]) -> Option<usize> {
-        self.holdings.iter().position(|h| h.user_id == user_id)
+        if self.sorted {
+            self.holdings.binary_search_by(|h| h.user_id.as_slice().cmp(user_id)).ok()
+        } else {
+            self.holdings.iter().position(|h| h.user_id == user_id)
+        }
     }
 
     /// The inclusion proof of user `index` (their position in the holdings given to [`Tree::build`]).
@@ -440,6 +459,50 @@ impl Tree {
             .collect();
         LeafFile { params: self.params.clone(), entries }
     }
+}
+
+/// Holdings as the service stores them with a snapshot: a `u32` count, then per user a `u8` id length, the id, a
+/// `u16` count of balances and each balance as a `u16` asset index and a `u128` amount, big-endian. Sorted by user id.
+pub fn encode_holdings(holdings: &[Holding]) -> Vec<u8> {
+    let mut sorted: Vec<&Holding> = holdings.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+    let mut out = Vec::with_capacity(4 + holdings.len() * 40);
+    out.extend_from_slice(&(holdings.len() as u32).to_be_bytes());
+    for h in sorted {
+        out.push(h.user_id.len() as u8);
+        out.extend_from_slice(&h.user_id);
+        out.extend_from_slice(&(h.balances.len() as u16).to_be_bytes());
+        for (i, b) in &h.balances {
+            out.extend_from_slice(&i.to_be_bytes());
+            out.extend_from_slice(&b.to_be_bytes());
+        }
+    }
+    out
+}
+
+/// Reads what [`encode_holdings`] wrote; `None` when the bytes are not such an encoding.
+pub fn decode_holdings(bytes: &[u8]) -> Option<Vec<Holding>> {
+    fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Option<&'a [u8]> {
+        let out = bytes.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(out)
+    }
+    let mut at = 0;
+    let count = u32::from_be_bytes(take(bytes, &mut at, 4)?.try_into().ok()?) as usize;
+    let mut holdings = Vec::with_capacity(count.min(bytes.len() / 3));
+    for _ in 0..count {
+        let len = usize::from(take(bytes, &mut at, 1)?[0]);
+        let user_id = take(bytes, &mut at, len)?.to_vec();
+        let n = usize::from(u16::from_be_bytes(take(bytes, &mut at, 2)?.try_into().ok()?));
+        let mut balances = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = u16::from_be_bytes(take(bytes, &mut at, 2)?.try_into().ok()?);
+            let b = u128::from_be_bytes(take(bytes, &mut at, 16)?.try_into().ok()?);
+            balances.push((i, b));
+        }
+        holdings.push(Holding { user_id, balances });
+    }
+    (at == bytes.len()).then_some(holdings)
 }
 
 /// A user's salt: `HMAC-SHA256(secret, "salt" ‖ P ‖ len16(id) ‖ id)`.

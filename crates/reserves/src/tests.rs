@@ -81,6 +81,25 @@ fn every_proof_verifies_and_the_totals_are_the_ledgers() {
 }
 
 #[test]
+fn holdings_round_trip_sorted_and_users_are_found() {
+    let hs = holdings(50, 20, 9);
+    let bytes = encode_holdings(&hs);
+    let decoded = decode_holdings(&bytes).unwrap();
+    assert_eq!(decoded.len(), 50);
+    assert!(decoded.windows(2).all(|w| w[0].user_id < w[1].user_id));
+    let tree = Tree::build(params(20, 6), decoded, &secret(), 2).unwrap();
+    for h in &hs {
+        let index = tree.user_index(&h.user_id).unwrap();
+        assert_eq!(tree.proof(index, Reveal::Held).user_id, h.user_id);
+    }
+    assert_eq!(tree.user_index(b"nobody"), None);
+    assert!(decode_holdings(&bytes[..bytes.len() - 1]).is_none());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(decode_holdings(&longer).is_none());
+}
+
+#[test]
 fn threads_do_not_change_the_tree() {
     let hs = holdings(100, 20, 5);
     let one = Tree::build(params(20, 8), hs.clone(), &secret(), 1).unwrap();

@@ -74,12 +74,16 @@ use crate::principal::Principal;
         crate::withdrawals_api::approve, crate::withdrawals_api::reject, crate::withdrawals_api::policies,
         crate::withdrawals_api::propose_policy, crate::withdrawals_api::decide_policy,
         crate::withdrawals_stuck::rebroadcast, crate::withdrawals_stuck::bump_fee, crate::telemetry::render_metrics,
+        crate::reserves::create_snapshot, crate::reserves::list_snapshots, crate::reserves::get_snapshot, crate::reserves::my_reserves_proof,
+        crate::reserves::customer_reserves_proof, crate::reserves::snapshot_leaves,
         openapi
     ),
     components(schemas(ErrorBody)),
     tags(
         (name = "withdrawals", description = "Customers' withdrawals and address whitelists; the staff queue, \
             approvals and the four-eyes withdrawal policy."),
+        (name = "reserves", description = "Proof of reserves: liabilities snapshots (a Merkle sum tree of every \
+            customer's balances), customers' inclusion proofs and auditors' leaf files (docs/reserves-spec.md)."),
         (name = "compliance", description = "Sanctions lists and screening, address lists, compliance cases, KYC, \
             the Travel Rule and the three-level review of large transfers.")
     ),

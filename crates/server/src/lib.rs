@@ -21,6 +21,7 @@ mod identity;
 mod outbox;
 mod passkeys;
 mod principal;
+pub mod reserves;
 pub mod risk;
 mod staff_api;
 mod telemetry;
@@ -95,6 +96,8 @@ struct Inner {
     admissions: group::GroupCommit<identity::Admissions>,
     /// The API keys this process has verified requests of.
     api_keys: identity::KnownKeys,
+    /// Proof of reserves: the configuration and the last tree built.
+    reserves: reserves::Reserves,
 }
 
 impl AppState {
@@ -124,6 +127,7 @@ impl AppState {
                 risk_log: group::GroupCommit::default(),
                 admissions: group::GroupCommit::default(),
                 api_keys: identity::KnownKeys::default(),
+                reserves: reserves::Reserves::new(reserves::ReservesConfig::default()),
             }),
         }
     }
@@ -142,6 +146,13 @@ impl AppState {
 
     /// The same state with the risk engine scoring sign-ins, security changes and API requests. Call before the
     /// state is shared.
+    /// Proof of reserves under this configuration (the exchange's name, the smallest tree).
+    pub fn with_reserves(mut self, config: reserves::ReservesConfig) -> Result<AppState, String> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.reserves = reserves::Reserves::new(config);
+        Ok(self)
+    }
+
     pub fn with_risk(mut self, risk: Arc<risk::Risk>) -> Result<AppState, String> {
         let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
         inner.risk = Some(risk);
@@ -224,6 +235,11 @@ impl AppState {
         &self.inner.withdrawals
     }
 
+    /// Proof of reserves.
+    pub fn reserves(&self) -> &reserves::Reserves {
+        &self.inner.reserves
+    }
+
     pub(crate) fn risk_log(&self) -> &group::GroupCommit<risk::RiskLog> {
         &self.inner.risk_log
     }
@@ -267,6 +283,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/staff/role-requests/{id}/approve", post(staff_api::approve_role_request))
         .route("/v1/staff/role-requests/{id}/reject", post(staff_api::reject_role_request))
         .route("/v1/audit/entries", get(audit_api::entries))
+        .route("/v1/reserves", post(reserves::create_snapshot))
+        .route("/v1/reserves/{snapshot}/leaves", get(reserves::snapshot_leaves))
+        .route("/v1/reserves/{snapshot}/proofs/{customer}", get(reserves::customer_reserves_proof))
         .route("/v1/audit/verify", get(audit_api::verify))
         .route("/v1/sys/keys/rotate", post(audit_api::rotate_keys))
         .route("/v1/sys/keys/rewrap", post(audit_api::rewrap_keys))
@@ -356,6 +375,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me/whitelist", get(withdrawals_api::whitelist).post(withdrawals_api::add_address))
         .route("/v1/me/whitelist/{id}", delete(withdrawals_api::remove_address))
         .route("/v1/me/whitelist-only", put(withdrawals_api::set_whitelist_only))
+        .route("/v1/reserves/{snapshot}/proof", get(reserves::my_reserves_proof))
         .route_layer(middleware::from_fn_with_state(state.clone(), identity::authenticate_customer));
     Router::new()
         .route("/healthz", get(handlers::healthz))
@@ -380,6 +400,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/sign-in/webauthn/options", post(passkeys::sign_in_options))
         .route("/v1/customers/recovery/start", post(customer_api::start_recovery))
         .route("/v1/customers/recovery/finish", post(customer_api::finish_recovery))
+        .route("/v1/reserves", get(reserves::list_snapshots))
+        .route("/v1/reserves/{snapshot}", get(reserves::get_snapshot))
         .merge(signed_in)
         .merge(customer)
         // A route layer runs after routing, so the metrics see the route template rather than the raw path.

@@ -1,0 +1,473 @@
+//! Proof of reserves in the service: snapshots of every customer's balances at one ledger point, built into the
+//! liabilities tree of `rampart-reserves` (docs/reserves-spec.md) and published; customers' inclusion proofs; the
+//! auditors' leaf file.
+//!
+//! A snapshot stores its parameters, root and totals, the balances as read and the tree's secret sealed under the
+//! data key; a proof is answered from the tree rebuilt from them (and kept in memory for the next request).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rampart_audit::{Outcome, Permission};
+use rampart_reserves::{Holding, Reveal, Tree, TreeSecret, decode_holdings, encode_holdings, height_for};
+use rampart_store::{NewReservesSnapshot, ReservesSnapshot};
+use rampart_verify::params::{Asset, Params};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::handlers::ApiJson;
+use crate::identity::{Customer, Scope};
+use crate::principal::Principal;
+
+/// The ledger account code of customers' balances (what the exchange owes).
+const CUSTOMER_ACCOUNT_CODE: u16 = crate::customer_api::CUSTOMER_ACCOUNT_CODE;
+/// Published maximum of one user's balance: 10^(decimals + 12) smallest units (a trillion whole coins), capped so
+/// that 2^height balances at the maximum fit 128 bits.
+const MAX_WHOLE_DIGITS: u32 = 12;
+/// The smallest tree the service builds: 2^10 positions, so a small exchange's user count stays hidden.
+pub const HEIGHT_MIN_DEFAULT: u8 = 10;
+/// Longest snapshot name.
+const NAME_LEN_MAX: usize = 64;
+
+/// How the service builds its trees.
+#[derive(Clone, Debug)]
+pub struct ReservesConfig {
+    /// The exchange's name, bound into every hash of its trees.
+    pub exchange: String,
+    /// The smallest height of a tree.
+    pub height_min: u8,
+}
+
+impl Default for ReservesConfig {
+    fn default() -> Self {
+        ReservesConfig { exchange: "Rampart".into(), height_min: HEIGHT_MIN_DEFAULT }
+    }
+}
+
+/// The service's reserves state: the configuration and the last tree built.
+pub struct Reserves {
+    config: ReservesConfig,
+    cache: tokio::sync::Mutex<Option<(String, Arc<Tree>)>>,
+}
+
+impl Reserves {
+    pub fn new(config: ReservesConfig) -> Self {
+        Reserves { config, cache: tokio::sync::Mutex::new(None) }
+    }
+}
+
+/// The body of `POST /v1/reserves`.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The snapshot's name (1 to 64 of `[A-Za-z0-9._-]`); default `ledger-<seq>-<unix seconds>`.
+    pub name: Option<String>,
+}
+
+/// One asset of a publication.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PublishedAsset {
+    /// The asset's code.
+    pub code: String,
+    /// The largest balance one user may hold, in the smallest unit (decimal string).
+    pub max: String,
+    /// Total liabilities to customers, in the smallest unit (decimal string).
+    pub liabilities: String,
+}
+
+/// A published liabilities snapshot: what anyone needs to check a proof.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Publication {
+    /// The snapshot's name (bound into every hash).
+    pub snapshot: String,
+    /// The exchange's name (bound into every hash).
+    pub exchange: String,
+    /// The ledger point read: the newest transfer's sequence number.
+    pub ledger_seq: i64,
+    /// When it was taken (ns since the Unix epoch, decimal string).
+    pub created_at_ns: String,
+    /// The tree's height (2^height positions; users are padded to hide their number).
+    pub height: u8,
+    /// The root (hex).
+    pub root: String,
+    /// `revealed_sums`: proofs reveal the sibling sums along the path.
+    pub form: String,
+    /// The specification the encodings follow.
+    pub spec: String,
+    /// Per asset, in the tree's order.
+    pub assets: Vec<PublishedAsset>,
+}
+
+/// A customer's inclusion proof.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ProofView {
+    /// The snapshot.
+    pub snapshot: String,
+    /// The published root (hex) the proof leads to.
+    pub root: String,
+    /// The binary proof (docs/reserves-spec.md §4), hex; `rampart-verify proof` and the verifier page read it.
+    pub proof: String,
+    /// The customer's id in the tree (their public handle, hex).
+    pub user_id: String,
+    /// The customer's balances in the snapshot (asset, smallest units).
+    pub balances: Vec<ProofBalance>,
+    /// The published totals, in the tree's asset order (decimal strings), for `--totals`.
+    pub totals: Vec<String>,
+}
+
+/// A balance in a proof.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ProofBalance {
+    pub asset: String,
+    pub amount: String,
+}
+
+/// The query of the proof routes.
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProofQuery {
+    /// `all` to reveal every asset's sums along the path (a larger proof); by default only the chunks of assets the
+    /// customer holds.
+    pub reveal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StoredParams {
+    exchange: String,
+    snapshot: String,
+    height: u8,
+    assets: Vec<(String, String)>,
+}
+
+fn params_json(p: &Params) -> String {
+    serde_json::json!({
+        "exchange": p.exchange,
+        "snapshot": p.snapshot,
+        "height": p.height,
+        "assets": p.assets.iter().map(|a| (a.code.clone(), a.max.to_string())).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+fn stored_params(s: &ReservesSnapshot) -> Result<Params, ApiError> {
+    let corrupt = || ApiError::internal(format!("snapshot {} has unreadable parameters", s.name));
+    let p: StoredParams = serde_json::from_str(&s.params).map_err(|_| corrupt())?;
+    let assets = p
+        .assets
+        .into_iter()
+        .map(|(code, max)| Ok(Asset { code, max: max.parse().map_err(|_| corrupt())? }))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Params { exchange: p.exchange, snapshot: p.snapshot, height: p.height, assets })
+}
+
+fn stored_totals(s: &ReservesSnapshot) -> Result<Vec<String>, ApiError> {
+    serde_json::from_str(&s.totals)
+        .map_err(|_| ApiError::internal(format!("snapshot {} has unreadable totals", s.name)))
+}
+
+fn publication(s: &ReservesSnapshot) -> Result<Publication, ApiError> {
+    let params = stored_params(s)?;
+    let totals = stored_totals(s)?;
+    Ok(Publication {
+        snapshot: s.name.clone(),
+        exchange: params.exchange.clone(),
+        ledger_seq: s.ledger_seq,
+        created_at_ns: s.created_at_ns.to_string(),
+        height: params.height,
+        root: hex::encode(&s.root),
+        form: "revealed_sums".into(),
+        spec: "docs/reserves-spec.md, version 1".into(),
+        assets: params
+            .assets
+            .iter()
+            .zip(totals)
+            .map(|(a, t)| PublishedAsset { code: a.code.clone(), max: a.max.to_string(), liabilities: t })
+            .collect(),
+    })
+}
+
+fn secret_aad(name: &str) -> Vec<u8> {
+    format!("reserves:{name}:secret").into_bytes()
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=NAME_LEN_MAX).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Takes a snapshot: reads every customer's balances at one ledger point, builds the tree, and records it.
+#[utoipa::path(post, path = "/v1/reserves", tag = "reserves", request_body = SnapshotRequest,
+    security(("bearer" = [])), responses(
+    (status = 201, body = Publication), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 409, body = ErrorBody)
+))]
+pub(crate) async fn create_snapshot(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<SnapshotRequest>,
+) -> Result<(StatusCode, Json<Publication>), ApiError> {
+    state.authorize(&principal, Permission::ReservesPublish, "reserves.snapshot", "reserves").await?;
+    if let Some(name) = &request.name
+        && !valid_name(name)
+    {
+        return Err(ApiError::bad_request("invalid_name", "a snapshot name is 1 to 64 of [A-Za-z0-9._-]"));
+    }
+    let keyring = state.keyring()?;
+    let read = state.store().read_liabilities(CUSTOMER_ACCOUNT_CODE).await?;
+    let name = request.name.unwrap_or_else(|| format!("ledger-{}-{}", read.ledger_seq, state.now_ns() / 1_000_000_000));
+    let config = &state.reserves().config;
+
+    // The configured assets, in registry order; balances of an asset no longer configured are still owed.
+    let mut codes: Vec<(String, u8)> =
+        state.assets().iter().map(|a| (a.code.as_str().to_owned(), a.decimals)).collect();
+    for (_, asset, _) in &read.balances {
+        if !codes.iter().any(|(c, _)| c == asset) {
+            codes.push((asset.clone(), 18));
+        }
+    }
+    let mut by_user: std::collections::BTreeMap<Vec<u8>, Vec<(u16, u128)>> = Default::default();
+    for (handle, asset, amount) in &read.balances {
+        let index = codes.iter().position(|(c, _)| c == asset).expect("every asset was added") as u16;
+        by_user.entry(handle.clone()).or_default().push((index, *amount));
+    }
+    let holdings: Vec<Holding> = by_user
+        .into_iter()
+        .map(|(handle, balances)| Holding { user_id: hex::encode(handle).into_bytes(), balances })
+        .collect();
+    let height = height_for(holdings.len(), config.height_min);
+    let params = Params {
+        exchange: config.exchange.clone(),
+        snapshot: name.clone(),
+        height,
+        assets: codes
+            .iter()
+            .map(|(code, decimals)| Asset {
+                code: code.clone(),
+                max: 10u128
+                    .checked_pow(u32::from(*decimals) + MAX_WHOLE_DIGITS)
+                    .unwrap_or(u128::MAX)
+                    .min(u128::MAX >> height),
+            })
+            .collect(),
+    };
+    let mut secret: [u8; 32] = rand::random();
+    let encoded = encode_holdings(&holdings);
+    let users = holdings.len() as i64;
+    let tree_secret = TreeSecret::new(secret);
+    let (tree, holdings_check) = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The tree is built from the stored encoding, so that a rebuild later gives the same root.
+        let decoded = decode_holdings(&encoded).expect("just encoded");
+        let tree = Tree::build(params, decoded, &tree_secret, threads);
+        (tree, encoded)
+    })
+    .await
+    .map_err(|_| ApiError::internal("building the tree failed"))?;
+    let tree = tree.map_err(|e| ApiError::bad_request("snapshot_invalid", e.to_string()))?;
+    let root = tree.root();
+    let totals: Vec<String> = tree.totals().iter().map(u128::to_string).collect();
+    let sealed = keyring.encrypt(&secret, &secret_aad(&name));
+    secret.fill(0);
+    let params_text = params_json(tree.params());
+    let totals_text = serde_json::to_string(&totals).expect("strings serialise");
+    let mut record =
+        state.record(&principal.actor(), "reserves.snapshot", &format!("reserves:{name}"), Outcome::Success);
+    record.details.insert("root".into(), hex::encode(root));
+    record.details.insert("ledger_seq".into(), read.ledger_seq.to_string());
+    let new = NewReservesSnapshot {
+        name: &name,
+        ledger_seq: read.ledger_seq,
+        created_by: &principal.actor(),
+        params: &params_text,
+        root: &root,
+        totals: &totals_text,
+        users,
+        secret: &sealed,
+        holdings: &holdings_check,
+    };
+    state
+        .store()
+        .insert_reserves_snapshot(&new, state.now_ns(), &state.auditor(&keyring), vec![record])
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, "snapshot_exists", format!("a snapshot named {name} exists"))
+        })?;
+    let snapshot =
+        state.store().reserves_snapshot(&name).await?.ok_or_else(|| ApiError::internal("snapshot vanished"))?;
+    *state.reserves().cache.lock().await = Some((name, Arc::new(tree)));
+    Ok((StatusCode::CREATED, Json(publication(&snapshot)?)))
+}
+
+/// Published snapshots, newest first (public).
+#[utoipa::path(get, path = "/v1/reserves", tag = "reserves", responses((status = 200, body = Vec<Publication>)))]
+pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Result<Json<Vec<Publication>>, ApiError> {
+    let snapshots = state.store().reserves_snapshots(100).await?;
+    Ok(Json(snapshots.iter().map(publication).collect::<Result<_, _>>()?))
+}
+
+async fn snapshot(state: &AppState, name: &str) -> Result<ReservesSnapshot, ApiError> {
+    if !valid_name(name) {
+        return Err(ApiError::bad_request("invalid_name", "a snapshot name is 1 to 64 of [A-Za-z0-9._-]"));
+    }
+    state
+        .store()
+        .reserves_snapshot(name)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no snapshot named {name}")))
+}
+
+/// One published snapshot (public).
+#[utoipa::path(get, path = "/v1/reserves/{snapshot}", tag = "reserves", params(("snapshot" = String, Path)),
+    responses((status = 200, body = Publication), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_snapshot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Publication>, ApiError> {
+    Ok(Json(publication(&snapshot(&state, &name).await?)?))
+}
+
+/// The snapshot's tree: the one in memory, or rebuilt from what the snapshot stored (checked against its root).
+async fn tree(state: &AppState, s: &ReservesSnapshot) -> Result<Arc<Tree>, ApiError> {
+    let mut cache = state.reserves().cache.lock().await;
+    if let Some((name, tree)) = cache.as_ref()
+        && *name == s.name
+    {
+        return Ok(tree.clone());
+    }
+    let keyring = state.keyring()?;
+    let (sealed, encoded) = state
+        .store()
+        .reserves_snapshot_material(&s.name)
+        .await?
+        .ok_or_else(|| ApiError::internal("snapshot material vanished"))?;
+    let secret: [u8; 32] = keyring
+        .decrypt(&sealed, &secret_aad(&s.name))
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| ApiError::internal(format!("snapshot {}'s secret does not open", s.name)))?;
+    let params = stored_params(s)?;
+    let tree = tokio::task::spawn_blocking(move || {
+        let holdings = decode_holdings(&encoded)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Tree::build(params, holdings, &TreeSecret::new(secret), threads).ok()
+    })
+    .await
+    .map_err(|_| ApiError::internal("rebuilding the tree failed"))?
+    .ok_or_else(|| ApiError::internal(format!("snapshot {}'s holdings do not rebuild", s.name)))?;
+    if tree.root().as_slice() != s.root.as_slice() {
+        return Err(ApiError::internal(format!("snapshot {} rebuilds to another root", s.name)));
+    }
+    let tree = Arc::new(tree);
+    *cache = Some((s.name.clone(), tree.clone()));
+    Ok(tree)
+}
+
+fn reveal(query: Result<Query<ProofQuery>, QueryRejection>) -> Result<Reveal, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    match q.reveal.as_deref() {
+        None | Some("held") => Ok(Reveal::Held),
+        Some("all") => Ok(Reveal::All),
+        Some(other) => Err(ApiError::bad_request("invalid_query", format!("reveal is held or all, not {other:?}"))),
+    }
+}
+
+async fn proof_of(
+    state: &AppState,
+    s: &ReservesSnapshot,
+    handle: &[u8],
+    reveal: Reveal,
+) -> Result<ProofView, ApiError> {
+    let tree = tree(state, s).await?;
+    let user_id = hex::encode(handle);
+    let index = tree.user_index(user_id.as_bytes()).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_in_snapshot", "this customer held nothing at the snapshot")
+    })?;
+    let proof = tokio::task::spawn_blocking(move || tree.proof(index, reveal))
+        .await
+        .map_err(|_| ApiError::internal("making the proof failed"))?;
+    Ok(ProofView {
+        snapshot: s.name.clone(),
+        root: hex::encode(&s.root),
+        proof: hex::encode(proof.encode()),
+        user_id,
+        balances: proof
+            .balances
+            .iter()
+            .map(|&(i, b)| ProofBalance {
+                asset: proof.params.assets[usize::from(i)].code.clone(),
+                amount: b.to_string(),
+            })
+            .collect(),
+        totals: stored_totals(s)?,
+    })
+}
+
+/// The signed-in customer's inclusion proof (scope `read`).
+#[utoipa::path(get, path = "/v1/reserves/{snapshot}/proof", tag = "reserves",
+    params(("snapshot" = String, Path), ProofQuery), responses(
+    (status = 200, body = ProofView), (status = 404, body = ErrorBody)
+))]
+pub(crate) async fn my_reserves_proof(
+    State(state): State<AppState>,
+    customer: Customer,
+    Path(name): Path<String>,
+    query: Result<Query<ProofQuery>, QueryRejection>,
+) -> Result<Json<ProofView>, ApiError> {
+    customer.require(Scope::Read)?;
+    let reveal = reveal(query)?;
+    let s = snapshot(&state, &name).await?;
+    Ok(Json(proof_of(&state, &s, &customer.record.handle, reveal).await?))
+}
+
+/// Any customer's inclusion proof, for operators and auditors (`rampart reserves proof`).
+#[utoipa::path(get, path = "/v1/reserves/{snapshot}/proofs/{customer}", tag = "reserves",
+    params(("snapshot" = String, Path), ("customer" = String, Path, description = "the customer's handle, hex"), ProofQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, body = ProofView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+))]
+pub(crate) async fn customer_reserves_proof(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((name, customer)): Path<(String, String)>,
+    query: Result<Query<ProofQuery>, QueryRejection>,
+) -> Result<Json<ProofView>, ApiError> {
+    let target = format!("reserves:{name}:customer:{customer}");
+    state.authorize(&principal, Permission::ReservesRead, "reserves.proof.read", &target).await?;
+    let reveal = reveal(query)?;
+    let handle = hex::decode(&customer).ok().filter(|h| h.len() == 16).ok_or_else(|| {
+        ApiError::bad_request("invalid_customer", "a customer is named by their 16-byte handle in hex")
+    })?;
+    let s = snapshot(&state, &name).await?;
+    let view = proof_of(&state, &s, &handle, reveal).await?;
+    state.audit(vec![state.record(&principal.actor(), "reserves.proof.read", &target, Outcome::Success)]).await?;
+    Ok(Json(view))
+}
+
+/// The snapshot's full leaf file (docs/reserves-spec.md §5), for auditors: `rampart-verify leaves` recomputes the
+/// root and the totals from it.
+#[utoipa::path(get, path = "/v1/reserves/{snapshot}/leaves", tag = "reserves", params(("snapshot" = String, Path)),
+    security(("bearer" = [])), responses(
+    (status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)
+))]
+pub(crate) async fn snapshot_leaves(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let target = format!("reserves:{name}");
+    state.authorize(&principal, Permission::ReservesRead, "reserves.leaves.read", &target).await?;
+    let s = snapshot(&state, &name).await?;
+    let tree = tree(&state, &s).await?;
+    let bytes = tokio::task::spawn_blocking(move || tree.leaf_file().encode())
+        .await
+        .map_err(|_| ApiError::internal("writing the leaf file failed"))?;
+    state.audit(vec![state.record(&principal.actor(), "reserves.leaves.read", &target, Outcome::Success)]).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
