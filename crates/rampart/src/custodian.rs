@@ -153,6 +153,23 @@ impl Service {
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
+
+    /// GET of a binary answer.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let request = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token);
+        let response = request.send().await.with_context(|| format!("reaching {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            bail!(
+                "{path}: {} {}: {}",
+                status.as_u16(),
+                value["error"]["code"].as_str().unwrap_or("error"),
+                value["error"]["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(response.bytes().await.with_context(|| format!("reading {path}"))?.to_vec())
+    }
 }
 
 /// Registers the custodian's identity keys with the service (an administrator then activates them).

@@ -19,6 +19,7 @@ mod demo_identity;
 mod demo_risk;
 mod demo_withdrawals;
 mod init;
+mod reserves_cmd;
 mod risk_cmd;
 mod sanctions_cmd;
 mod serve;
@@ -76,6 +77,9 @@ enum Command {
     /// Sanctions lists: reading the OFAC SDN files, screening a name or a digital-currency address against them.
     #[command(subcommand)]
     Sanctions(sanctions_cmd::SanctionsCommand),
+    /// Proof of reserves: liabilities snapshots, customers' inclusion proofs, the auditors' leaf file.
+    #[command(subcommand)]
+    Reserves(reserves_cmd::ReservesCommand),
 }
 
 /// Where the database is.
@@ -140,5 +144,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Custody(command) => custodian_cmd::run_custody(command).await,
         Command::Risk(command) => risk_cmd::run(command),
         Command::Sanctions(command) => sanctions_cmd::run(command).await,
+        Command::Reserves(command) => reserves_cmd::run(command).await,
     }
 }

@@ -129,6 +129,41 @@ async fn reserves_end_to_end(db: Db) {
         |entries: Vec<Value>| entries.iter().map(|e| e["outcome"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     assert_eq!(outcomes(ctx.audit("reserves.snapshot").await), ["success", "denied", "success"], "two, and a refusal");
     assert_eq!(outcomes(ctx.audit("reserves.leaves.read").await), ["success", "denied"]);
+
+    // The operators' commands.
+    let dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .arg("reserves")
+            .args(args)
+            .args(["--server", &root.base, "--token", &root.token])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let proof_file = dir.path().join("alice.json");
+    let (ok, _, err) =
+        cli(&["proof", "--snapshot", "snap-1", "--customer", &alice.handle, "--out", proof_file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&proof_file).unwrap()).unwrap();
+    assert_eq!(written["proof"], proof_a["proof"]);
+    let leaves_file = dir.path().join("leaves.bin");
+    let (ok, out, err) = cli(&["leaves", "--snapshot", "snap-1", "--out", leaves_file.to_str().unwrap()]);
+    assert!(ok && out.contains("bytes written"), "{out}{err}");
+    assert_eq!(LeafFile::decode(&std::fs::read(&leaves_file).unwrap()).unwrap(), leaves);
+    let (ok, out, err) = cli(&["snapshot", "--name", "snap-cli"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["snapshot"], json!("snap-cli"));
+    let (ok, out, _) = cli(&["list"]);
+    assert!(ok && out.lines().count() == 3, "{out}");
+    let (ok, _, err) = cli(&["proof", "--snapshot", "a/b", "--customer", &alice.handle]);
+    assert!(!ok && err.contains("not a name"), "{err}");
+    let (ok, _, err) = cli(&["snapshot", "--name", "snap-cli"]);
+    assert!(!ok && err.contains("409 snapshot_exists"), "{err}");
 }
 
 on_both_backends!(reserves_end_to_end);
