@@ -199,8 +199,12 @@ pub async fn run() -> anyhow::Result<()> {
     let keyring = std::sync::Arc::new(platform(&demo.store).await?);
     crate::demo_identity::run(demo.store.clone(), keyring.clone()).await?;
     crate::demo_custody::run(demo.store.clone(), keyring.clone()).await?;
-    crate::demo_risk::run(demo.store.clone(), keyring).await?;
-    println!("\nThe end (for now): proof of reserves comes next.");
+    crate::demo_risk::run(demo.store.clone(), keyring.clone()).await?;
+    crate::demo_reserves::run(demo.store.clone(), keyring).await?;
+    println!(
+        "\nThe end (for now): the reserves' side (on-chain balances signed by the wallets' keys), the signed report and \
+         the private form of the proofs come next."
+    );
     Ok(())
 }
 

@@ -16,6 +16,7 @@ mod demo;
 mod demo_compliance;
 mod demo_custody;
 mod demo_identity;
+mod demo_reserves;
 mod demo_risk;
 mod demo_withdrawals;
 mod init;

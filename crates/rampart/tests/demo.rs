@@ -36,6 +36,10 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "His account is frozen: GET /v1/me 403",
         "403 destination_refused",
         "approve in order: \"approved\"",
+        "are included in the published BTC liabilities",
+        "Totals understated by one satoshi: totals:",
+        "the proof leads to root",
+        "recomputes the",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }

@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rampart_audit::{Outcome, Permission};
 use rampart_reserves::{Holding, Reveal, Tree, TreeSecret, decode_holdings, encode_holdings, height_for};
-use rampart_store::{NewReservesSnapshot, ReservesSnapshot};
+use rampart_store::{LiabilityOwner, NewReservesSnapshot, ReservesSnapshot};
 use rampart_verify::params::{Asset, Params};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -192,6 +192,15 @@ fn publication(s: &ReservesSnapshot) -> Result<Publication, ApiError> {
     })
 }
 
+/// A liability's id in the tree: a customer's handle in hex (what they know themselves by), or `account-<id>` for an
+/// account of the customers' code that names no customer.
+fn user_id(owner: &LiabilityOwner) -> Vec<u8> {
+    match owner {
+        LiabilityOwner::Customer(handle) => hex::encode(handle).into_bytes(),
+        LiabilityOwner::Account(id) => format!("account-{id:032x}").into_bytes(),
+    }
+}
+
 fn secret_aad(name: &str) -> Vec<u8> {
     format!("reserves:{name}:secret").into_bytes()
 }
@@ -232,14 +241,11 @@ pub(crate) async fn create_snapshot(
         }
     }
     let mut by_user: std::collections::BTreeMap<Vec<u8>, Vec<(u16, u128)>> = Default::default();
-    for (handle, asset, amount) in &read.balances {
+    for (owner, asset, amount) in &read.balances {
         let index = codes.iter().position(|(c, _)| c == asset).expect("every asset was added") as u16;
-        by_user.entry(handle.clone()).or_default().push((index, *amount));
+        by_user.entry(user_id(owner)).or_default().push((index, *amount));
     }
-    let holdings: Vec<Holding> = by_user
-        .into_iter()
-        .map(|(handle, balances)| Holding { user_id: hex::encode(handle).into_bytes(), balances })
-        .collect();
+    let holdings: Vec<Holding> = by_user.into_iter().map(|(user_id, balances)| Holding { user_id, balances }).collect();
     let height = height_for(holdings.len(), config.height_min);
     let params = Params {
         exchange: config.exchange.clone(),
@@ -280,6 +286,10 @@ pub(crate) async fn create_snapshot(
         state.record(&principal.actor(), "reserves.snapshot", &format!("reserves:{name}"), Outcome::Success);
     record.details.insert("root".into(), hex::encode(root));
     record.details.insert("ledger_seq".into(), read.ledger_seq.to_string());
+    if !read.overdrawn.is_empty() {
+        // Overdrawn accounts of the customers' code owe rather than are owed: left out, never netted.
+        record.details.insert("overdrawn_accounts".into(), read.overdrawn.len().to_string());
+    }
     let new = NewReservesSnapshot {
         name: &name,
         ledger_seq: read.ledger_seq,

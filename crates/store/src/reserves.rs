@@ -6,13 +6,26 @@ use crate::backend::Pipe;
 use crate::{Store, StoreError, ts};
 use rampart_audit::AuditRecord;
 
+/// Whose a liability is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LiabilityOwner {
+    /// A customer, by their public handle.
+    Customer(Vec<u8>),
+    /// An account of the customers' code whose `user_data` names no customer (made by hand through the ledger API):
+    /// still owed, so never dropped; named by its account id.
+    Account(u128),
+}
+
 /// Every customer's balances at one ledger point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiabilitiesRead {
     /// The newest transfer's sequence number when the read began (0 for an empty ledger).
     pub ledger_seq: i64,
-    /// (customer handle, asset, posted balance) for each customer account with a non-zero balance.
-    pub balances: Vec<(Vec<u8>, String, u128)>,
+    /// (owner, asset, posted balance) for each account of the code with a positive balance.
+    pub balances: Vec<(LiabilityOwner, String, u128)>,
+    /// Accounts of the code with more debits than credits: they owe rather than are owed, and are left out rather
+    /// than netted against the others (a proof of liabilities never nets one account against another).
+    pub overdrawn: Vec<u128>,
 }
 
 /// A snapshot as published.
@@ -76,22 +89,22 @@ impl Store {
         };
         let handles: std::collections::HashMap<i64, Vec<u8>> = customers.into_iter().collect();
         let mut balances = Vec::with_capacity(accounts.len());
+        let mut overdrawn = Vec::new();
         for account in accounts {
-            let balance = account
-                .credits_posted
-                .checked_sub(account.debits_posted)
-                .ok_or_else(|| StoreError::Corrupt(format!("account {} has more debits than credits", account.id)))?;
+            let Some(balance) = account.credits_posted.checked_sub(account.debits_posted) else {
+                overdrawn.push(account.id.get());
+                continue;
+            };
             if balance.is_zero() {
                 continue;
             }
-            let customer = i64::try_from(account.user_data)
-                .map_err(|_| StoreError::Corrupt(format!("account {} names no customer", account.id)))?;
-            let handle = handles
-                .get(&customer)
-                .ok_or_else(|| StoreError::Corrupt(format!("account {} names an unknown customer", account.id)))?;
-            balances.push((handle.clone(), account.asset.as_str().to_owned(), balance.units()));
+            let owner = match i64::try_from(account.user_data).ok().and_then(|c| handles.get(&c)) {
+                Some(handle) => LiabilityOwner::Customer(handle.clone()),
+                None => LiabilityOwner::Account(account.id.get()),
+            };
+            balances.push((owner, account.asset.as_str().to_owned(), balance.units()));
         }
-        Ok(LiabilitiesRead { ledger_seq, balances })
+        Ok(LiabilitiesRead { ledger_seq, balances, overdrawn })
     }
 
     /// Records a snapshot with its audit entries; `None` when the name is taken (nothing is written).

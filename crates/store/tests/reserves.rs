@@ -9,7 +9,9 @@ use rampart_audit::{AuditRecord, Outcome};
 use rampart_core::{AccountId, Amount, AssetCode, TransferId};
 use rampart_crypto::{Keyring, initialise};
 use rampart_ledger::{AccountFlags, NewAccount, NewTransfer, TransferFlags};
-use rampart_store::{AuditFilter, Auditor, ConnectOptions, Effects, NewCustomer, NewReservesSnapshot, Store, testing};
+use rampart_store::{
+    AuditFilter, Auditor, ConnectOptions, Effects, LiabilityOwner, NewCustomer, NewReservesSnapshot, Store, testing,
+};
 
 const NOW: u64 = 1_800_000_000_000_000_000;
 const CUSTOMER: u16 = 1;
@@ -138,6 +140,10 @@ on_both_backends!(the_read_is_every_customers_posted_balance, |store: Arc<Store>
         account(2, CUSTOMER, alice, "ETH", true),
         account(3, CUSTOMER, bob, "BTC", true),
         account(4, CUSTOMER, carol, "BTC", true),
+        // An account of the customers' code made by hand, naming nobody: still a liability.
+        account(5, CUSTOMER, 9_999, "BTC", true),
+        // One that may go below zero and does: it owes, and is left out (never netted).
+        account(6, CUSTOMER, 9_998, "BTC", false),
     ];
     store.create_accounts(&accounts, NOW).await.unwrap();
     let eth = u128::from(u64::MAX) * 1_000; // wei beyond 2^64
@@ -145,24 +151,28 @@ on_both_backends!(the_read_is_every_customers_posted_balance, |store: Arc<Store>
         transfer(10, 100, 1, 5_000, "BTC", false),
         transfer(11, 101, 2, eth, "ETH", false),
         transfer(12, 100, 3, 700, "BTC", false),
+        transfer(14, 100, 5, 9, "BTC", false),
+        transfer(15, 6, 100, 4, "BTC", false),
         // Bob's withdrawal in flight: a hold of 200 still counts as owed.
         transfer(13, 3, 100, 200, "BTC", true),
     ];
     store.create_transfers(&batch, NOW).await.unwrap();
     let read = store.read_liabilities(CUSTOMER).await.unwrap();
-    assert_eq!(read.ledger_seq, 4);
+    assert_eq!(read.ledger_seq, 6);
+    assert_eq!(read.overdrawn, vec![6]);
     let mut got = read.balances.clone();
     got.sort();
     let mut want = vec![
-        (alice_handle.to_vec(), "BTC".to_owned(), 5_000),
-        (alice_handle.to_vec(), "ETH".to_owned(), eth),
-        (bob_handle.to_vec(), "BTC".to_owned(), 700),
+        (LiabilityOwner::Customer(alice_handle.to_vec()), "BTC".to_owned(), 5_000),
+        (LiabilityOwner::Customer(alice_handle.to_vec()), "ETH".to_owned(), eth),
+        (LiabilityOwner::Customer(bob_handle.to_vec()), "BTC".to_owned(), 700),
+        (LiabilityOwner::Account(5), "BTC".to_owned(), 9),
     ];
     want.sort();
     assert_eq!(got, want, "carol's zero balance and the custody accounts are left out");
 
     // Reads taken while transfers commit each see whole batches: the total of customers' BTC is always a multiple
-    // of a batch's 30 units plus the starting 5,700.
+    // of a batch's 30 units plus the starting 5,709.
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -179,8 +189,8 @@ on_both_backends!(the_read_is_every_customers_posted_balance, |store: Arc<Store>
     for _ in 0..20 {
         let read = store.read_liabilities(CUSTOMER).await.unwrap();
         let btc: u128 = read.balances.iter().filter(|b| b.1 == "BTC").map(|b| b.2).sum();
-        assert_eq!((btc - 5_700) % 30, 0, "a read saw part of a batch: {btc}");
-        assert_eq!(u128::try_from(read.ledger_seq - 4).unwrap() * 10, btc - 5_700, "the ledger point names the read");
+        assert_eq!((btc - 5_709) % 30, 0, "a read saw part of a batch: {btc}");
+        assert_eq!(u128::try_from(read.ledger_seq - 6).unwrap() * 10, btc - 5_709, "the ledger point names the read");
     }
     writer.await.unwrap();
 });
