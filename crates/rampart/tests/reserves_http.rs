@@ -75,6 +75,14 @@ async fn reserves_end_to_end(db: Db) {
     assert_eq!(public.expect(200), &publication);
     assert_eq!(server.api().get_public("/v1/reserves").await.expect(200)[0], publication);
 
+    // The verifier page and its script are served as they are in the repository.
+    let page = root.request(reqwest::Method::GET, "/reserves/verify").send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await.unwrap().contains("./verify.js"));
+    let script = root.request(reqwest::Method::GET, "/reserves/verify.js").send().await.unwrap();
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(script.text().await.unwrap(), include_str!("../../verify/web/verify.js"));
+
     // Each customer's proof verifies against the published root and totals.
     let proof_a = alice.get("/v1/reserves/snap-1/proof").await.expect(200).clone();
     let proof = verify(&proof_a, &publication);

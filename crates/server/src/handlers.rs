@@ -75,7 +75,8 @@ use crate::principal::Principal;
         crate::withdrawals_api::propose_policy, crate::withdrawals_api::decide_policy,
         crate::withdrawals_stuck::rebroadcast, crate::withdrawals_stuck::bump_fee, crate::telemetry::render_metrics,
         crate::reserves::create_snapshot, crate::reserves::list_snapshots, crate::reserves::get_snapshot, crate::reserves::my_reserves_proof,
-        crate::reserves::customer_reserves_proof, crate::reserves::snapshot_leaves,
+        crate::reserves::customer_reserves_proof, crate::reserves::snapshot_leaves, crate::reserves::verifier_page,
+        crate::reserves::verifier_script,
         openapi
     ),
     components(schemas(ErrorBody)),

@@ -400,6 +400,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/sign-in/webauthn/options", post(passkeys::sign_in_options))
         .route("/v1/customers/recovery/start", post(customer_api::start_recovery))
         .route("/v1/customers/recovery/finish", post(customer_api::finish_recovery))
+        .route("/reserves/verify", get(reserves::verifier_page))
+        .route("/reserves/verify.js", get(reserves::verifier_script))
         .route("/v1/reserves", get(reserves::list_snapshots))
         .route("/v1/reserves/{snapshot}", get(reserves::get_snapshot))
         .merge(signed_in)

@@ -481,3 +481,24 @@ pub(crate) async fn snapshot_leaves(
     state.audit(vec![state.record(&principal.actor(), "reserves.leaves.read", &target, Outcome::Success)]).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
+
+/// The customers' verifier page (`crates/verify/web/`): a static page that checks a proof in the browser with its own
+/// JavaScript implementation of the specification, asking nothing of this service.
+const VERIFIER_PAGE: &str = include_str!("../../verify/web/index.html");
+const VERIFIER_SCRIPT: &str = include_str!("../../verify/web/verify.js");
+
+/// The proof verifier page (public; it makes no request of its own).
+#[utoipa::path(get, path = "/reserves/verify", tag = "reserves", responses(
+    (status = 200, content_type = "text/html", body = String)
+))]
+pub(crate) async fn verifier_page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], VERIFIER_PAGE).into_response()
+}
+
+/// The verifier page's script.
+#[utoipa::path(get, path = "/reserves/verify.js", tag = "reserves", responses(
+    (status = 200, content_type = "text/javascript", body = String)
+))]
+pub(crate) async fn verifier_script() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], VERIFIER_SCRIPT).into_response()
+}
