@@ -255,6 +255,8 @@ impl Tree {
                             ds[i] = sums_digest(row, CHUNK_LEN, all, None);
                         }
                         lower[0][b * block..(b + 1) * block].copy_from_slice(&hs);
+                        // `l` is the level: it sizes the level's nodes as well as naming its slice of `lower`.
+                        #[allow(clippy::needless_range_loop)]
                         for l in 1..=base {
                             let n = block >> l;
                             for j in 0..n {
@@ -302,9 +304,9 @@ impl Tree {
                             let (l, r) = (2 * (t * per + j), 2 * (t * per + j) + 1);
                             hashes[j] = node_hash(&below.hashes[l], &digests[l], &below.hashes[r], &digests[r]);
                             let row = &mut sums[j * k..(j + 1) * k];
-                            for a in 0..k {
+                            for (a, out) in row.iter_mut().enumerate() {
                                 match below.sums[l * k + a].checked_add(below.sums[r * k + a]) {
-                                    Some(v) => row[a] = v,
+                                    Some(v) => *out = v,
                                     None => overflow.store(true, std::sync::atomic::Ordering::Relaxed),
                                 }
                             }

@@ -41,8 +41,11 @@ pub struct Forged {
     pub nodes: Vec<Vec<([u8; 32], Vec<u128>)>>,
 }
 
+/// How a forger sums two children into their parent.
+pub type Combine<'a> = &'a dyn Fn(&[u128], &[u128]) -> Vec<u128>;
+
 /// Builds a tree with `combine` deciding each parent's sums (honest: element-wise addition).
-pub fn forge(params: &Params, leaves: Vec<ForgedLeaf>, combine: &dyn Fn(&[u128], &[u128]) -> Vec<u128>) -> Forged {
+pub fn forge(params: &Params, leaves: Vec<ForgedLeaf>, combine: Combine<'_>) -> Forged {
     let p = params.digest();
     let k = params.assets.len();
     assert_eq!(leaves.len(), 1 << params.height);
