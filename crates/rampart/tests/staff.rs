@@ -388,7 +388,16 @@ const MATRIX: [(&str, &[&str]); 8] = [
     ),
     (
         "treasury_custodian",
-        &["ledger_read", "ledger_write", "custody_read", "custody_ceremony", "withdrawal_read", "withdrawal_approve"],
+        &[
+            "ledger_read",
+            "ledger_write",
+            "custody_read",
+            "custody_ceremony",
+            "withdrawal_read",
+            "withdrawal_approve",
+            "reserves_publish",
+            "reserves_read",
+        ],
     ),
     (
         "administrator",
@@ -405,6 +414,7 @@ const MATRIX: [(&str, &[&str]); 8] = [
             "risk_read",
             "compliance_read",
             "withdrawal_read",
+            "reserves_read",
         ],
     ),
 ];
