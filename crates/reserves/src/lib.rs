@@ -21,6 +21,8 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+pub mod private;
+
 /// One user's balances at the snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holding {

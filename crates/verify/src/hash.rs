@@ -14,6 +14,20 @@ pub enum Tag {
     Root = 0x05,
     Params = 0x06,
     User = 0x07,
+    /// The private form's (§8) user leaf: `H(0x08 ‖ P ‖ position:u64 ‖ U)`.
+    PrivateLeaf = 0x08,
+    /// The private form's inner node: `H(0x09 ‖ left.hash ‖ left.E ‖ right.hash ‖ right.E)`.
+    PrivateNode = 0x09,
+    /// The private form's padding leaf: `H(0x0A ‖ P ‖ position:u64 ‖ secret:32)`.
+    PrivatePadding = 0x0A,
+    /// The private form's root: `H(0x0B ‖ P ‖ top.hash ‖ top.E)`.
+    PrivateRoot = 0x0B,
+    /// One asset's Pedersen commitment in a commitments digest: `H(0x0C ‖ C:32)`; an empty slot is `H(0x0C)`.
+    Commitments = 0x0C,
+    /// An inner node of a commitments digest's tree: `H(0x0D ‖ left:32 ‖ right:32)`.
+    CommitmentsNode = 0x0D,
+    /// The first byte of the SHA-512 input a leaf's blinding factor is reduced from (not a SHA-256 hash).
+    Blinding = 0x0E,
 }
 
 /// SHA-256 of the tag byte followed by `parts`.

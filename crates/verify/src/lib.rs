@@ -10,6 +10,7 @@ mod codec;
 pub mod hash;
 pub mod leaves;
 pub mod params;
+pub mod private;
 pub mod proof;
 
 use std::fmt;
