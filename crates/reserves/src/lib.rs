@@ -187,23 +187,7 @@ impl Tree {
         let key = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
         let threads = threads.max(1);
 
-        // Placement: a partial Fisher–Yates shuffle of the positions, from a ChaCha20 stream keyed by the secret.
-        let mut seed_mac = key.clone();
-        seed_mac.update(b"placement");
-        seed_mac.update(&p);
-        let mut rng = ChaCha20Rng::from_seed(seed_mac.finalize().into_bytes().into());
-        let mut order: Vec<u32> = (0..positions_len).map(|x| x as u32).collect();
-        let n = holdings.len();
-        for i in 0..n {
-            let j = i as u64 + uniform(&mut rng, positions_len - i as u64);
-            order.swap(i, j as usize);
-        }
-        let positions: Vec<u64> = order[..n].iter().map(|&x| u64::from(x)).collect();
-        let mut owners = vec![PADDING; positions_len as usize];
-        for (user, &pos) in positions.iter().enumerate() {
-            owners[pos as usize] = user as u32;
-        }
-        drop(order);
+        let (positions, owners) = place(&key, &p, holdings.len(), positions_len);
 
         let k = params.assets.len();
         let all = ChunkSet::all(params.chunks());
@@ -526,6 +510,27 @@ fn padding_secret(key: &Hmac<Sha256>, p: &[u8; 32], position: u64) -> [u8; 32] {
     mac.update(p);
     mac.update(&position.to_be_bytes());
     mac.finalize().into_bytes().into()
+}
+
+/// Where each of `users` users sits among `positions_len` positions (§6): a partial Fisher–Yates shuffle of the
+/// positions from a ChaCha20 stream seeded by `HMAC(secret, "placement" ‖ P)`. Answers each user's position and each
+/// position's user (or [`PADDING`]). Both forms of the tree place users the same way.
+pub(crate) fn place(key: &Hmac<Sha256>, p: &[u8; 32], users: usize, positions_len: u64) -> (Vec<u64>, Vec<u32>) {
+    let mut seed_mac = key.clone();
+    seed_mac.update(b"placement");
+    seed_mac.update(p);
+    let mut rng = ChaCha20Rng::from_seed(seed_mac.finalize().into_bytes().into());
+    let mut order: Vec<u32> = (0..positions_len).map(|x| x as u32).collect();
+    for i in 0..users {
+        let j = i as u64 + uniform(&mut rng, positions_len - i as u64);
+        order.swap(i, j as usize);
+    }
+    let positions: Vec<u64> = order[..users].iter().map(|&x| u64::from(x)).collect();
+    let mut owners = vec![PADDING; positions_len as usize];
+    for (user, &pos) in positions.iter().enumerate() {
+        owners[pos as usize] = user as u32;
+    }
+    (positions, owners)
 }
 
 /// A uniform integer below `bound` (> 0), by rejection.

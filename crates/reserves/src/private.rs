@@ -25,12 +25,10 @@ use rampart_verify::private::{
     pedersen_gens, range_groups, root_hash, transcript, validate_params,
 };
 use rampart_verify::proof::USER_ID_LEN_MAX;
-use rand_chacha::ChaCha20Rng;
-use rand_chacha::rand_core::SeedableRng;
 use sha2::Sha256;
 use zeroize::Zeroize;
 
-use crate::{BuildError, Holding, PADDING, Reveal, TreeSecret, padding_secret, salt, uniform};
+use crate::{BuildError, Holding, PADDING, Reveal, TreeSecret, padding_secret, salt};
 
 /// Levels below this one are not kept: a proof recomputes the `2^4` leaves of its block, which costs far less than
 /// its range proof and saves most of the memory (commitments, values and blinding sums of every node).
@@ -255,23 +253,8 @@ impl PrivateTree {
         let threads = threads.max(1);
         let positions_len = 1u64 << params.height;
 
-        // Placement: the revealed form's partial Fisher–Yates shuffle (§6).
-        let mut seed_mac = key.clone();
-        seed_mac.update(b"placement");
-        seed_mac.update(&p);
-        let mut rng = ChaCha20Rng::from_seed(seed_mac.finalize().into_bytes().into());
-        let mut order: Vec<u32> = (0..positions_len).map(|x| x as u32).collect();
-        let n = holdings.len();
-        for i in 0..n {
-            let j = i as u64 + uniform(&mut rng, positions_len - i as u64);
-            order.swap(i, j as usize);
-        }
-        let positions: Vec<u64> = order[..n].iter().map(|&x| u64::from(x)).collect();
-        let mut owners = vec![PADDING; positions_len as usize];
-        for (user, &pos) in positions.iter().enumerate() {
-            owners[pos as usize] = user as u32;
-        }
-        drop(order);
+        // Placement: the revealed form's (§6).
+        let (positions, owners) = crate::place(&key, &p, holdings.len(), positions_len);
 
         let k = params.assets.len();
         let base = usize::from(params.height).min(COMMITMENTS_FROM_LEVEL);
