@@ -504,6 +504,7 @@ pub(crate) async fn advance_settled(
         .advance_withdrawal(
             &w.id,
             from,
+            w.custody_tx,
             path,
             actor,
             reason,
@@ -1287,6 +1288,7 @@ async fn follow(state: &AppState, custody: &Custody, report: &mut PassReport) ->
                         .advance_withdrawal(
                             &w.id,
                             from,
+                            w.custody_tx,
                             &[State::Broadcast],
                             "system",
                             "",

@@ -674,13 +674,16 @@ impl Store {
         .pipe(Ok)
     }
 
-    /// Moves a withdrawal that is in `from` along `path` (every step checked by the state machine and recorded),
-    /// with `changes`, a ledger batch (the hold's void or post) and `effects`, in one transaction.
+    /// Moves a withdrawal that is in `from` and paid by the custody transaction `paid_by` (as its caller saw it)
+    /// along `path` (every step checked by the state machine and recorded), with `changes`, a ledger batch (the
+    /// hold's void or post) and `effects`, in one transaction. [`Advanced::Stale`] if it moved or its payment was
+    /// replaced meanwhile (a fee bump): a caller acting on the replaced transaction's fate must not act on it.
     #[allow(clippy::too_many_arguments)]
     pub async fn advance_withdrawal(
         &self,
         id: &str,
         from: State,
+        paid_by: Option<i64>,
         path: &[State],
         actor: &str,
         reason: &str,
@@ -692,7 +695,7 @@ impl Store {
     ) -> Result<Advanced, StoreError> {
         on_backend!(self, |tx, sql| {
             let Some(w) = lock_withdrawal!(self, tx, sql, id) else { return Ok(Advanced::NotFound) };
-            if w.state != from.as_str() {
+            if w.state != from.as_str() || w.custody_tx != paid_by {
                 return Ok(Advanced::Stale(w.state));
             }
             let row = record_moves!(tx, sql, &w, path, actor, reason, changes, now_ns);
