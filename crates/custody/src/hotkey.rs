@@ -173,6 +173,33 @@ impl HotKey {
         Ok(())
     }
 
+    /// Signs the 32-byte `message` (BIP-340, under the BIP-86 output key of `account/branch/index`) — a proof that
+    /// the exchange controls the coins at `script` (a proof of reserves). Refuses when `script` is not that key's
+    /// output script, so the hot key never attests to an address that is not its own.
+    pub fn sign_message(
+        &self,
+        branch: u32,
+        index: u32,
+        script: &ScriptBuf,
+        message: &[u8; 32],
+    ) -> Result<[u8; 64], CustodyError> {
+        let secp = Secp256k1::new();
+        let mut account = self.account(&secp)?;
+        let keypair = self.spend_keypair(&secp, &account, branch, index);
+        account.private_key.non_secure_erase();
+        let mut keypair = keypair?;
+        let ours = ScriptBuf::new_p2tr_tweaked(keypair.x_only_public_key().0.dangerous_assume_tweaked());
+        if &ours != script {
+            keypair.non_secure_erase();
+            return Err(CustodyError::HotKey("the address to attest to is not this key's".into()));
+        }
+        let mut aux = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(aux.as_mut());
+        let signature = secp.sign_schnorr_with_aux_rand(&Message::from_digest(*message), &keypair, &aux).serialize();
+        keypair.non_secure_erase();
+        Ok(signature)
+    }
+
     fn sign_with_account<C: Signing + Verification>(
         &self,
         secp: &Secp256k1<C>,

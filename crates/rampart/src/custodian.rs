@@ -582,12 +582,15 @@ pub async fn sign_session(
     );
     let key = KeyPackage::deserialize(&hex::decode(&held.key_package)?).map_err(|e| anyhow!("{e}"))?;
     let public = PublicKeyPackage::deserialize(&hex::decode(&held.public_package)?).map_err(|e| anyhow!("{e}"))?;
-    let tx: Transaction = deserialize(&hex::decode(c.view["tx"].as_str().unwrap_or(""))?).context("the transaction")?;
-    let spent: Vec<TxOut> =
-        deserialize(&hex::decode(c.view["prevouts"].as_str().unwrap_or(""))?).context("the spent outputs")?;
     let network: Network = c.view["network"].as_str().unwrap_or("regtest").parse().unwrap_or(Network::Regtest);
     // The wallet's script comes from this custodian's own key package, not from the service.
     let wallet: ScriptBuf = rampart_custody::output_script(&public).map_err(|e| anyhow!("{e}"))?;
+    if let Some(attest) = c.view["params"].get("attest").cloned() {
+        return attest_session(&mut c, service, me, &key, &wallet, network, &attest, approve).await;
+    }
+    let tx: Transaction = deserialize(&hex::decode(c.view["tx"].as_str().unwrap_or(""))?).context("the transaction")?;
+    let spent: Vec<TxOut> =
+        deserialize(&hex::decode(c.view["prevouts"].as_str().unwrap_or(""))?).context("the spent outputs")?;
     let facts = summary::describe(&tx, &spent, &wallet, network).map_err(|e| anyhow!("{e}"))?;
     let mut text = format!(
         "session {session}: spend {} sat from the cold wallet in {} input(s)\n",
@@ -607,42 +610,100 @@ pub async fn sign_session(
         return Ok(SignResult { summary: text, signed: false, txid: None });
     }
     let sighashes = key_spend_sighashes(&tx, &spent).map_err(|e| anyhow!("{e}"))?;
+    if !frost_sign(&mut c, service, me, &key, &sighashes).await? {
+        return Ok(SignResult { summary: text, signed: false, txid: None });
+    }
+    let txid = tx.compute_txid().to_string();
+    Ok(SignResult { summary: text, signed: true, txid: Some(txid) })
+}
+
+/// A proof-of-reserves session: the cold key signs a statement that it controls the cold wallet's address for one
+/// snapshot of one exchange at one block (docs/reserves-spec.md §9.1). The message is recomputed here from the
+/// statement shown, and the address must be this custodian's own wallet's.
+#[allow(clippy::too_many_arguments)]
+async fn attest_session(
+    c: &mut Ceremony,
+    service: &Service,
+    me: &Custodian,
+    key: &KeyPackage,
+    wallet: &ScriptBuf,
+    network: Network,
+    attest: &Value,
+    approve: impl FnOnce(&str) -> bool,
+) -> anyhow::Result<SignResult> {
+    let field = |name: &str| attest[name].as_str().ok_or_else(|| anyhow!("the statement has no {name}"));
+    let (exchange, snapshot, asset) = (field("exchange")?, field("snapshot")?, field("asset")?);
+    let height = attest["height"].as_u64().ok_or_else(|| anyhow!("the statement has no height"))?;
+    let shown_hash = field("block_hash")?;
+    let block_hash: [u8; 32] = hex::decode(shown_hash)?.try_into().map_err(|_| anyhow!("a block hash is 32 bytes"))?;
+    let script = hex::decode(field("script_pubkey")?)?;
+    ensure!(script == wallet.as_bytes(), "the statement names an address that is not this custodian's cold wallet");
+    let address = bitcoin::Address::from_script(wallet, network).map_err(|e| anyhow!("{e}"))?;
+    let message = rampart_verify::report::control_message(&rampart_verify::report::Statement {
+        exchange,
+        snapshot,
+        asset,
+        height,
+        block_hash,
+        script_pubkey: &script,
+    });
+    let text = format!(
+        "session {}: state, for {exchange}'s proof of reserves {snapshot}, that the cold wallet controls {address} \
+         ({asset}) at block {height} ({shown_hash}); no coins move",
+        c.id
+    );
+    if !approve(&text) {
+        return Ok(SignResult { summary: text, signed: false, txid: None });
+    }
+    let signed = frost_sign(c, service, me, key, &[message]).await?;
+    Ok(SignResult { summary: text, signed, txid: None })
+}
+
+/// The FROST rounds of a signing session, one signature per message: commits (`false` if the session already had
+/// its signers), waits for the others' commitments, signs each message's package, and waits for the session to
+/// complete.
+async fn frost_sign(
+    c: &mut Ceremony,
+    service: &Service,
+    me: &Custodian,
+    key: &KeyPackage,
+    messages: &[[u8; 32]],
+) -> anyhow::Result<bool> {
     let mut nonces = Vec::new();
     let mut commitments = Vec::new();
-    for _ in &sighashes {
-        let (n, cm) = custodian_commit(&key);
+    for _ in messages {
+        let (n, cm) = custodian_commit(key);
         commitments.push(hex::encode(cm.serialize().map_err(|e| anyhow!("{e}"))?));
         nonces.push(n);
     }
     let payload = serde_json::to_vec(&commitments)?;
     if let Err(e) = c.post(service, me, "commit", None, &payload).await {
         if e.to_string().contains("signers_complete") {
-            return Ok(SignResult { summary: text, signed: false, txid: None });
+            return Ok(false);
         }
         return Err(e);
     }
     let threshold = usize::try_from(c.view["threshold"].as_u64().unwrap_or(0))?;
     let got = c.wait_for(service, "commit", threshold).await?;
-    let mut per_input: Vec<BTreeMap<Identifier, SigningCommitments>> = vec![BTreeMap::new(); sighashes.len()];
+    let mut per_message: Vec<BTreeMap<Identifier, SigningCommitments>> = vec![BTreeMap::new(); messages.len()];
     for (sender, bytes) in &got {
         let list: Vec<String> = serde_json::from_slice(bytes).context("commitments")?;
-        ensure!(list.len() == sighashes.len(), "commitments of {sender} do not cover every input");
+        ensure!(list.len() == messages.len(), "commitments of {sender} do not cover every message");
         for (i, h) in list.iter().enumerate() {
-            per_input[i].insert(
+            per_message[i].insert(
                 id_of(*sender)?,
                 SigningCommitments::deserialize(&hex::decode(h)?).map_err(|e| anyhow!("{e}"))?,
             );
         }
     }
     let mut shares = Vec::new();
-    for ((sighash, commits), nonce) in sighashes.iter().zip(per_input).zip(nonces) {
+    for ((message, commits), nonce) in messages.iter().zip(per_message).zip(nonces) {
         ensure!(commits.contains_key(&id_of(c.me)?), "the session left out this custodian's commitments");
-        let package = rampart_custody::frost::SigningPackage::new(commits, sighash);
-        let share = custodian_sign(&package, nonce, &key).map_err(|e| anyhow!("{e}"))?;
+        let package = rampart_custody::frost::SigningPackage::new(commits, message);
+        let share = custodian_sign(&package, nonce, key).map_err(|e| anyhow!("{e}"))?;
         shares.push(hex::encode(share.serialize()));
     }
     c.post(service, me, "share", None, &serde_json::to_vec(&shares)?).await?;
     c.wait_completed(service).await?;
-    let txid = tx.compute_txid().to_string();
-    Ok(SignResult { summary: text, signed: true, txid: Some(txid) })
+    Ok(true)
 }

@@ -228,7 +228,7 @@ async fn story(
         let (name, service, me, result) = task.await?;
         let result = result.with_context(|| format!("{name}'s side of the key generation"))?;
         addresses.push(result.address.clone());
-        people.push((name, service, me));
+        people.push((name, Arc::new(service), Arc::new(me)));
     }
     ensure!(addresses.windows(2).all(|w| w[0] == w[1]), "every custodian computed the same key");
     println!(
@@ -354,7 +354,7 @@ async fn story(
     println!("   The service builds the transaction from cold coins and opens signing session {session}.");
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for (name, service, me) in people.into_iter().skip(2) {
+    for (name, service, me) in people.iter().skip(2).cloned() {
         tasks.push(tokio::spawn(async move {
             let mut shown = String::new();
             let result = custodian::sign_session(&service, &me, session, |summary| {
@@ -472,5 +472,6 @@ async fn story(
     ensure!(watched.credited == 1, "released, then credited: {watched:?}");
     ensure!(balance(state.clone()).await? == before + 19_999_000, "credited once released");
     println!("   A reviewer resolves it: release. The next watcher pass credits the deposit held (+0.19999 BTC).");
-    crate::demo_withdrawals::story(http, state, clock, keyring, custody, root, customer.id).await
+    crate::demo_withdrawals::story(http, state, clock, keyring, custody, root, customer.id).await?;
+    crate::demo_reserves::assets_side(http, state, custody, root, &people[2..]).await
 }

@@ -21,6 +21,7 @@ mod demo_risk;
 mod demo_withdrawals;
 mod init;
 mod reserves_cmd;
+mod reserves_report;
 mod risk_cmd;
 mod sanctions_cmd;
 mod serve;

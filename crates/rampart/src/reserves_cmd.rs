@@ -45,6 +45,29 @@ pub enum ReservesCommand {
         #[command(flatten)]
         service: ServiceArgs,
     },
+    /// Opens the cold wallet's signing sessions a snapshot still needs for its reserves' side (one expired, say), and
+    /// prints them; each custodian signs with `rampart custodian sign --session N`. Needs `reserves_publish`.
+    Attest {
+        /// The snapshot.
+        #[arg(long)]
+        snapshot: String,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Writes a snapshot's report, once every reserve address is signed: `report.json` (root, per-asset liabilities
+    /// and reserves with every address, its outputs and BIP-340 signature, the ratio and the cold share) as the
+    /// service signed it, `report.json.sig` (its Ed25519 signature, hex) and `report.html` (a readable page with a
+    /// chart). The report is checked with `rampart-verify`'s code before anything is written.
+    Publish {
+        /// The snapshot.
+        #[arg(long)]
+        snapshot: String,
+        /// The directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
     /// Writes a snapshot's full leaf file, which `rampart-verify leaves` recomputes the root and totals from.
     /// Needs `reserves_read`; audited.
     Leaves {
@@ -97,6 +120,38 @@ pub async fn run(command: ReservesCommand) -> anyhow::Result<()> {
                 None => print!("{text}"),
             }
         }
+        ReservesCommand::Attest { snapshot, service } => {
+            let service = Service::new(&service.server, &service.token);
+            let snapshot = segment(&snapshot, "snapshot")?;
+            let publication = service.post(&format!("/v1/reserves/{snapshot}/attestations"), &json!({})).await?;
+            let sessions = publication["signing_sessions"].as_array().cloned().unwrap_or_default();
+            if sessions.is_empty() {
+                println!("no signing session is needed: every reserve address of {snapshot} is signed");
+            }
+            for s in sessions {
+                println!("signing session {s}: each custodian runs `rampart custodian sign --session {s}`");
+            }
+        }
+        ReservesCommand::Publish { snapshot, out, service } => {
+            let service = Service::new(&service.server, &service.token);
+            let snapshot = segment(&snapshot, "snapshot")?;
+            let signed = service.get(&format!("/v1/reserves/{snapshot}/report")).await?;
+            let (written, summary) = publish(&signed, &out)?;
+            for a in &summary.assets {
+                println!(
+                    "{}: liabilities {}, reserves {}, ratio {}, cold share {}",
+                    a.code,
+                    crate::reserves_report::units(a.liabilities, a.decimals),
+                    a.reserves.map_or_else(|| "not attested".into(), |r| crate::reserves_report::units(r, a.decimals)),
+                    crate::reserves_report::percent(a.ratio_bps),
+                    crate::reserves_report::percent(a.cold_share_bps),
+                );
+            }
+            println!("root {}", summary.root);
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }
         ReservesCommand::Leaves { snapshot, out, service } => {
             let service = Service::new(&service.server, &service.token);
             let snapshot = segment(&snapshot, "snapshot")?;
@@ -106,4 +161,35 @@ pub async fn run(command: ReservesCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks a signed report as the service answered it (`GET /v1/reserves/{snapshot}/report`) with the standalone
+/// verifier's code and writes `report.json`, `report.json.sig` and `report.html` into `dir`.
+pub fn publish(
+    signed: &serde_json::Value,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Vec<PathBuf>, rampart_verify::report::ReportSummary)> {
+    let text = signed["report"].as_str().context("the answer has no report")?;
+    let signature = signed["signature"].as_str().context("the answer has no signature")?;
+    let key = signed["public_key"].as_str().context("the answer has no public key")?;
+    let summary = rampart_verify::report::verify_report(
+        text.as_bytes(),
+        &hex::decode(signature).context("the signature is not hex")?,
+        &hex::decode(key).context("the key is not hex")?,
+    )
+    .map_err(|e| anyhow::anyhow!("the service's report does not verify: {e}"))?;
+    let report: serde_json::Value = serde_json::from_str(text)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files = [
+        ("report.json", text.to_owned()),
+        ("report.json.sig", format!("{signature}\n")),
+        ("report.html", crate::reserves_report::render(&summary, &report, signature, key)),
+    ];
+    let mut written = Vec::new();
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok((written, summary))
 }

@@ -40,6 +40,12 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "Totals understated by one satoshi: totals:",
         "the proof leads to root",
         "recomputes the",
+        "The report waits (409 attestations_pending)",
+        "that the cold wallet controls",
+        "The signed report, checked with rampart-verify's code",
+        "An address's balance doubled: malformed:",
+        "The same signatures offered for another snapshot: signature:",
+        "report.json, report.json.sig, report.html",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }

@@ -220,6 +220,7 @@ async fn withdrawals_and_custody(db: Db) {
     let mut world = world;
     a_stuck_transaction_is_fee_bumped_and_rebroadcast(&mut world, &alice).await;
     a_dropped_transaction_fails_and_returns_the_funds(&world, &alice).await;
+    reserves_signed_by_the_hot_key_and_the_custodians(&world).await;
 
     let check = root.get("/v1/ledger/check").await.expect(200).clone();
     assert!(check["violation"].is_null(), "{check}");
@@ -420,6 +421,93 @@ async fn a_dropped_transaction_fails_and_returns_the_funds(world: &World, alice:
     assert_eq!(balance(alice).await, (before - 2_000_000 - other_fee, 0), "the dropped withdrawal's hold is void");
     let dropped = world.root.audit_entries("action=custody.withdrawal.dropped").await;
     assert_eq!(dropped.len(), 1, "{dropped:?}");
+}
+
+/// The proof of reserves' assets side: a snapshot lists every address holding coins at the watcher's block, the
+/// hot key signs its addresses at once, the cold wallet's three custodians sign its statement in a session, and
+/// the signed report checks with the standalone verifier's code; tampering with it is caught.
+async fn reserves_signed_by_the_hot_key_and_the_custodians(world: &World) {
+    use rampart_verify::report::{check_report, verify_report};
+    let before = world.status().await["height"].as_u64().unwrap();
+    world.mine(1).await;
+    wait_for("the block read", || async { world.status().await["height"].as_u64() == Some(before + 1) }).await;
+    let tip = world.status().await;
+    let treasury = &world.custodians[0].1;
+    let published = treasury.post("/v1/reserves", &json!({"name": "por-assets"})).await;
+    let published = published.expect(201).clone();
+    let sessions: Vec<i64> =
+        published["signing_sessions"].as_array().unwrap().iter().map(|s| s.as_i64().unwrap()).collect();
+    assert_eq!(sessions.len(), 1, "one cold address to sign for: {published}");
+    // Until the custodians sign, there is no report.
+    world.root.get_public("/v1/reserves/por-assets/report").await.assert_error(409, "attestations_pending");
+    // Asking again opens nothing new: the session is still open.
+    let again = treasury.post("/v1/reserves/por-assets/attestations", &json!({})).await;
+    assert_eq!(again.expect(200)["signing_sessions"], json!(sessions));
+    // An administrator may not publish.
+    world.admin.post("/v1/reserves/por-assets/attestations", &json!({})).await.assert_error(403, "forbidden");
+
+    let shown = world.sign(sessions[0], [1, 3, 4]).await;
+    let cold = tip["cold_address"].as_str().unwrap();
+    for text in &shown {
+        assert!(text.contains("por-assets") && text.contains(cold) && text.contains("no coins move"), "{text}");
+    }
+    let signed = world.root.get_public("/v1/reserves/por-assets/report").await.expect(200).clone();
+    let text = signed["report"].as_str().unwrap();
+    let signature = hex::decode(signed["signature"].as_str().unwrap()).unwrap();
+    let key = hex::decode(signed["public_key"].as_str().unwrap()).unwrap();
+    let summary = verify_report(text.as_bytes(), &signature, &key).expect("the report verifies");
+    assert_eq!(summary.root, published["root"].as_str().unwrap());
+    let btc = summary.assets.iter().find(|a| a.code == "BTC").expect("BTC");
+    assert_eq!(btc.liabilities.to_string(), published["assets"][0]["liabilities"].as_str().unwrap());
+    let reserves = btc.reserves.expect("BTC reserves attested");
+    assert_eq!(reserves, btc.cold + btc.hot + btc.deposit);
+    assert!(btc.cold > 0 && btc.hot > 0, "{btc:?}");
+    assert!(btc.ratio_bps.unwrap() >= 10_000, "the exchange holds at least what it owes: {btc:?}");
+    assert!(btc.cold_share_bps.unwrap() >= 9_500, "at least 95 % cold: {btc:?}");
+    assert_eq!(btc.chain.as_ref().map(|c| c.0), Some(before + 1), "the balances are read at the newest block");
+
+    // Forgeries: any changed byte breaks the service's signature; a report re-signed by anyone else is only as good
+    // as their key; and on its own, a changed balance, a signature moved to another address, or a statement for
+    // another snapshot fails the addresses' checks.
+    let mut forged = text.as_bytes().to_vec();
+    let at = text.find("\"balance\": \"").unwrap() + 12;
+    forged[at] = if forged[at] == b'1' { b'2' } else { b'1' };
+    assert!(verify_report(&forged, &signature, &key).is_err());
+    let report: Value = serde_json::from_str(text).unwrap();
+    let addresses = report["assets"][0]["addresses"].as_array().unwrap().len();
+    assert!(addresses >= 2, "{report}");
+    let mut changed = report.clone();
+    let balance: u64 = changed["assets"][0]["addresses"][0]["balance"].as_str().unwrap().parse().unwrap();
+    changed["assets"][0]["addresses"][0]["balance"] = json!((balance + 1).to_string());
+    assert!(check_report(&changed).is_err());
+    let mut swapped = report.clone();
+    let first = swapped["assets"][0]["addresses"][0]["signature"].clone();
+    swapped["assets"][0]["addresses"][0]["signature"] = swapped["assets"][0]["addresses"][1]["signature"].clone();
+    swapped["assets"][0]["addresses"][1]["signature"] = first;
+    assert!(check_report(&swapped).is_err());
+    let mut renamed = report.clone();
+    renamed["snapshot"] = json!("por-other");
+    assert!(check_report(&renamed).is_err());
+    assert!(check_report(&report).is_ok());
+
+    // The operator's command writes the report, its signature and the page.
+    let dir = tempfile::tempdir().unwrap();
+    let token = world.custodians[0].0.token.clone().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["reserves", "publish", "--snapshot", "por-assets", "--out", dir.path().to_str().unwrap()])
+        .args(["--server", &world.root.base, "--token", &token])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("BTC: liabilities") && stdout.contains("cold share"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("report.json")).unwrap(), text);
+    let sig = std::fs::read_to_string(dir.path().join("report.json.sig")).unwrap();
+    assert_eq!(sig.trim(), signed["signature"].as_str().unwrap());
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains(cold) && html.contains(&summary.root), "{html}");
+    let audit = world.root.audit_entries("action=custody.attest.completed").await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
 }
 
 /// Clears the reservation of the coins that transaction `txid` (hex, as shown) spends.

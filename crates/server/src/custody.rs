@@ -1015,6 +1015,24 @@ pub(crate) async fn open_cold_signing_session(
     subject: (&str, serde_json::Value),
     actor: &str,
 ) -> Result<i64, ApiError> {
+    let (key, id) = subject;
+    let detail = id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string());
+    let mut params = serde_json::Map::new();
+    params.insert(key.to_owned(), id);
+    let details = vec![(key.to_owned(), detail), ("txid".to_owned(), tx.compute_txid().to_string())];
+    open_cold_session(state, custody, cold, params, details, actor).await
+}
+
+/// Opens a signing session of the cold wallet's current members with `params` (plus the key's epoch), audited
+/// with `details`; answers its id.
+pub(crate) async fn open_cold_session(
+    state: &AppState,
+    custody: &Custody,
+    cold: &rampart_store::WalletRecord,
+    mut params: serde_json::Map<String, serde_json::Value>,
+    details: Vec<(String, String)>,
+    actor: &str,
+) -> Result<i64, ApiError> {
     let keyring = state.keyring()?;
     let members = state.store().wallet_members(cold.id, cold.epoch).await?;
     let roster = serde_json::to_string(
@@ -1024,10 +1042,6 @@ pub(crate) async fn open_cold_signing_session(
             .collect::<Vec<_>>(),
     )
     .map_err(internal)?;
-    let (key, id) = subject;
-    let detail = id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string());
-    let mut params = serde_json::Map::new();
-    params.insert(key.to_owned(), id);
     params.insert("epoch".into(), cold.epoch.into());
     let new = rampart_store::NewCeremony {
         kind: "sign".into(),
@@ -1040,8 +1054,9 @@ pub(crate) async fn open_cold_signing_session(
         expires_at_ns: state.now_ns().saturating_add(custody.config.ceremony_ttl_s.saturating_mul(1_000_000_000)),
     };
     let mut record = state.record(actor, "custody.sign.session_opened", "-", Outcome::Success);
-    record.details.insert(key.into(), detail);
-    record.details.insert("txid".into(), tx.compute_txid().to_string());
+    for (k, v) in details {
+        record.details.insert(k, v);
+    }
     Ok(state.store().create_ceremony(&new, state.now_ns(), &state.auditor(&keyring), vec![record]).await?)
 }
 

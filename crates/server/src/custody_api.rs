@@ -792,6 +792,42 @@ fn hex_list(payload: &[u8]) -> Option<Vec<Vec<u8>>> {
     list.iter().map(|h| hex::decode(h).ok()).collect()
 }
 
+/// A signing session's statement to sign, when it signs a proof-of-reserves statement rather than a transaction
+/// (`params.attest`, written by the service when it opened the session).
+pub(crate) fn attest_statement(params: &serde_json::Value) -> Option<AttestParams> {
+    serde_json::from_value(params.get("attest")?.clone()).ok()
+}
+
+/// What a cold wallet's attestation session signs (docs/reserves-spec.md §9.1).
+#[derive(Deserialize, Serialize, Clone, Debug)]
+pub(crate) struct AttestParams {
+    pub exchange: String,
+    pub snapshot: String,
+    pub asset: String,
+    pub height: u64,
+    /// Display order, hex.
+    pub block_hash: String,
+    /// Hex.
+    pub script_pubkey: String,
+}
+
+impl AttestParams {
+    /// `f` applied to the statement, if its hex fields are well formed.
+    pub(crate) fn with_statement<R>(&self, f: impl FnOnce(&rampart_verify::report::Statement<'_>) -> R) -> Option<R> {
+        let block_hash: [u8; 32] = hex::decode(&self.block_hash).ok()?.try_into().ok()?;
+        let script = hex::decode(&self.script_pubkey).ok()?;
+        Some(f(&rampart_verify::report::Statement {
+            exchange: &self.exchange,
+            snapshot: &self.snapshot,
+            asset: &self.asset,
+            height: self.height,
+            block_hash,
+            script_pubkey: &script,
+        }))
+    }
+}
+
+/// A signing session moves on: a transaction's (one signature per input) or a reserves statement's (one).
 async fn signing(
     state: &AppState,
     custody: &Custody,
@@ -799,83 +835,46 @@ async fn signing(
     roster: &[RosterEntry],
     messages: &[CeremonyMessage],
 ) -> Result<(), ApiError> {
-    let commits: Vec<&CeremonyMessage> = messages.iter().filter(|m| m.round == "commit").collect();
-    if (commits.len() as u64) < ceremony.threshold {
-        return Ok(());
+    let params: serde_json::Value = serde_json::from_str(&ceremony.params).unwrap_or_default();
+    if let Some(attest) = attest_statement(&params) {
+        let Some(message) = attest.with_statement(rampart_verify::report::control_message) else {
+            return fail(state, ceremony, "custody.attest.failed", "the statement is malformed".into()).await;
+        };
+        let Some((signatures, signers)) =
+            frost_rounds(state, ceremony, roster, messages, &[message], "custody.attest").await?
+        else {
+            return Ok(());
+        };
+        let signature = signatures[0];
+        // The aggregate verified under the group key; this checks it under the address's key too.
+        if attest.with_statement(|s| rampart_verify::report::verify_control(s, &signature).is_ok()) != Some(true) {
+            return fail(
+                state,
+                ceremony,
+                "custody.attest.failed",
+                "the signature does not verify under the address's key".into(),
+            )
+            .await;
+        }
+        let names: Vec<String> = signers.iter().map(|i| crate::custody::identifier_number(i).to_string()).collect();
+        return complete(
+            state,
+            ceremony,
+            KeyOutcome::Attested { signature: signature.to_vec() },
+            "custody.attest.completed",
+            vec![("snapshot", attest.snapshot.clone()), ("signers", names.join(","))],
+        )
+        .await;
     }
-    let shares: Vec<&CeremonyMessage> = messages.iter().filter(|m| m.round == "share").collect();
-    if shares.is_empty() {
-        return Ok(());
-    }
-    let name = |i: u16| roster.iter().find(|r| r.identifier == i).map_or_else(|| i.to_string(), |r| r.name.clone());
     let Some(t) = state.store().custody_tx_of_ceremony(ceremony.id).await? else { return Ok(()) };
     let (mut tx, spent) = crate::custody::decode_tx(&t)?;
     let sighashes = key_spend_sighashes(&tx, &spent).map_err(crate::custody::internal_error)?;
-    let public = wallet_package(state, ceremony).await?;
-    let signers: BTreeSet<Identifier> = commits.iter().map(|m| identifier(m.sender)).collect::<Result<_, _>>()?;
-    let mut rounds = Vec::with_capacity(sighashes.len());
-    for sighash in &sighashes {
-        rounds
-            .push(SigningRound::new(public.clone(), sighash, signers.clone()).map_err(crate::custody::internal_error)?);
-    }
-    for m in &commits {
-        let parsed = hex_list(&m.payload).filter(|l| l.len() == sighashes.len());
-        let Some(list) = parsed else {
-            return fail(
-                state,
-                ceremony,
-                "custody.sign.failed",
-                format!("custodian {} sent malformed commitments", name(m.sender)),
-            )
-            .await;
-        };
-        for (round, bytes) in rounds.iter_mut().zip(list) {
-            let Ok(c) = SigningCommitments::deserialize(&bytes) else {
-                return fail(
-                    state,
-                    ceremony,
-                    "custody.sign.failed",
-                    format!("custodian {} sent malformed commitments", name(m.sender)),
-                )
-                .await;
-            };
-            round.commit(identifier(m.sender)?, c).map_err(crate::custody::internal_error)?;
-        }
-    }
-    for m in &shares {
-        let list = hex_list(&m.payload).filter(|l| l.len() == sighashes.len());
-        let Some(list) = list else {
-            return fail(
-                state,
-                ceremony,
-                "custody.sign.invalid_share",
-                format!("custodian {} sent malformed shares", name(m.sender)),
-            )
-            .await;
-        };
-        for (input, (round, bytes)) in rounds.iter_mut().zip(list).enumerate() {
-            let checked = SignatureShare::deserialize(&bytes).map_err(|e| e.to_string()).and_then(|s| {
-                round.share(identifier(m.sender).map_err(|e| e.message().to_owned())?, s).map_err(|e| e.to_string())
-            });
-            if let Err(why) = checked {
-                tracing::warn!(ceremony = ceremony.id, custodian = %name(m.sender), input, error = %why, "an invalid signature share");
-                return fail(
-                    state,
-                    ceremony,
-                    "custody.sign.invalid_share",
-                    format!("the signature share of custodian {} is invalid (input {input})", name(m.sender)),
-                )
-                .await;
-            }
-        }
-    }
-    if shares.len() < signers.len() {
+    let Some((signatures, signers)) =
+        frost_rounds(state, ceremony, roster, messages, &sighashes, "custody.sign").await?
+    else {
         return Ok(());
-    }
-    let mut signatures = Vec::with_capacity(rounds.len());
-    for round in &rounds {
-        signatures.push(round.aggregate().map_err(crate::custody::internal_error)?);
-    }
+    };
+    let name = |i: u16| roster.iter().find(|r| r.identifier == i).map_or_else(|| i.to_string(), |r| r.name.clone());
     attach_key_spend_signatures(&mut tx, &signatures).map_err(crate::custody::internal_error)?;
     if let Err(e) = verify_spend(&tx, &spent) {
         return fail(
@@ -900,6 +899,79 @@ async fn signing(
     let keyring = state.keyring()?;
     crate::custody::broadcast_pending(state, custody, &keyring).await?;
     Ok(())
+}
+
+/// The FROST rounds of a signing session over `sighashes` (one round per message): each custodian's commitments
+/// and shares, every share checked on arrival against the signer's verifying share. `None` while messages are
+/// missing, or when the session failed (recorded under `action` `.failed` / `.invalid_share`); otherwise the
+/// aggregated signatures, each verified under the group key, and the signers.
+async fn frost_rounds(
+    state: &AppState,
+    ceremony: &CeremonyRecord,
+    roster: &[RosterEntry],
+    messages: &[CeremonyMessage],
+    sighashes: &[[u8; 32]],
+    action: &str,
+) -> Result<Option<(Vec<[u8; 64]>, BTreeSet<Identifier>)>, ApiError> {
+    let commits: Vec<&CeremonyMessage> = messages.iter().filter(|m| m.round == "commit").collect();
+    if (commits.len() as u64) < ceremony.threshold {
+        return Ok(None);
+    }
+    let shares: Vec<&CeremonyMessage> = messages.iter().filter(|m| m.round == "share").collect();
+    if shares.is_empty() {
+        return Ok(None);
+    }
+    let failed = format!("{action}.failed");
+    let invalid = format!("{action}.invalid_share");
+    let name = |i: u16| roster.iter().find(|r| r.identifier == i).map_or_else(|| i.to_string(), |r| r.name.clone());
+    let public = wallet_package(state, ceremony).await?;
+    let signers: BTreeSet<Identifier> = commits.iter().map(|m| identifier(m.sender)).collect::<Result<_, _>>()?;
+    let mut rounds = Vec::with_capacity(sighashes.len());
+    for sighash in sighashes {
+        rounds
+            .push(SigningRound::new(public.clone(), sighash, signers.clone()).map_err(crate::custody::internal_error)?);
+    }
+    for m in &commits {
+        let parsed = hex_list(&m.payload).filter(|l| l.len() == sighashes.len());
+        let malformed = format!("custodian {} sent malformed commitments", name(m.sender));
+        let Some(list) = parsed else {
+            fail(state, ceremony, &failed, malformed).await?;
+            return Ok(None);
+        };
+        for (round, bytes) in rounds.iter_mut().zip(list) {
+            let Ok(c) = SigningCommitments::deserialize(&bytes) else {
+                fail(state, ceremony, &failed, malformed).await?;
+                return Ok(None);
+            };
+            round.commit(identifier(m.sender)?, c).map_err(crate::custody::internal_error)?;
+        }
+    }
+    for m in &shares {
+        let list = hex_list(&m.payload).filter(|l| l.len() == sighashes.len());
+        let Some(list) = list else {
+            fail(state, ceremony, &invalid, format!("custodian {} sent malformed shares", name(m.sender))).await?;
+            return Ok(None);
+        };
+        for (input, (round, bytes)) in rounds.iter_mut().zip(list).enumerate() {
+            let checked = SignatureShare::deserialize(&bytes).map_err(|e| e.to_string()).and_then(|s| {
+                round.share(identifier(m.sender).map_err(|e| e.message().to_owned())?, s).map_err(|e| e.to_string())
+            });
+            if let Err(why) = checked {
+                tracing::warn!(ceremony = ceremony.id, custodian = %name(m.sender), input, error = %why, "an invalid signature share");
+                let reason = format!("the signature share of custodian {} is invalid (input {input})", name(m.sender));
+                fail(state, ceremony, &invalid, reason).await?;
+                return Ok(None);
+            }
+        }
+    }
+    if shares.len() < signers.len() {
+        return Ok(None);
+    }
+    let mut signatures = Vec::with_capacity(rounds.len());
+    for round in &rounds {
+        signatures.push(round.aggregate().map_err(crate::custody::internal_error)?);
+    }
+    Ok(Some((signatures, signers)))
 }
 
 /// `POST /v1/custody/refills`.

@@ -76,7 +76,7 @@ use crate::principal::Principal;
         crate::withdrawals_stuck::rebroadcast, crate::withdrawals_stuck::bump_fee, crate::telemetry::render_metrics,
         crate::reserves::create_snapshot, crate::reserves::list_snapshots, crate::reserves::get_snapshot, crate::reserves::my_reserves_proof,
         crate::reserves::customer_reserves_proof, crate::reserves::snapshot_leaves, crate::reserves::verifier_page,
-        crate::reserves::verifier_script,
+        crate::reserves::verifier_script, crate::reserves::reopen_attestations, crate::reserves::snapshot_report,
         openapi
     ),
     components(schemas(ErrorBody)),

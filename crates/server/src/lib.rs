@@ -284,6 +284,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/staff/role-requests/{id}/reject", post(staff_api::reject_role_request))
         .route("/v1/audit/entries", get(audit_api::entries))
         .route("/v1/reserves", post(reserves::create_snapshot))
+        .route("/v1/reserves/{snapshot}/attestations", post(reserves::reopen_attestations))
         .route("/v1/reserves/{snapshot}/leaves", get(reserves::snapshot_leaves))
         .route("/v1/reserves/{snapshot}/proofs/{customer}", get(reserves::customer_reserves_proof))
         .route("/v1/audit/verify", get(audit_api::verify))
@@ -404,6 +405,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reserves/verify.js", get(reserves::verifier_script))
         .route("/v1/reserves", get(reserves::list_snapshots))
         .route("/v1/reserves/{snapshot}", get(reserves::get_snapshot))
+        .route("/v1/reserves/{snapshot}/report", get(reserves::snapshot_report))
         .merge(signed_in)
         .merge(customer)
         // A route layer runs after routing, so the metrics see the route template rather than the raw path.

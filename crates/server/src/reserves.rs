@@ -14,12 +14,17 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rampart_audit::{Outcome, Permission};
 use rampart_reserves::{Holding, Reveal, Tree, TreeSecret, decode_holdings, encode_holdings, height_for};
-use rampart_store::{LiabilityOwner, NewReservesSnapshot, ReservesSnapshot};
+use std::collections::BTreeMap;
+
+use bitcoin::hashes::Hash;
+use rampart_store::{Attestation, LiabilityOwner, NewReservesSnapshot, ReservesSnapshot};
 use rampart_verify::params::{Asset, Params};
+use rampart_verify::report::{REPORT_CONTEXT, REPORT_FORMAT, Statement, control_message};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::custody_api::AttestParams;
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::ApiJson;
 use crate::identity::{Customer, Scope};
@@ -102,6 +107,9 @@ pub struct Publication {
     pub spec: String,
     /// Per asset, in the tree's order.
     pub assets: Vec<PublishedAsset>,
+    /// The cold wallet's signing sessions its custodians are to sign for the reserves' side (when just opened).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_sessions: Vec<i64>,
 }
 
 /// A customer's inclusion proof.
@@ -189,6 +197,7 @@ fn publication(s: &ReservesSnapshot) -> Result<Publication, ApiError> {
             .zip(totals)
             .map(|(a, t)| PublishedAsset { code: a.code.clone(), max: a.max.to_string(), liabilities: t })
             .collect(),
+        signing_sessions: Vec::new(),
     })
 }
 
@@ -231,6 +240,10 @@ pub(crate) async fn create_snapshot(
     let read = state.store().read_liabilities(CUSTOMER_ACCOUNT_CODE).await?;
     let name = request.name.unwrap_or_else(|| format!("ledger-{}-{}", read.ledger_seq, state.now_ns() / 1_000_000_000));
     let config = &state.reserves().config;
+    if state.store().reserves_snapshot(&name).await?.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "snapshot_exists", format!("a snapshot named {name} exists")));
+    }
+    let attestations = reserves_side(&state, &config.exchange, &name).await?;
 
     // The configured assets, in registry order; balances of an asset no longer configured are still owed.
     let mut codes: Vec<(String, u8)> =
@@ -290,6 +303,7 @@ pub(crate) async fn create_snapshot(
         // Overdrawn accounts of the customers' code owe rather than are owed: left out, never netted.
         record.details.insert("overdrawn_accounts".into(), read.overdrawn.len().to_string());
     }
+    record.details.insert("reserve_addresses".into(), attestations.len().to_string());
     let new = NewReservesSnapshot {
         name: &name,
         ledger_seq: read.ledger_seq,
@@ -300,6 +314,7 @@ pub(crate) async fn create_snapshot(
         users,
         secret: &sealed,
         holdings: &holdings_check,
+        attestations: &attestations,
     };
     state
         .store()
@@ -311,7 +326,244 @@ pub(crate) async fn create_snapshot(
     let snapshot =
         state.store().reserves_snapshot(&name).await?.ok_or_else(|| ApiError::internal("snapshot vanished"))?;
     *state.reserves().cache.lock().await = Some((name, Arc::new(tree)));
-    Ok((StatusCode::CREATED, Json(publication(&snapshot)?)))
+    let mut published = publication(&snapshot)?;
+    published.signing_sessions = open_attestation_sessions(&state, &snapshot, &principal.actor()).await?;
+    Ok((StatusCode::CREATED, Json(published)))
+}
+
+/// The reserves' side of a snapshot (docs/reserves-spec.md §9): every address of the custody wallets holding coins
+/// at the newest block the watcher has read, with its outputs there; hot and deposit addresses signed at once by the
+/// hot key, the cold wallet's left to its custodians' signing session.
+async fn reserves_side(state: &AppState, exchange: &str, snapshot: &str) -> Result<Vec<Attestation>, ApiError> {
+    let Some(custody) = state.custody() else { return Ok(Vec::new()) };
+    let asset = custody.config.asset.clone();
+    let Some((height, hash)) = state.store().seen_tip(&asset).await? else { return Ok(Vec::new()) };
+    let internal: [u8; 32] = hash.try_into().map_err(|_| ApiError::internal("a stored block hash is not 32 bytes"))?;
+    let shown = bitcoin::BlockHash::from_byte_array(internal).to_string();
+    let mut block_hash = internal;
+    block_hash.reverse();
+    type Outputs = (String, Option<(u32, u32)>, Vec<(String, u64)>);
+    let mut by_script: BTreeMap<Vec<u8>, Outputs> = BTreeMap::new();
+    for o in state.store().reserve_outputs(&asset, height).await? {
+        let entry = by_script.entry(o.script_pubkey.clone()).or_insert_with(|| (o.wallet.clone(), o.path, Vec::new()));
+        entry.2.push((format!("{}:{}", o.txid, o.vout), o.value));
+    }
+    let hot_key = if by_script.values().any(|(wallet, ..)| wallet != "cold") {
+        let keyring = state.keyring()?;
+        let wallet = state
+            .store()
+            .active_wallet(&asset, "hot")
+            .await?
+            .ok_or_else(|| ApiError::internal("hot-wallet coins without a hot wallet"))?;
+        Some(crate::custody::open_hot_key(&keyring, &wallet)?)
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(by_script.len());
+    for (script, (wallet, path, outputs)) in by_script {
+        let message = control_message(&Statement {
+            exchange,
+            snapshot,
+            asset: &asset,
+            height,
+            block_hash,
+            script_pubkey: &script,
+        });
+        let signature = match (&hot_key, wallet.as_str(), path) {
+            (_, "cold", _) => None,
+            (Some(key), _, Some((branch, index))) => Some(
+                key.sign_message(branch, index, &bitcoin::ScriptBuf::from_bytes(script.clone()), &message)
+                    .map_err(|e| ApiError::internal(format!("the hot key could not attest: {e}")))?
+                    .to_vec(),
+            ),
+            _ => return Err(ApiError::internal(format!("a {wallet} output without its key's path"))),
+        };
+        out.push(Attestation {
+            asset: asset.clone(),
+            script_pubkey: script,
+            wallet,
+            height,
+            block_hash: shown.clone(),
+            balance: outputs.iter().map(|(_, v)| v).sum(),
+            outputs,
+            signature,
+            ceremony_id: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Opens a signing session of the cold wallet's custodians for each unsigned cold address of `snapshot` that has
+/// no open session; answers the sessions now open for it.
+async fn open_attestation_sessions(
+    state: &AppState,
+    snapshot: &ReservesSnapshot,
+    actor: &str,
+) -> Result<Vec<i64>, ApiError> {
+    let Some(custody) = state.custody() else { return Ok(Vec::new()) };
+    let params = stored_params(snapshot)?;
+    let mut open = Vec::new();
+    for a in state.store().reserves_attestations(snapshot.id).await? {
+        if a.signature.is_some() || a.wallet != "cold" {
+            continue;
+        }
+        if let Some(id) = a.ceremony_id
+            && state.store().ceremony(id).await?.is_some_and(|c| c.state == "open")
+        {
+            open.push(id);
+            continue;
+        }
+        let cold = state.store().active_wallet(&a.asset, "cold").await?.filter(|w| w.script_pubkey == a.script_pubkey);
+        let Some(cold) = cold else {
+            // The key was replaced since: nobody can sign for this address through the service any more.
+            tracing::warn!(snapshot = %snapshot.name, "a cold address of a snapshot is no longer the active cold wallet");
+            continue;
+        };
+        let attest = AttestParams {
+            exchange: params.exchange.clone(),
+            snapshot: snapshot.name.clone(),
+            asset: a.asset.clone(),
+            height: a.height,
+            block_hash: a.block_hash.clone(),
+            script_pubkey: hex::encode(&a.script_pubkey),
+        };
+        let mut session = serde_json::Map::new();
+        session.insert("attest".into(), serde_json::to_value(&attest).map_err(ApiError::internal)?);
+        let details =
+            vec![("snapshot".to_owned(), snapshot.name.clone()), ("reserves".to_owned(), a.balance.to_string())];
+        let id = crate::custody::open_cold_session(state, custody, &cold, session, details, actor).await?;
+        if state.store().set_reserves_attestation_ceremony(snapshot.id, &a.asset, &a.script_pubkey, id).await? {
+            open.push(id);
+        }
+    }
+    Ok(open)
+}
+
+/// Opens the cold wallet's signing sessions a snapshot still needs (one expired or failed, say).
+#[utoipa::path(post, path = "/v1/reserves/{snapshot}/attestations", tag = "reserves", params(("snapshot" = String, Path)),
+    security(("bearer" = [])), responses(
+    (status = 200, body = Publication), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+))]
+pub(crate) async fn reopen_attestations(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Publication>, ApiError> {
+    state
+        .authorize(&principal, Permission::ReservesPublish, "reserves.attestations", &format!("reserves:{name}"))
+        .await?;
+    let s = snapshot(&state, &name).await?;
+    let mut published = publication(&s)?;
+    published.signing_sessions = open_attestation_sessions(&state, &s, &principal.actor()).await?;
+    Ok(Json(published))
+}
+
+/// A report with the service's signature.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SignedReport {
+    /// The report (docs/reserves-spec.md §9.2), as the exact JSON text that is signed.
+    pub report: String,
+    /// Ed25519 over `"rampart-por-v1 report\0"` then the report's bytes, hex.
+    pub signature: String,
+    /// The service's public key (the audit log's signing key), hex.
+    pub public_key: String,
+}
+
+fn bps(part: u128, whole: u128) -> Option<u128> {
+    (whole > 0).then(|| part.saturating_mul(10_000) / whole)
+}
+
+/// The snapshot's report: liabilities, reserves by wallet with every address's outputs and signature, the ratio and
+/// the cold share per asset, signed by the service (public). `409 attestations_pending` until every address is
+/// signed.
+#[utoipa::path(get, path = "/v1/reserves/{snapshot}/report", tag = "reserves", params(("snapshot" = String, Path)),
+    responses((status = 200, body = SignedReport), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn snapshot_report(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<SignedReport>, ApiError> {
+    let keyring = state.keyring()?;
+    let s = snapshot(&state, &name).await?;
+    let params = stored_params(&s)?;
+    let totals = stored_totals(&s)?;
+    let attestations = state.store().reserves_attestations(s.id).await?;
+    let unsigned = attestations.iter().filter(|a| a.signature.is_none()).count();
+    if unsigned > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "attestations_pending",
+            format!("{unsigned} address(es) of the snapshot await their signature (the cold wallet's custodians)"),
+        ));
+    }
+    let network = state.custody().map_or_else(|| "regtest".to_owned(), |c| c.network().to_string());
+    let mut assets = Vec::with_capacity(params.assets.len());
+    for (asset, total) in params.assets.iter().zip(&totals) {
+        let liabilities: u128 = total.parse().map_err(|_| ApiError::internal("unreadable totals"))?;
+        let decimals = state.assets().lookup(&asset.code).map_or(18, |a| a.decimals);
+        let mine: Vec<&Attestation> = attestations.iter().filter(|a| a.asset == asset.code).collect();
+        let mut entry = serde_json::json!({
+            "code": asset.code,
+            "decimals": decimals,
+            "liabilities": total,
+        });
+        let Some(first) = mine.first() else {
+            entry["reserves"] = serde_json::Value::Null;
+            entry["ratio_bps"] = serde_json::Value::Null;
+            entry["cold_share_bps"] = serde_json::Value::Null;
+            entry["chain"] = serde_json::Value::Null;
+            entry["addresses"] = serde_json::json!([]);
+            assets.push(entry);
+            continue;
+        };
+        let sum =
+            |wallet: &str| -> u128 { mine.iter().filter(|a| a.wallet == wallet).map(|a| u128::from(a.balance)).sum() };
+        let (cold, hot, deposit) = (sum("cold"), sum("hot"), sum("deposit"));
+        let reserves = cold + hot + deposit;
+        let mut addresses = Vec::with_capacity(mine.len());
+        for a in &mine {
+            let address = bitcoin::Address::from_script(
+                &bitcoin::Script::from_bytes(&a.script_pubkey),
+                state.custody().map_or(bitcoin::Network::Regtest, |c| c.network()),
+            )
+            .map_err(|e| ApiError::internal(format!("a reserve address: {e}")))?;
+            addresses.push(serde_json::json!({
+                "address": address.to_string(),
+                "wallet": a.wallet,
+                "script_pubkey": hex::encode(&a.script_pubkey),
+                "balance": a.balance.to_string(),
+                "outputs": a.outputs.iter().map(|(o, v)| serde_json::json!([o, v.to_string()])).collect::<Vec<_>>(),
+                "signature": hex::encode(a.signature.as_deref().unwrap_or_default()),
+            }));
+        }
+        entry["reserves"] = reserves.to_string().into();
+        entry["cold"] = cold.to_string().into();
+        entry["hot"] = hot.to_string().into();
+        entry["deposit"] = deposit.to_string().into();
+        entry["ratio_bps"] = bps(reserves, liabilities).map(|b| b as u64).into();
+        entry["cold_share_bps"] = bps(cold, reserves).map(|b| b as u64).into();
+        entry["chain"] = serde_json::json!({"height": first.height, "block_hash": first.block_hash});
+        entry["addresses"] = addresses.into();
+        assets.push(entry);
+    }
+    let report = serde_json::json!({
+        "format": REPORT_FORMAT,
+        "exchange": params.exchange,
+        "snapshot": s.name,
+        "root": hex::encode(&s.root),
+        "form": "revealed_sums",
+        "ledger_seq": s.ledger_seq,
+        "created_at_ns": s.created_at_ns.to_string(),
+        "network": network,
+        "assets": assets,
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(ApiError::internal)?;
+    let mut signed = REPORT_CONTEXT.to_vec();
+    signed.extend_from_slice(text.as_bytes());
+    Ok(Json(SignedReport {
+        signature: hex::encode(keyring.sign(&signed)),
+        public_key: hex::encode(keyring.verifying_key()),
+        report: text,
+    }))
 }
 
 /// Published snapshots, newest first (public).

@@ -196,6 +196,11 @@ pub enum KeyOutcome {
         /// The signed transaction, consensus-encoded.
         tx: Vec<u8>,
     },
+    /// A signing session's proof-of-reserves statement, now signed (BIP-340) and verified.
+    Attested {
+        /// The signature.
+        signature: Vec<u8>,
+    },
 }
 
 /// A ceremony as stored.
@@ -985,6 +990,15 @@ impl Store {
                         .bind(id)
                         .execute(&mut *tx.0)
                         .await?;
+                }
+                KeyOutcome::Attested { signature } => {
+                    sqlx::query(&sql(
+                        "UPDATE reserves_attestations SET signature = $1 WHERE ceremony_id = $2 AND signature IS NULL",
+                    ))
+                    .bind(signature)
+                    .bind(id)
+                    .execute(&mut *tx.0)
+                    .await?;
                 }
             }
             for (wallet, epoch, identifier, custodian) in rows {

@@ -52,7 +52,9 @@ use rampart_ledger::{
     Account, AssetTotals, CreateAccountResult, CreateTransferResult, InvariantViolation, NewAccount, NewTransfer,
     PendingState, Transfer,
 };
-pub use reserves::{LiabilitiesRead, LiabilityOwner, NewReservesSnapshot, ReservesSnapshot};
+pub use reserves::{
+    Attestation, LiabilitiesRead, LiabilityOwner, NewReservesSnapshot, ReserveOutput, ReservesSnapshot,
+};
 pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRecord};
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 pub use withdrawals::{

@@ -57,6 +57,64 @@ pub struct NewReservesSnapshot<'a> {
     pub secret: &'a [u8],
     /// The builder's input, encoded.
     pub holdings: &'a [u8],
+    /// The reserves' side: every address holding coins at the snapshot's block.
+    pub attestations: &'a [Attestation],
+}
+
+/// One address of the reserves' side of a snapshot (docs/reserves-spec.md §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    pub asset: String,
+    pub script_pubkey: Vec<u8>,
+    /// `cold`, `hot` or `deposit`.
+    pub wallet: String,
+    /// The block the balance is read at.
+    pub height: u64,
+    /// Its hash, hex, as Bitcoin displays it.
+    pub block_hash: String,
+    pub balance: u64,
+    /// The outputs that make the balance: (`<txid>:<vout>`, value).
+    pub outputs: Vec<(String, u64)>,
+    /// The BIP-340 signature by the address's key over the statement, once made.
+    pub signature: Option<Vec<u8>>,
+    /// The custodians' signing session, for the cold wallet's address.
+    pub ceremony_id: Option<i64>,
+}
+
+/// An output of the exchange's wallets on chain at a block (the reserves' side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveOutput {
+    /// `cold`, `hot` or `deposit`.
+    pub wallet: String,
+    /// The hot key's derivation path of a hot or deposit output.
+    pub path: Option<(u32, u32)>,
+    pub script_pubkey: Vec<u8>,
+    /// Its transaction id as Bitcoin displays it, hex.
+    pub txid: String,
+    pub vout: u32,
+    pub value: u64,
+}
+
+const ATTESTATION_COLUMNS: &str =
+    "asset, script_pubkey, wallet, height, block_hash, balance, outputs, signature, ceremony_id";
+
+type AttestationRow = (String, Vec<u8>, String, i64, String, i64, String, Option<Vec<u8>>, Option<i64>);
+
+fn attestation(row: AttestationRow) -> Result<Attestation, StoreError> {
+    let (asset, script_pubkey, wallet, height, block_hash, balance, outputs, signature, ceremony_id) = row;
+    let outputs: Vec<(String, u64)> = serde_json::from_str(&outputs)
+        .map_err(|e| StoreError::Corrupt(format!("the outputs of an attestation of {asset}: {e}")))?;
+    Ok(Attestation {
+        asset,
+        script_pubkey,
+        wallet,
+        height: u64::try_from(height).unwrap_or(0),
+        block_hash,
+        balance: u64::try_from(balance).unwrap_or(0),
+        outputs,
+        signature,
+        ceremony_id,
+    })
 }
 
 const SNAPSHOT_COLUMNS: &str = "id, name, ledger_seq, created_at, created_by, params, root, totals, users";
@@ -141,6 +199,25 @@ impl Store {
             .bind(new.holdings)
             .fetch_one(&mut *tx.0)
             .await?;
+            for a in new.attestations {
+                let outputs = serde_json::to_string(&a.outputs).expect("strings and numbers serialise");
+                sqlx::query(&sql(&format!(
+                    "INSERT INTO reserves_attestations (snapshot_id, {ATTESTATION_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                )))
+                .bind(id)
+                .bind(&a.asset)
+                .bind(&a.script_pubkey)
+                .bind(&a.wallet)
+                .bind(i64::try_from(a.height).map_err(|_| StoreError::Corrupt("a block height out of range".into()))?)
+                .bind(&a.block_hash)
+                .bind(i64::try_from(a.balance).map_err(|_| StoreError::Corrupt("a balance out of range".into()))?)
+                .bind(outputs)
+                .bind(&a.signature)
+                .bind(a.ceremony_id)
+                .execute(&mut *tx.0)
+                .await?;
+            }
             audit::append(&mut tx, audit::tagged(records, "reserves_snapshot", id), auditor).await?;
             Some(id)
         })
@@ -180,5 +257,94 @@ impl Store {
                 .await?
         })
         .pipe(Ok)
+    }
+
+    /// The reserves' side of a snapshot, by asset and address.
+    pub async fn reserves_attestations(&self, snapshot_id: i64) -> Result<Vec<Attestation>, StoreError> {
+        let rows: Vec<AttestationRow> = on_reader!(self, |pool, sql| {
+            sqlx::query_as(&sql(&format!(
+                "SELECT {ATTESTATION_COLUMNS} FROM reserves_attestations WHERE snapshot_id = $1 \
+                 ORDER BY asset, wallet, script_pubkey"
+            )))
+            .bind(snapshot_id)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(attestation).collect()
+    }
+
+    /// The attestation a signing session signs: (snapshot id, the attestation).
+    pub async fn reserves_attestation_of_ceremony(
+        &self,
+        ceremony_id: i64,
+    ) -> Result<Option<(i64, Attestation)>, StoreError> {
+        let row: Option<(i64, String, Vec<u8>, String, i64, String, i64, String, Option<Vec<u8>>, Option<i64>)> =
+            on_reader!(self, |pool, sql| {
+                sqlx::query_as(&sql(&format!(
+                    "SELECT snapshot_id, {ATTESTATION_COLUMNS} FROM reserves_attestations WHERE ceremony_id = $1"
+                )))
+                .bind(ceremony_id)
+                .fetch_optional(pool)
+                .await?
+            });
+        let Some((snapshot, a, b, c, d, e, f, g, h, i)) = row else { return Ok(None) };
+        Ok(Some((snapshot, attestation((a, b, c, d, e, f, g, h, i))?)))
+    }
+
+    /// Names the signing session that is to sign an attestation still unsigned; `false` if it is signed or in
+    /// another open session already.
+    pub async fn set_reserves_attestation_ceremony(
+        &self,
+        snapshot_id: i64,
+        asset: &str,
+        script_pubkey: &[u8],
+        ceremony_id: i64,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, |tx, sql| {
+            let updated = sqlx::query(&sql(
+                "UPDATE reserves_attestations SET ceremony_id = $1 WHERE snapshot_id = $2 AND asset = $3 \
+                 AND script_pubkey = $4 AND signature IS NULL AND (ceremony_id IS NULL OR ceremony_id IN \
+                 (SELECT id FROM ceremonies WHERE state <> 'open'))",
+            ))
+            .bind(ceremony_id)
+            .bind(snapshot_id)
+            .bind(asset)
+            .bind(script_pubkey)
+            .execute(&mut *tx.0)
+            .await?
+            .rows_affected();
+            updated == 1
+        })
+        .pipe(Ok)
+    }
+
+    /// Every output of the exchange's wallets for `asset` on chain at block `height`: confirmed at or below it and not
+    /// spent by a transaction confirmed at or below it (a spend still in the mempool does not count).
+    pub async fn reserve_outputs(&self, asset: &str, height: u64) -> Result<Vec<ReserveOutput>, StoreError> {
+        let height = i64::try_from(height).map_err(|_| StoreError::Corrupt("a block height out of range".into()))?;
+        let rows: Vec<(String, Option<i64>, Option<i64>, Vec<u8>, Vec<u8>, i64, i64)> =
+            on_reader!(self, |pool, sql| {
+                sqlx::query_as(&sql("SELECT wallet, branch, idx, script_pubkey, txid, vout, value FROM custody_utxos \
+                 WHERE asset = $1 AND height <= $2 AND (spent_height IS NULL OR spent_height > $2) \
+                 ORDER BY wallet, script_pubkey, txid, vout"))
+                .bind(asset)
+                .bind(height)
+                .fetch_all(pool)
+                .await?
+            });
+        Ok(rows
+            .into_iter()
+            .map(|(wallet, branch, idx, script_pubkey, txid, vout, value)| ReserveOutput {
+                wallet,
+                path: match (branch, idx) {
+                    (Some(b), Some(i)) => Some((u32::try_from(b).unwrap_or(0), u32::try_from(i).unwrap_or(0))),
+                    _ => None,
+                },
+                script_pubkey,
+                txid: crate::txid_text(&txid),
+                vout: u32::try_from(vout).unwrap_or(0),
+                value: u64::try_from(value).unwrap_or(0),
+            })
+            .collect())
     }
 }

@@ -10,7 +10,8 @@ use rampart_core::{AccountId, Amount, AssetCode, TransferId};
 use rampart_crypto::{Keyring, initialise};
 use rampart_ledger::{AccountFlags, NewAccount, NewTransfer, TransferFlags};
 use rampart_store::{
-    AuditFilter, Auditor, ConnectOptions, Effects, LiabilityOwner, NewCustomer, NewReservesSnapshot, Store, testing,
+    Attestation, AuditFilter, Auditor, ConnectOptions, Effects, LiabilityOwner, NewCustomer, NewReservesSnapshot,
+    Store, testing,
 };
 
 const NOW: u64 = 1_800_000_000_000_000_000;
@@ -196,6 +197,26 @@ on_both_backends!(the_read_is_every_customers_posted_balance, |store: Arc<Store>
 });
 
 on_both_backends!(snapshots_are_recorded_once_and_audited, |store: Arc<Store>| async move {
+    let cold = Attestation {
+        asset: "BTC".into(),
+        script_pubkey: vec![0x51, 0x20, 1],
+        wallet: "cold".into(),
+        height: 812,
+        block_hash: "00ab".into(),
+        balance: 300,
+        outputs: vec![("aa:0".into(), 100), ("bb:1".into(), 200)],
+        signature: None,
+        ceremony_id: None,
+    };
+    let hot = Attestation {
+        script_pubkey: vec![0x51, 0x20, 2],
+        wallet: "hot".into(),
+        balance: 5,
+        outputs: vec![("cc:0".into(), 5)],
+        signature: Some(vec![9; 64]),
+        ..cold.clone()
+    };
+    let attestations = [cold.clone(), hot.clone()];
     let new = NewReservesSnapshot {
         name: "2026-12-04/ledger-4",
         ledger_seq: 4,
@@ -206,6 +227,7 @@ on_both_backends!(snapshots_are_recorded_once_and_audited, |store: Arc<Store>| a
         users: 2,
         secret: b"sealed secret",
         holdings: b"encoded holdings",
+        attestations: &attestations,
     };
     let id = store
         .insert_reserves_snapshot(&new, NOW, &auditor(), vec![record("reserves.snapshot", "reserves")])
@@ -225,4 +247,7 @@ on_both_backends!(snapshots_are_recorded_once_and_audited, |store: Arc<Store>| a
     let entries = store.audit_entries(&AuditFilter::default(), 100).await.unwrap();
     let entry = entries.iter().find(|e| e.record.action == "reserves.snapshot").expect("audited");
     assert_eq!(entry.record.details.get("reserves_snapshot"), Some(&id.to_string()));
+    // The reserves' side, stored with it; no session names the cold address yet.
+    assert_eq!(store.reserves_attestations(id).await.unwrap(), vec![cold, hot]);
+    assert!(store.reserves_attestation_of_ceremony(1).await.unwrap().is_none());
 });

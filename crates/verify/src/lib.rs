@@ -12,6 +12,8 @@ pub mod leaves;
 pub mod params;
 pub mod private;
 pub mod proof;
+#[cfg(feature = "report")]
+pub mod report;
 
 use std::fmt;
 
