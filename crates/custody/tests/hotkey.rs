@@ -191,3 +191,25 @@ fn debug_output_shows_no_key() {
     assert!(!shown.contains(&hex::encode(xprv.private_key.secret_bytes())));
     assert!(!shown.contains(&hex::encode(key.to_bytes().as_slice())));
 }
+
+#[test]
+fn a_statement_is_signed_under_the_output_key_of_the_address_and_only_of_its_own() {
+    let secp = Secp256k1::verification_only();
+    let key = HotKey::generate(Network::Regtest);
+    let watch = WatchOnly::parse(&key.account_xpub(), Network::Regtest).unwrap();
+    let message = [7u8; 32];
+    for (branch, index) in [(HOT_BRANCH, 0), (DEPOSIT_BRANCH, 42)] {
+        let script = watch.script(branch, index).unwrap();
+        let signature = key.sign_message(branch, index, &script, &message).unwrap();
+        // The output key is the script's program: a verifier needs nothing but the address.
+        let output_key = bitcoin::XOnlyPublicKey::from_slice(&script.as_bytes()[2..]).unwrap();
+        let signature = bitcoin::secp256k1::schnorr::Signature::from_slice(&signature).unwrap();
+        let digest = bitcoin::secp256k1::Message::from_digest(message);
+        secp.verify_schnorr(&signature, &digest, &output_key).expect("BIP-340 under the output key");
+        let other = bitcoin::secp256k1::Message::from_digest([8u8; 32]);
+        assert!(secp.verify_schnorr(&signature, &other, &output_key).is_err());
+    }
+    // Asked to attest for another path's address (or anyone else's), it refuses and signs nothing.
+    let someone_else = watch.script(DEPOSIT_BRANCH, 43).unwrap();
+    assert!(matches!(key.sign_message(DEPOSIT_BRANCH, 42, &someone_else, &message), Err(CustodyError::HotKey(_))));
+}
