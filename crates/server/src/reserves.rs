@@ -522,7 +522,7 @@ pub(crate) async fn snapshot_report(
         let mut addresses = Vec::with_capacity(mine.len());
         for a in &mine {
             let address = bitcoin::Address::from_script(
-                &bitcoin::Script::from_bytes(&a.script_pubkey),
+                bitcoin::Script::from_bytes(&a.script_pubkey),
                 state.custody().map_or(bitcoin::Network::Regtest, |c| c.network()),
             )
             .map_err(|e| ApiError::internal(format!("a reserve address: {e}")))?;

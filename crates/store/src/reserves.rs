@@ -95,6 +95,9 @@ pub struct ReserveOutput {
     pub value: u64,
 }
 
+/// wallet, branch, idx, script_pubkey, txid, vout, value.
+type OutputRow = (String, Option<i64>, Option<i64>, Vec<u8>, Vec<u8>, i64, i64);
+
 const ATTESTATION_COLUMNS: &str =
     "asset, script_pubkey, wallet, height, block_hash, balance, outputs, signature, ceremony_id";
 
@@ -273,24 +276,6 @@ impl Store {
         rows.into_iter().map(attestation).collect()
     }
 
-    /// The attestation a signing session signs: (snapshot id, the attestation).
-    pub async fn reserves_attestation_of_ceremony(
-        &self,
-        ceremony_id: i64,
-    ) -> Result<Option<(i64, Attestation)>, StoreError> {
-        let row: Option<(i64, String, Vec<u8>, String, i64, String, i64, String, Option<Vec<u8>>, Option<i64>)> =
-            on_reader!(self, |pool, sql| {
-                sqlx::query_as(&sql(&format!(
-                    "SELECT snapshot_id, {ATTESTATION_COLUMNS} FROM reserves_attestations WHERE ceremony_id = $1"
-                )))
-                .bind(ceremony_id)
-                .fetch_optional(pool)
-                .await?
-            });
-        let Some((snapshot, a, b, c, d, e, f, g, h, i)) = row else { return Ok(None) };
-        Ok(Some((snapshot, attestation((a, b, c, d, e, f, g, h, i))?)))
-    }
-
     /// Names the signing session that is to sign an attestation still unsigned; `false` if it is signed or in
     /// another open session already.
     pub async fn set_reserves_attestation_ceremony(
@@ -322,16 +307,15 @@ impl Store {
     /// spent by a transaction confirmed at or below it (a spend still in the mempool does not count).
     pub async fn reserve_outputs(&self, asset: &str, height: u64) -> Result<Vec<ReserveOutput>, StoreError> {
         let height = i64::try_from(height).map_err(|_| StoreError::Corrupt("a block height out of range".into()))?;
-        let rows: Vec<(String, Option<i64>, Option<i64>, Vec<u8>, Vec<u8>, i64, i64)> =
-            on_reader!(self, |pool, sql| {
-                sqlx::query_as(&sql("SELECT wallet, branch, idx, script_pubkey, txid, vout, value FROM custody_utxos \
+        let rows: Vec<OutputRow> = on_reader!(self, |pool, sql| {
+            sqlx::query_as(&sql("SELECT wallet, branch, idx, script_pubkey, txid, vout, value FROM custody_utxos \
                  WHERE asset = $1 AND height <= $2 AND (spent_height IS NULL OR spent_height > $2) \
                  ORDER BY wallet, script_pubkey, txid, vout"))
-                .bind(asset)
-                .bind(height)
-                .fetch_all(pool)
-                .await?
-            });
+            .bind(asset)
+            .bind(height)
+            .fetch_all(pool)
+            .await?
+        });
         Ok(rows
             .into_iter()
             .map(|(wallet, branch, idx, script_pubkey, txid, vout, value)| ReserveOutput {
