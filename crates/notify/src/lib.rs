@@ -25,7 +25,7 @@ pub use mail::{MailError, MailFuture, Mailer};
 pub use maildir::MaildirMailer;
 pub use mask::{mask_address, mask_email, mask_phone};
 pub use notification::{DeviceInfo, FactorKind, Notification, SecretLink};
-pub use render::{EmailMessage, format_time_utc, render_email};
+pub use render::{EmailMessage, escape_html, format_time_utc, render_email};
 pub use sms::{LoggingSms, SmsMessage, SmsProvider, SmsPurpose};
 pub use smtp::{SMTP_TIMEOUT_S_MAX, SmtpConfig, SmtpMailer, SmtpTls};
 

@@ -59,7 +59,7 @@ pub(crate) fn clean(s: &str, max_chars: usize) -> String {
 }
 
 /// Escapes text for an HTML element's content or a double- or single-quoted attribute value.
-fn escape_html(s: &str) -> String {
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -3,24 +3,9 @@
 //! attested address, and the signature with the key to check it under. The JSON report is what is signed; the page
 //! is drawn from the report as checked by `rampart-verify`'s code.
 
+use rampart_notify::escape_html as esc;
 use rampart_verify::report::{AssetSummary, ReportSummary};
 use serde_json::Value;
-
-/// Escapes text for HTML.
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// An amount in smallest units shown in whole units (`123456789`, 8 decimals → `1.23456789`).
 pub fn units(amount: u128, decimals: u8) -> String {
@@ -170,7 +155,32 @@ mod tests {
     }
 
     #[test]
-    fn text_is_escaped() {
-        assert_eq!(esc("<b>\"A&B\"</b>"), "&lt;b&gt;&quot;A&amp;B&quot;&lt;/b&gt;");
+    fn the_page_escapes_what_it_is_given_and_draws_both_sides() {
+        let summary = ReportSummary {
+            exchange: "<script>alert(1)</script>".into(),
+            snapshot: "s\"1".into(),
+            root: "ab".repeat(32),
+            assets: vec![AssetSummary {
+                code: "BTC".into(),
+                decimals: 8,
+                liabilities: 100,
+                reserves: Some(120),
+                cold: 115,
+                hot: 5,
+                deposit: 0,
+                ratio_bps: Some(12_000),
+                cold_share_bps: Some(9_583),
+                addresses: 0,
+                chain: Some((7, "00".repeat(32))),
+            }],
+        };
+        let report = serde_json::json!({"ledger_seq": 3, "assets": [{"addresses": []}]});
+        let html = render(&summary, &report, "<sig>", "key");
+        assert!(!html.contains("<script>") && !html.contains("<sig>"), "{html}");
+        assert!(html.contains("&lt;script&gt;") && html.contains("120.00 %") && html.contains("95.83 %"));
+        // Reserves 120 are the widest bar (560 px): liabilities 100 → 466, cold 115 → 536, hot 5 → 23.
+        for bar in ["width=\"466\"", "width=\"536\"", "width=\"23\""] {
+            assert!(html.contains(bar), "{bar} in {html}");
+        }
     }
 }
