@@ -42,6 +42,49 @@ pub struct Config {
     pub compliance: ComplianceFileConfig,
     /// Withdrawals: the price table, minimums and fees, the whitelist's cooling-off, waits, the default policy.
     pub withdrawals: WithdrawalsFileConfig,
+    /// Proof of reserves: the exchange's name in every tree, the smallest tree, how long a snapshot request waits.
+    pub reserves: ReservesFileConfig,
+}
+
+/// The `[reserves]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReservesFileConfig {
+    /// The exchange's name, bound into every hash of its trees and every reserve address's statement.
+    pub exchange: String,
+    /// The smallest tree's height (2^height positions), so that a small exchange's user count stays hidden.
+    pub height_min: u8,
+    /// How long `POST /v1/reserves` waits for the tree before answering `202` and finishing in the background, in
+    /// milliseconds.
+    pub build_wait_ms: u64,
+}
+
+impl Default for ReservesFileConfig {
+    fn default() -> ReservesFileConfig {
+        let d = rampart_server::reserves::ReservesConfig::default();
+        ReservesFileConfig {
+            exchange: d.exchange,
+            height_min: d.height_min,
+            build_wait_ms: u64::try_from(d.build_wait.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl ReservesFileConfig {
+    /// The service's form of the table.
+    pub fn runtime(&self) -> anyhow::Result<rampart_server::reserves::ReservesConfig> {
+        if self.exchange.is_empty() || self.exchange.len() > 255 {
+            bail!("[reserves] exchange is 1 to 255 bytes");
+        }
+        if !(1..=40).contains(&self.height_min) {
+            bail!("[reserves] height_min is between 1 and 40");
+        }
+        Ok(rampart_server::reserves::ReservesConfig {
+            exchange: self.exchange.clone(),
+            height_min: self.height_min,
+            build_wait: std::time::Duration::from_millis(self.build_wait_ms),
+        })
+    }
 }
 
 /// The `[withdrawals]` table.
@@ -438,6 +481,7 @@ impl Default for Config {
             risk: RiskFileConfig::default(),
             compliance: ComplianceFileConfig::default(),
             withdrawals: WithdrawalsFileConfig::default(),
+            reserves: ReservesFileConfig::default(),
         }
     }
 }

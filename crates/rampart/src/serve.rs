@@ -287,6 +287,8 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     state.compliance().load(state.store()).await.map_err(|e| anyhow::anyhow!("loading the sanctions lists: {e}"))?;
     let withdrawals = config.withdrawals.runtime(state.assets())?;
     let state = state.with_withdrawals(withdrawals).map_err(|e| anyhow::anyhow!("invalid [withdrawals]: {e}"))?;
+    let state =
+        state.with_reserves(config.reserves.runtime()?).map_err(|e| anyhow::anyhow!("invalid [reserves]: {e}"))?;
     let lists = state.compliance().lists();
     match lists.version {
         Some(v) => println!("  sanctions:       OFAC SDN version {v}, {} entries", lists.entries()),

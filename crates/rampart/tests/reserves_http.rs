@@ -175,3 +175,37 @@ async fn reserves_end_to_end(db: Db) {
 }
 
 on_both_backends!(reserves_end_to_end);
+
+on_both_backends!(a_slow_build_finishes_in_the_background);
+
+/// A tree that takes longer than `[reserves] build_wait_ms` is answered `202` with its name and recorded when built
+/// (here the wait is zero, so every snapshot is); the exchange's name comes from the configuration.
+async fn a_slow_build_finishes_in_the_background(db: Db) {
+    let config = format!("{CONFIG}\n[reserves]\nexchange = \"Example Exchange\"\nbuild_wait_ms = 0\nheight_min = 12\n");
+    let server = Server::start_with_config(&db, &config).await;
+    let root = server.api();
+    let ctx = Ctx { api: root.clone(), maildir: db.maildir() };
+    root.post("/v1/accounts", &json!({"id": FUNDING.to_string(), "asset": "BTC", "flags": []})).await.expect(201);
+    let mut alice = Customer::register(&ctx, "alice").await;
+    alice.sign_in().await;
+    credit(&ctx, &alice, 1, 70_000).await;
+    let accepted = root.post("/v1/reserves", &json!({"name": "later"})).await;
+    assert_eq!(accepted.expect(202).clone(), json!({"snapshot": "later", "state": "building"}));
+    let mut published = None;
+    for _ in 0..200 {
+        let answer = root.get_public("/v1/reserves/later").await;
+        if answer.status == 200 {
+            published = Some(answer.body.clone());
+            break;
+        }
+        answer.assert_error(404, "not_found");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let published = published.expect("the snapshot recorded");
+    assert_eq!((published["exchange"].clone(), published["height"].clone()), (json!("Example Exchange"), json!(12)));
+    assert_eq!(published["assets"][0]["liabilities"], json!("70000"));
+    let proof = alice.get("/v1/reserves/later/proof").await.expect(200).clone();
+    assert_eq!(verify(&proof, &published).params.exchange, "Example Exchange");
+    // The name is taken, whether the tree is built or not.
+    root.post("/v1/reserves", &json!({"name": "later"})).await.assert_error(409, "snapshot_exists");
+}

@@ -47,11 +47,13 @@ pub struct ReservesConfig {
     pub exchange: String,
     /// The smallest height of a tree.
     pub height_min: u8,
+    /// How long `POST /v1/reserves` waits for the tree before answering `202` and finishing in the background.
+    pub build_wait: std::time::Duration,
 }
 
 impl Default for ReservesConfig {
     fn default() -> Self {
-        ReservesConfig { exchange: "Rampart".into(), height_min: HEIGHT_MIN_DEFAULT }
+        ReservesConfig { exchange: "Rampart".into(), height_min: HEIGHT_MIN_DEFAULT, build_wait: SNAPSHOT_WAIT }
     }
 }
 
@@ -219,31 +221,77 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Takes a snapshot: reads every customer's balances at one ledger point, builds the tree, and records it.
+/// Takes a snapshot: reads every customer's balances at one ledger point, builds the tree, and records it. A tree
+/// that takes longer than `build_wait` (20 s by default) to build (millions of users) is finished in the background: the answer
+/// is then `202` with the snapshot's name, and the publication appears under it when it is recorded.
 #[utoipa::path(post, path = "/v1/reserves", tag = "reserves", request_body = SnapshotRequest,
     security(("bearer" = [])), responses(
-    (status = 201, body = Publication), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 409, body = ErrorBody)
+    (status = 201, body = Publication), (status = 202, body = SnapshotBuilding), (status = 400, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)
 ))]
 pub(crate) async fn create_snapshot(
     State(state): State<AppState>,
     principal: Principal,
     ApiJson(request): ApiJson<SnapshotRequest>,
-) -> Result<(StatusCode, Json<Publication>), ApiError> {
+) -> Result<Response, ApiError> {
     state.authorize(&principal, Permission::ReservesPublish, "reserves.snapshot", "reserves").await?;
     if let Some(name) = &request.name
         && !valid_name(name)
     {
         return Err(ApiError::bad_request("invalid_name", "a snapshot name is 1 to 64 of [A-Za-z0-9._-]"));
     }
+    let (named, name) = tokio::sync::oneshot::channel();
+    let mut task = tokio::spawn(take_snapshot(state.clone(), principal.actor(), request.name, named));
+    let joined = |j: Result<Result<Publication, ApiError>, tokio::task::JoinError>| {
+        j.map_err(|_| ApiError::internal("the snapshot task failed"))?
+    };
+    let Ok(name) = name.await else {
+        // Refused before it was named (a read failed, say): the task's answer says why.
+        return joined(task.await).map(|p| (StatusCode::CREATED, Json(p)).into_response());
+    };
+    match tokio::time::timeout(state.reserves().config.build_wait, &mut task).await {
+        Ok(done) => joined(done).map(|p| (StatusCode::CREATED, Json(p)).into_response()),
+        Err(_) => {
+            tokio::spawn(async move {
+                if let Err(e) = joined(task.await) {
+                    tracing::error!(code = e.code(), error = %e.message(), "a snapshot built in the background failed");
+                }
+            });
+            Ok((StatusCode::ACCEPTED, Json(SnapshotBuilding { snapshot: name, state: "building".into() }))
+                .into_response())
+        }
+    }
+}
+
+/// How long `POST /v1/reserves` waits for the tree before answering `202`, by default (below the request timeout).
+pub const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A snapshot still being built.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SnapshotBuilding {
+    /// Its name: `GET /v1/reserves/{snapshot}` answers once it is recorded.
+    pub snapshot: String,
+    /// `building`.
+    pub state: String,
+}
+
+/// The snapshot's work: read, name (sent on `named` as soon as it is known), the reserves' side, the tree, the
+/// record, the cold wallet's signing sessions.
+async fn take_snapshot(
+    state: AppState,
+    actor: String,
+    requested: Option<String>,
+    named: tokio::sync::oneshot::Sender<String>,
+) -> Result<Publication, ApiError> {
     let keyring = state.keyring()?;
     let read = state.store().read_liabilities(CUSTOMER_ACCOUNT_CODE).await?;
-    let name = request.name.unwrap_or_else(|| format!("ledger-{}-{}", read.ledger_seq, state.now_ns() / 1_000_000_000));
+    let name = requested.unwrap_or_else(|| format!("ledger-{}-{}", read.ledger_seq, state.now_ns() / 1_000_000_000));
     let config = &state.reserves().config;
     if state.store().reserves_snapshot(&name).await?.is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, "snapshot_exists", format!("a snapshot named {name} exists")));
     }
     let attestations = reserves_side(&state, &config.exchange, &name).await?;
+    let _ = named.send(name.clone());
 
     // The configured assets, in registry order; balances of an asset no longer configured are still owed.
     let mut codes: Vec<(String, u8)> =
@@ -295,8 +343,7 @@ pub(crate) async fn create_snapshot(
     secret.fill(0);
     let params_text = params_json(tree.params());
     let totals_text = serde_json::to_string(&totals).expect("strings serialise");
-    let mut record =
-        state.record(&principal.actor(), "reserves.snapshot", &format!("reserves:{name}"), Outcome::Success);
+    let mut record = state.record(&actor, "reserves.snapshot", &format!("reserves:{name}"), Outcome::Success);
     record.details.insert("root".into(), hex::encode(root));
     record.details.insert("ledger_seq".into(), read.ledger_seq.to_string());
     if !read.overdrawn.is_empty() {
@@ -307,7 +354,7 @@ pub(crate) async fn create_snapshot(
     let new = NewReservesSnapshot {
         name: &name,
         ledger_seq: read.ledger_seq,
-        created_by: &principal.actor(),
+        created_by: &actor,
         params: &params_text,
         root: &root,
         totals: &totals_text,
@@ -327,8 +374,8 @@ pub(crate) async fn create_snapshot(
         state.store().reserves_snapshot(&name).await?.ok_or_else(|| ApiError::internal("snapshot vanished"))?;
     *state.reserves().cache.lock().await = Some((name, Arc::new(tree)));
     let mut published = publication(&snapshot)?;
-    published.signing_sessions = open_attestation_sessions(&state, &snapshot, &principal.actor()).await?;
-    Ok((StatusCode::CREATED, Json(published)))
+    published.signing_sessions = open_attestation_sessions(&state, &snapshot, &actor).await?;
+    Ok(published)
 }
 
 /// The reserves' side of a snapshot (docs/reserves-spec.md §9): every address of the custody wallets holding coins
