@@ -2,9 +2,12 @@
 //! built on every core; every user's inclusion proof generated and encoded; single proofs timed; proofs decoded and
 //! verified; peak memory. Compute only. The run fails if a proof does not verify or the totals are not the snapshot's.
 //!
-//! With `--private`, the private form (Pedersen commitments, Bulletproofs range proofs): a proof costs about 9.5 ms
-//! of a core per range-proven commitment, so every user's proof is not generated; a sample is, on every thread, and
-//! the time for all users is extrapolated from it and labelled so (`all_proofs_extrapolated: true`).
+//! With `--private`, the private form (Pedersen commitments, Bulletproofs range proofs): the build includes the
+//! publication's range proofs of the nodes at the proven levels and above; a proof costs about 6–7 ms of a core per
+//! range-proven commitment (proven levels × held assets), so every user's proof is not generated; a sample is, on
+//! every thread, and the time for all users is extrapolated from it and labelled so (`all_proofs_extrapolated:
+//! true`). Single proofs are timed with their range proofs made and checked on every thread, and on one; the
+//! publication is decoded and verified once, and every proof is verified against it.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +18,9 @@ use rampart_reserves::private::PrivateTree;
 use rampart_reserves::{Holding, Reveal, Tree, TreeSecret, height_for};
 use rampart_verify::Proof;
 use rampart_verify::params::{Asset, Params};
-use rampart_verify::private::{PrivateProof, generators};
+use rampart_verify::private::{
+    BulletproofGens, PrivateProof, PrivatePublication, RANGE_BITS, TOP_GROUP_VALUES, proof_groups,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -53,6 +58,24 @@ pub(crate) fn peak_rss_bytes() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The CPU time this process has used so far, user and system (`/proc/self/stat`, in clock ticks of 10 ms): on a
+/// machine shared with other work, what a phase cost apart from the time it waited for a core.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at the state, field 3; utime and stime are 14
+    // and 15.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The one-minute load average (`/proc/loadavg`), to tell a quiet machine from a shared one.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string()
 }
 
 #[allow(clippy::float_arithmetic)]
@@ -225,22 +248,45 @@ fn run_private(args: &ReservesArgs, threads: usize) -> anyhow::Result<()> {
         grouped(1u64 << height)
     );
 
-    let started = Instant::now();
+    let load_start = load_average();
+    let (started, cpu) = (Instant::now(), cpu_time());
     let tree =
         PrivateTree::build(params, holdings, &TreeSecret::new(secret), threads).context("building the private tree")?;
-    let build = started.elapsed();
+    let (build, build_cpu) = (started.elapsed(), cpu_time() - cpu);
     let totals: Vec<u128> = tree.totals().iter().map(|&t| u128::from(t)).collect();
     ensure!(totals == expected, "the tree's totals are not the snapshot's");
     let root = tree.root();
-    println!("  tree built in {:.3} s; root {}", build.as_secs_f64(), hex::encode(root));
+    let proven_levels = tree.proven_levels();
+    println!(
+        "  tree and publication built in {:.3} s ({:.2} s of CPU; proven levels {proven_levels}: {} published \
+         commitments range-proved); root {}",
+        build.as_secs_f64(),
+        build_cpu.as_secs_f64(),
+        grouped(tree.publication().top_commitments.len() as u64),
+        hex::encode(root)
+    );
 
-    // The Bulletproofs generators for the largest aggregated range proof a sampled user needs, derived once per
-    // process (a verifier pays this once, not per proof).
-    let largest = usize::from(height) * 4usize.min(args.assets);
+    // What a verifier derives once per process: the Bulletproofs generators of the largest aggregated range proof
+    // (a publication's groups), measured apart from the cache the build filled.
     let started = Instant::now();
-    generators(1 << largest.ilog2());
-    let gens = started.elapsed();
-    println!("  range proof generators derived once in {:.3} ms", ms(gens, 1));
+    let gens = BulletproofGens::new(RANGE_BITS, TOP_GROUP_VALUES);
+    let gens_elapsed = started.elapsed();
+    drop(gens);
+    println!("  range proof generators (for {TOP_GROUP_VALUES} values) derived once in {:.3} ms", ms(gens_elapsed, 1));
+
+    // The publication, downloaded and verified once per snapshot.
+    let publication_bytes = tree.publication().encode();
+    let started = Instant::now();
+    let publication = PrivatePublication::decode(&publication_bytes)
+        .context("decoding the publication")?
+        .verify_with_threads(&root, threads)
+        .map_err(|e| anyhow::anyhow!("the publication does not verify: {e}"))?;
+    let publication_verify = started.elapsed();
+    println!(
+        "  publication: {} bytes, decoded and verified once in {:.3} s on {threads} threads",
+        grouped(publication_bytes.len() as u64),
+        publication_verify.as_secs_f64()
+    );
 
     // A sample of proofs on every thread: the time for all users is extrapolated from it, not measured.
     let users = tree.users();
@@ -275,46 +321,75 @@ fn run_private(args: &ReservesArgs, threads: usize) -> anyhow::Result<()> {
         sample_parallel.as_secs_f64()
     );
 
-    // Single proofs, one at a time on one thread, then decoded and verified.
-    let started = Instant::now();
+    // Single proofs, one at a time, each made with its range proofs on every thread and then on one, so that both
+    // figures see the same machine (which may be shared); the CPU time of the one-thread proofs is summed apart.
+    let (mut gen_times, mut gen_1thread_times) = (Vec::with_capacity(sample.len()), Vec::with_capacity(sample.len()));
+    let mut gen_cpu = Duration::ZERO;
     let mut encoded = Vec::with_capacity(sample.len());
     for &i in &sample {
-        encoded.push(tree.proof(i, Reveal::Held).context("a private proof")?.encode());
+        let started = Instant::now();
+        encoded.push(tree.proof_with_threads(i, Reveal::Held, threads).context("a private proof")?.encode());
+        gen_times.push(started.elapsed());
+        let (started, cpu) = (Instant::now(), cpu_time());
+        tree.proof_with_threads(i, Reveal::Held, 1).context("a private proof")?;
+        gen_1thread_times.push(started.elapsed());
+        gen_cpu += cpu_time() - cpu;
     }
-    let gen_elapsed = started.elapsed();
     let proof_bytes = encoded.iter().map(|b| b.len() as u64).sum::<u64>() / encoded.len().max(1) as u64;
-    let started = Instant::now();
+    let range_values =
+        encoded.iter().map(|b| PrivateProof::decode(b).map(|p| p.range_values())).sum::<Result<usize, _>>()?;
+
+    // Each decoded and verified against the verified publication, on every thread and then on one, likewise.
+    let (mut verify_times, mut verify_1thread_times) =
+        (Vec::with_capacity(sample.len()), Vec::with_capacity(sample.len()));
+    let mut verify_cpu = Duration::ZERO;
     for bytes in &encoded {
-        let proof = PrivateProof::decode(bytes).context("decoding a private proof")?;
-        let verified = proof.verify(&root).map_err(|e| anyhow::anyhow!("a private proof does not verify: {e}"))?;
-        verified
-            .check_totals(tree.params(), tree.totals(), tree.total_blindings())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (threads, times) in [(threads, &mut verify_times), (1, &mut verify_1thread_times)] {
+            let (started, cpu) = (Instant::now(), cpu_time());
+            let proof = PrivateProof::decode(bytes).context("decoding a private proof")?;
+            proof
+                .verify_with_threads(&publication, threads)
+                .map_err(|e| anyhow::anyhow!("a private proof does not verify: {e}"))?;
+            times.push(started.elapsed());
+            if threads == 1 {
+                verify_cpu += cpu_time() - cpu;
+            }
+        }
     }
-    let verify_elapsed = started.elapsed();
-    // The same on one thread (the range proofs one after another).
-    let started = Instant::now();
-    for bytes in &encoded {
-        let proof = PrivateProof::decode(bytes).context("decoding a private proof")?;
-        let verified =
-            proof.verify_with_threads(&root, 1).map_err(|e| anyhow::anyhow!("a private proof does not verify: {e}"))?;
-        verified
-            .check_totals(tree.params(), tree.totals(), tree.total_blindings())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let verify_1thread = started.elapsed();
+    let total = |times: &[Duration]| times.iter().sum::<Duration>();
+    let (gen_elapsed, gen_1thread) = (total(&gen_times), total(&gen_1thread_times));
+    let (verify_elapsed, verify_1thread) = (total(&verify_times), total(&verify_1thread_times));
+    let (gen_p50, gen_1thread_p50) = (median(&mut gen_times), median(&mut gen_1thread_times));
+    let (verify_p50, verify_1thread_p50) = (median(&mut verify_times), median(&mut verify_1thread_times));
     let proof_gen_ms = round3(ms(gen_elapsed, sample.len()));
-    let verify_parallel_ms = round3(ms(verify_elapsed, sample.len()));
-    let verify_ms = round3(ms(verify_1thread, sample.len()));
+    let proof_gen_ms_1thread = round3(ms(gen_1thread, sample.len()));
+    let verify_ms = round3(ms(verify_elapsed, sample.len()));
+    let verify_ms_1thread = round3(ms(verify_1thread, sample.len()));
     println!(
-        "  one proof: generated in {proof_gen_ms} ms on one thread; decoded and verified in {verify_ms} ms on one \
-         thread, {verify_parallel_ms} ms with its range proofs on up to {threads} threads ({} samples, {} bytes \
+        "  one proof ({range_values} range-proven values in {} proofs; groups {:?} for one held asset): generated in \
+         {proof_gen_ms} ms on {threads} threads, {proof_gen_ms_1thread} ms on one; decoded and verified against the \
+         publication in {verify_ms} ms on {threads} threads, {verify_ms_1thread} ms on one ({} samples, {} bytes \
          each on average)",
+        sample.len(),
+        proof_groups(usize::from(proven_levels)),
         sample.len(),
         grouped(proof_bytes)
     );
+    let proof_gen_cpu_ms_1thread = round3(ms(gen_cpu, sample.len()));
+    let verify_cpu_ms_1thread = round3(ms(verify_cpu, sample.len()));
+    println!(
+        "  medians: generated in {gen_p50} ms on {threads} threads, {gen_1thread_p50} ms on one; verified in \
+         {verify_p50} ms on {threads} threads, {verify_1thread_p50} ms on one",
+    );
+    println!(
+        "  CPU time on one thread: {proof_gen_cpu_ms_1thread} ms per proof generated, {verify_cpu_ms_1thread} ms per \
+         proof verified (10 ms ticks over {} proofs)",
+        sample.len()
+    );
     let peak = peak_rss_bytes();
     println!("  peak resident memory {} MiB", grouped(peak >> 20));
+    let load_end = load_average();
+    println!("  load average (1 min) {load_start} at the start, {load_end} at the end");
 
     println!(
         "{}",
@@ -325,19 +400,39 @@ fn run_private(args: &ReservesArgs, threads: usize) -> anyhow::Result<()> {
             "private": true,
             "threads": threads,
             "height": height,
+            "proven_levels": proven_levels,
             "build_s": round3(build.as_secs_f64()),
             "all_proofs_s": all_proofs_s,
             "all_proofs_extrapolated": true,
             "all_proofs_sample": sample.len(),
             "proof_gen_ms": proof_gen_ms,
+            "proof_gen_ms_1thread": proof_gen_ms_1thread,
             "proof_bytes": proof_bytes,
             "verify_ms": verify_ms,
-            "verify_parallel_ms": verify_parallel_ms,
-            "generators_ms": round3(ms(gens, 1)),
+            "verify_ms_1thread": verify_ms_1thread,
+            "verify_parallel_ms": verify_ms,
+            "publication_verify_s": round3(publication_verify.as_secs_f64()),
+            "publication_bytes": publication_bytes.len(),
+            "generators_ms": round3(ms(gens_elapsed, 1)),
+            "proof_gen_ms_p50": gen_p50,
+            "proof_gen_ms_1thread_p50": gen_1thread_p50,
+            "verify_ms_p50": verify_p50,
+            "verify_ms_1thread_p50": verify_1thread_p50,
+            "build_cpu_s": round3(build_cpu.as_secs_f64()),
+            "proof_gen_cpu_ms_1thread": proof_gen_cpu_ms_1thread,
+            "verify_cpu_ms_1thread": verify_cpu_ms_1thread,
+            "load_average_start": load_start,
+            "load_average_end": load_end,
             "peak_rss_bytes": peak,
         })
     );
     Ok(())
+}
+
+/// The median of `times`, in milliseconds.
+fn median(times: &mut [Duration]) -> f64 {
+    times.sort_unstable();
+    times.get(times.len() / 2).map_or(0.0, |&d| round3(ms(d, 1)))
 }
 
 /// Seconds for `all` proofs at the rate `sample` proofs took `elapsed`.

@@ -19,6 +19,22 @@ pub enum ReservesCommand {
         /// The snapshot's name (1 to 64 of `[A-Za-z0-9._-]`); default `ledger-<seq>-<unix seconds>`.
         #[arg(long)]
         name: Option<String>,
+        /// The private form: Pedersen commitments and range proofs, so that no proof shows another customer's
+        /// balance (slower to build; verifying needs the publication, `rampart reserves publication`).
+        #[arg(long)]
+        private: bool,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Writes a private snapshot's publication (the totals with their blindings, the top nodes' commitments and
+    /// their range proofs), which `rampart-verify publication` checks and `rampart-verify proof --publication` uses.
+    Publication {
+        /// The snapshot.
+        #[arg(long)]
+        snapshot: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
         #[command(flatten)]
         service: ServiceArgs,
     },
@@ -92,12 +108,12 @@ fn segment(name: &str, what: &str) -> anyhow::Result<String> {
 
 pub async fn run(command: ReservesCommand) -> anyhow::Result<()> {
     match command {
-        ReservesCommand::Snapshot { name, service } => {
+        ReservesCommand::Snapshot { name, private, service } => {
             let service = Service::new(&service.server, &service.token);
-            let body = match name {
-                Some(n) => json!({"name": n}),
-                None => json!({}),
-            };
+            let mut body = json!({"form": if private { "private" } else { "revealed" }});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
             let publication = service.post("/v1/reserves", &body).await?;
             println!("{}", serde_json::to_string_pretty(&publication)?);
         }
@@ -151,6 +167,13 @@ pub async fn run(command: ReservesCommand) -> anyhow::Result<()> {
             for path in written {
                 println!("wrote {}", path.display());
             }
+        }
+        ReservesCommand::Publication { snapshot, out, service } => {
+            let service = Service::new(&service.server, &service.token);
+            let snapshot = segment(&snapshot, "snapshot")?;
+            let bytes = service.get_bytes(&format!("/v1/reserves/{snapshot}/publication")).await?;
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} bytes written to {}", bytes.len(), out.display());
         }
         ReservesCommand::Leaves { snapshot, out, service } => {
             let service = Service::new(&service.server, &service.token);

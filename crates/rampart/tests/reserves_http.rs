@@ -209,3 +209,57 @@ async fn a_slow_build_finishes_in_the_background(db: Db) {
     // The name is taken, whether the tree is built or not.
     root.post("/v1/reserves", &json!({"name": "later"})).await.assert_error(409, "snapshot_exists");
 }
+
+on_both_backends!(a_private_snapshot_proves_without_showing_anyone_else);
+
+/// The private form through the service: published totals, a publication anyone checks once, each customer's proof
+/// checked with it, no other customer's balance in any proof, no leaf file.
+async fn a_private_snapshot_proves_without_showing_anyone_else(db: Db) {
+    use rampart_verify::private::PrivateProof;
+    use rampart_verify::publication::PrivatePublication;
+    let server = Server::start_with_config(&db, CONFIG).await;
+    let root = server.api();
+    let ctx = Ctx { api: root.clone(), maildir: db.maildir() };
+    root.post("/v1/accounts", &json!({"id": FUNDING.to_string(), "asset": "BTC", "flags": []})).await.expect(201);
+    let mut alice = Customer::register(&ctx, "alice").await;
+    let mut bob = Customer::register(&ctx, "bob").await;
+    for c in [&mut alice, &mut bob] {
+        c.sign_in().await;
+    }
+    // Bob's balance is a number that would stand out in any byte string.
+    const BOB: u64 = 0x0123_4567_89ab;
+    credit(&ctx, &alice, 1, 150_000_000).await;
+    credit(&ctx, &bob, 2, u128::from(BOB)).await;
+    root.post("/v1/reserves", &json!({"name": "p1", "form": "sideways"})).await.assert_error(400, "invalid_form");
+    let published = root.post("/v1/reserves", &json!({"name": "p1", "form": "private"})).await.expect(201).clone();
+    assert_eq!(published["form"], json!("private"));
+    assert_eq!(published["assets"][0]["liabilities"], json!((150_000_000 + BOB).to_string()));
+    let publication = PrivatePublication::decode(&public_bytes(&root.base, "/v1/reserves/p1/publication").await)
+        .expect("a publication");
+    let root_hash: [u8; 32] = hex::decode(published["root"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let checked = publication.verify(&root_hash).expect("the publication verifies once");
+    assert_eq!(publication.totals[0], 150_000_000 + BOB);
+
+    let view = alice.get("/v1/reserves/p1/proof").await.expect(200).clone();
+    let proof_bytes = hex::decode(view["proof"].as_str().unwrap()).unwrap();
+    let proof = PrivateProof::decode(&proof_bytes).expect("a private proof");
+    proof.verify(&checked).expect("alice's proof verifies with the publication");
+    assert_eq!(proof.balances, vec![(0, 150_000_000)]);
+    assert!(!proof_bytes.windows(8).any(|w| w == BOB.to_le_bytes() || w == BOB.to_be_bytes()));
+    // Another snapshot's publication does not serve it.
+    root.post("/v1/reserves", &json!({"name": "p2", "form": "private"})).await.expect(201);
+    let other = PrivatePublication::decode(&public_bytes(&root.base, "/v1/reserves/p2/publication").await).unwrap();
+    let other_root = other.root;
+    assert!(proof.verify(&other.verify(&other_root).unwrap()).is_err());
+    // No leaf file (it would show every balance); a revealed snapshot has no binary publication.
+    root.get("/v1/reserves/p1/leaves").await.assert_error(409, "no_leaf_file");
+    root.post("/v1/reserves", &json!({"name": "r1"})).await.expect(201);
+    root.get_public("/v1/reserves/r1/publication").await.assert_error(409, "not_private");
+}
+
+/// The bytes of a public binary answer (`200` expected).
+async fn public_bytes(base: &str, path: &str) -> Vec<u8> {
+    let answer = reqwest::get(format!("{base}{path}")).await.expect("the service answers");
+    assert_eq!(answer.status(), 200, "{path}");
+    answer.bytes().await.expect("a body").to_vec()
+}

@@ -6,8 +6,13 @@
 //!
 //! The salts, padding secrets and placement are the revealed form's (§6); each leaf's blinding factors come from a
 //! per-position seed `HMAC-SHA256(k, "blinding" ‖ P ‖ position:u64)`, which the leaf's user receives in their proof.
-//! The tree is built on every core like [`crate::Tree::build`]. Only levels from [`COMMITMENTS_FROM_LEVEL`] up are
-//! kept; a proof recomputes the `2^4` leaves of its block.
+//! The tree is built on every core like [`crate::Tree::build`]. Only levels from [`COMMITMENTS_FROM_LEVEL`] (or the
+//! proven levels, if lower) up are kept; a proof recomputes the leaves of its block.
+//!
+//! The build also range-proves, once, every node at the **proven levels** `b` and above (§8.3), in aggregated groups
+//! made on every thread: they are published with the totals, so that a user's proof range-proves only its `b` lowest
+//! sibling commitments. [`proven_levels_for`] picks `b` so that the publication stays within [`TOP_VALUES_BUDGET`]
+//! commitments.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -20,9 +25,10 @@ use hmac::{Hmac, Mac};
 use rampart_verify::hash::user_commitment;
 use rampart_verify::params::Params;
 use rampart_verify::private::{
-    CompressedRistretto, PrivateLevel, PrivateProof, RANGE_BITS, RANGE_VALUES_MAX, RangeProof, RistrettoPoint, Scalar,
-    asset_digest, blinding, commitments_digest, generators, hint_count, leaf_hash, node_hash, padding_hash,
-    pedersen_gens, range_groups, root_hash, transcript, validate_params,
+    CompressedRistretto, PrivateLevel, PrivateProof, PrivatePublication, RANGE_BITS, RANGE_VALUES_MAX, RangeProof,
+    RistrettoPoint, Scalar, TOP_VALUES_MAX, Transcript, asset_digest, blinding, commitments_digest, generators,
+    group_offsets, hint_count, leaf_hash, node_hash, padding_hash, pedersen_gens, proof_groups, root_hash, run_groups,
+    top_groups, top_transcript, top_values, transcript, validate_params,
 };
 use rampart_verify::proof::USER_ID_LEN_MAX;
 use sha2::Sha256;
@@ -33,6 +39,18 @@ use crate::{BuildError, Holding, PADDING, Reveal, TreeSecret, padding_secret, sa
 /// Levels below this one are not kept: a proof recomputes the `2^4` leaves of its block, which costs far less than
 /// its range proof and saves most of the memory (commitments, values and blinding sums of every node).
 pub const COMMITMENTS_FROM_LEVEL: usize = 4;
+
+/// The automatic choice of proven levels keeps a publication's node commitments (assets × nodes) at most this many:
+/// at one asset, 8,190 (proven levels 8 at height 20), some 260 KB of commitments and a minute of one core's range
+/// proofs at build, against the 12 per-user range proofs it saves every proof.
+pub const TOP_VALUES_BUDGET: usize = 8_192;
+
+/// The proven levels `b` the builder picks for `assets` assets at height `height`: the lowest `b` (from 1) whose
+/// publication holds at most [`TOP_VALUES_BUDGET`] node commitments (`assets · (2^(height − b + 1) − 2)`), and
+/// `height` (no published node) when none does.
+pub fn proven_levels_for(assets: usize, height: u8) -> u8 {
+    (1..=height).find(|&b| top_values(assets, height, b).is_some_and(|n| n <= TOP_VALUES_BUDGET)).unwrap_or(height)
+}
 
 /// Why a private proof could not be made.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +242,9 @@ pub struct PrivateTree {
     key: Hmac<Sha256>,
     /// Whether `holdings` are in increasing user id order.
     sorted: bool,
+    /// The publication: root, totals, total blindings, and the nodes at the proven levels and above with their range
+    /// proofs.
+    publication: PrivatePublication,
 }
 
 impl fmt::Debug for PrivateTree {
@@ -237,16 +258,37 @@ impl fmt::Debug for PrivateTree {
 }
 
 impl PrivateTree {
-    /// Builds the private tree of `holdings` under `params` on up to `threads` threads. Beyond [`crate::Tree::build`]'s
-    /// rules, every asset's maximum must be at most `(2^64 − 1) >> height` ([`validate_params`]), so that every node's
-    /// value fits the 64-bit range proofs.
+    /// Builds the private tree of `holdings` under `params` on up to `threads` threads, and its publication with the
+    /// proven levels [`proven_levels_for`] picks. Beyond [`crate::Tree::build`]'s rules, every asset's maximum must
+    /// be at most `(2^64 − 1) >> height` ([`validate_params`]), so that every node's value fits the 64-bit range
+    /// proofs.
     pub fn build(
+        params: Params,
+        holdings: Vec<Holding>,
+        secret: &TreeSecret,
+        threads: usize,
+    ) -> Result<PrivateTree, BuildError> {
+        let proven_levels = proven_levels_for(params.assets.len(), params.height);
+        Self::build_with_proven_levels(params, holdings, secret, threads, proven_levels)
+    }
+
+    /// [`PrivateTree::build`] with the proven levels `b` given: 1 to the height, publishing at most
+    /// [`TOP_VALUES_MAX`] node commitments. `b = height` publishes no node (every proof range-proves every level).
+    pub fn build_with_proven_levels(
         params: Params,
         mut holdings: Vec<Holding>,
         secret: &TreeSecret,
         threads: usize,
+        proven_levels: u8,
     ) -> Result<PrivateTree, BuildError> {
         validate_params(&params).map_err(|e| BuildError::Params(e.to_string()))?;
+        let Some(top_count) = top_values(params.assets.len(), params.height, proven_levels) else {
+            return Err(BuildError::Params(format!(
+                "proven levels {proven_levels}: from 1 to the height {}, publishing at most {TOP_VALUES_MAX} node \
+                 commitments",
+                params.height
+            )));
+        };
         check_holdings(&params, &mut holdings)?;
         let p = params.digest();
         let key = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
@@ -257,7 +299,7 @@ impl PrivateTree {
         let (positions, owners) = crate::place(&key, &p, holdings.len(), positions_len);
 
         let k = params.assets.len();
-        let base = usize::from(params.height).min(COMMITMENTS_FROM_LEVEL);
+        let base = usize::from(params.height).min(COMMITMENTS_FROM_LEVEL).min(usize::from(proven_levels));
         let blocks = (positions_len >> base) as usize;
         let overflow = AtomicBool::new(false);
         let leaves = Leaves { params_digest: &p, key: &key, owners: &owners, holdings: &holdings, k };
@@ -348,7 +390,47 @@ impl PrivateTree {
         // Unreachable with validated maxima (max · 2^height < 2^64), and kept as an assertion on money.
         assert!(!overflow.into_inner(), "values overflowed despite the published maxima");
         let sorted = holdings.windows(2).all(|w| w[0].user_id < w[1].user_id);
-        Ok(PrivateTree { params, params_digest: p, holdings, positions, owners, upper, base, key, sorted })
+
+        // The publication: the top node opened by the totals and total blindings, and every node of the proven levels
+        // and above range-proved, in groups on every thread.
+        let top = upper.last().expect("a tree has a top");
+        let root = root_hash(&p, &top.hashes[0], &top.digests[0]);
+        let (totals, total_blindings) = (top.values.clone(), top.blindings.clone());
+        let height = usize::from(params.height);
+        let (mut values, mut blindings, mut top_commitments) =
+            (Vec::with_capacity(top_count), Vec::with_capacity(top_count), Vec::with_capacity(top_count));
+        for nodes in &upper[usize::from(proven_levels) - base..height - base] {
+            values.extend_from_slice(&nodes.values);
+            blindings.extend_from_slice(&nodes.blindings);
+            top_commitments.extend_from_slice(&nodes.commitments);
+        }
+        assert_eq!(values.len(), top_count, "the published nodes are counted as the specification says");
+        let range_proofs =
+            prove_groups(&values, &blindings, &top_commitments, &top_groups(top_count), threads, |g, o| {
+                top_transcript(&p, &root, proven_levels, g, o)
+            })
+            .expect("the published nodes' values fit 64 bits (validated maxima)");
+        blindings.zeroize();
+        let publication = PrivatePublication {
+            params: params.clone(),
+            root,
+            proven_levels,
+            totals,
+            total_blindings,
+            top_commitments,
+            range_proofs,
+        };
+        Ok(PrivateTree { params, params_digest: p, holdings, positions, owners, upper, base, key, sorted, publication })
+    }
+
+    /// The publication (§8.3): what a verifier downloads once per snapshot to verify any user's proof.
+    pub fn publication(&self) -> &PrivatePublication {
+        &self.publication
+    }
+
+    /// The proven levels `b` of the publication.
+    pub fn proven_levels(&self) -> u8 {
+        self.publication.proven_levels
     }
 
     pub fn params(&self) -> &Params {
@@ -365,8 +447,7 @@ impl PrivateTree {
 
     /// The published root.
     pub fn root(&self) -> [u8; 32] {
-        let top = self.top();
-        root_hash(&self.params_digest, &top.hashes[0], &top.digests[0])
+        self.publication.root
     }
 
     /// Every asset's total liabilities, in the tree's asset order (published).
@@ -390,10 +471,16 @@ impl PrivateTree {
         }
     }
 
-    /// The private inclusion proof of user `index` (their position in the holdings given to [`PrivateTree::build`]):
-    /// the path's sibling hashes and commitments of the revealed assets, and the aggregated range proofs. Takes
-    /// about 9.5 ms of one core per range-proven commitment (height × revealed assets).
+    /// The private inclusion proof of user `index` (their position in the holdings given to [`PrivateTree::build`]),
+    /// made on the caller's thread: the path's sibling hashes and commitments of the revealed assets, and the
+    /// aggregated range proofs of those below the proven levels. Takes about 6–7 ms of one core per range-proven
+    /// commitment (proven levels × revealed assets).
     pub fn proof(&self, index: usize, reveal: Reveal) -> Result<PrivateProof, ProofError> {
+        self.proof_with_threads(index, reveal, 1)
+    }
+
+    /// [`PrivateTree::proof`] with its range proofs (two halves, [`proof_groups`]) made on up to `threads` threads.
+    pub fn proof_with_threads(&self, index: usize, reveal: Reveal, threads: usize) -> Result<PrivateProof, ProofError> {
         let holding = self.holdings.get(index).ok_or(ProofError::UnknownUser { index })?;
         let position = self.positions[index];
         let k = self.params.assets.len();
@@ -432,6 +519,7 @@ impl PrivateTree {
             out
         };
 
+        let proven = usize::from(self.proven_levels());
         let mut levels = Vec::with_capacity(height);
         let mut values = Vec::with_capacity(count);
         let mut blindings = Vec::with_capacity(count);
@@ -441,11 +529,14 @@ impl PrivateTree {
             let (parent, pi) = node(l + 1, position >> (l + 1));
             let sibling_commitments: Vec<CompressedRistretto> =
                 revealed.iter().map(|&a| sibling.commitments[si * k + usize::from(a)]).collect();
-            for &a in &revealed {
-                values.push(sibling.values[si * k + usize::from(a)]);
-                blindings.push(sibling.blindings[si * k + usize::from(a)]);
+            // Above the proven levels the sibling is published and range-proved in the publication.
+            if l < proven {
+                for &a in &revealed {
+                    values.push(sibling.values[si * k + usize::from(a)]);
+                    blindings.push(sibling.blindings[si * k + usize::from(a)]);
+                }
+                commitments.extend_from_slice(&sibling_commitments);
             }
-            commitments.extend_from_slice(&sibling_commitments);
             levels.push(PrivateLevel {
                 sibling: sibling.hashes[si],
                 sibling_commitments,
@@ -454,28 +545,11 @@ impl PrivateTree {
             });
         }
 
-        let root = self.root();
-        let groups = range_groups(count);
-        let gens = generators(groups.first().copied().unwrap_or(1));
-        let mut range_proofs = Vec::with_capacity(groups.len());
-        let mut offset = 0;
-        for (g, &m) in groups.iter().enumerate() {
-            let mut t = transcript(&self.params_digest, &root, position, g, offset);
-            let (proof, made) = RangeProof::prove_multiple(
-                &gens,
-                pedersen_gens(),
-                &mut t,
-                &values[offset..offset + m],
-                &blindings[offset..offset + m],
-                RANGE_BITS,
-            )
-            .map_err(|e| ProofError::RangeProof(e.to_string()))?;
-            if made != commitments[offset..offset + m] {
-                return Err(ProofError::RangeProof("the commitments proved are not the tree's".into()));
-            }
-            range_proofs.push(proof);
-            offset += m;
-        }
+        let (root, p, b) = (self.root(), &self.params_digest, self.proven_levels());
+        let groups = proof_groups(values.len());
+        let range_proofs = prove_groups(&values, &blindings, &commitments, &groups, threads, |g, offset| {
+            transcript(p, &root, position, b, g, offset)
+        })?;
         blindings.zeroize();
         Ok(PrivateProof {
             params: self.params.clone(),
@@ -483,6 +557,7 @@ impl PrivateTree {
             salt: salt(&self.key, &self.params_digest, &holding.user_id),
             position,
             blinding_seed: blinding_seed(&self.key, &self.params_digest, position),
+            proven_levels: b,
             // Validated at build: each at most its asset's maximum, below 2^64.
             balances: holding.balances.iter().map(|&(a, v)| (a, v as u64)).collect(),
             revealed,
@@ -490,6 +565,40 @@ impl PrivateTree {
             range_proofs,
         })
     }
+}
+
+/// Aggregated range proofs of `values` (with their `blindings`, committing to `commitments`) in groups of `sizes`,
+/// each with the transcript `transcript(group, offset)`, made on up to `threads` threads. Checks that each proof's
+/// commitments are the tree's.
+fn prove_groups(
+    values: &[u64],
+    blindings: &[Scalar],
+    commitments: &[CompressedRistretto],
+    sizes: &[usize],
+    threads: usize,
+    transcript: impl Fn(usize, usize) -> Transcript + Sync,
+) -> Result<Vec<RangeProof>, ProofError> {
+    let gens = generators(sizes.iter().copied().max().unwrap_or(1));
+    let offsets = group_offsets(sizes);
+    run_groups(sizes, threads, |g| {
+        let (m, offset) = (sizes[g], offsets[g]);
+        let (proof, made) = RangeProof::prove_multiple(
+            &gens,
+            pedersen_gens(),
+            &mut transcript(g, offset),
+            &values[offset..offset + m],
+            &blindings[offset..offset + m],
+            RANGE_BITS,
+        )
+        .map_err(|e| ProofError::RangeProof(e.to_string()))?;
+        if made != commitments[offset..offset + m] {
+            return Err(ProofError::RangeProof("the commitments proved are not the tree's".into()));
+        }
+        Ok(proof)
+    })
+    .into_iter()
+    .map(|r| r.unwrap_or_else(|| Err(ProofError::RangeProof("a proving thread panicked".into()))))
+    .collect()
 }
 
 /// The seed of a leaf's blinding factors: `HMAC-SHA256(secret, "blinding" ‖ P ‖ position64)`.

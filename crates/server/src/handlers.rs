@@ -77,6 +77,7 @@ use crate::principal::Principal;
         crate::reserves::create_snapshot, crate::reserves::list_snapshots, crate::reserves::get_snapshot, crate::reserves::my_reserves_proof,
         crate::reserves::customer_reserves_proof, crate::reserves::snapshot_leaves, crate::reserves::verifier_page,
         crate::reserves::verifier_script, crate::reserves::reopen_attestations, crate::reserves::snapshot_report,
+        crate::reserves::snapshot_publication,
         openapi
     ),
     components(schemas(ErrorBody)),

@@ -406,6 +406,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reserves", get(reserves::list_snapshots))
         .route("/v1/reserves/{snapshot}", get(reserves::get_snapshot))
         .route("/v1/reserves/{snapshot}/report", get(reserves::snapshot_report))
+        .route("/v1/reserves/{snapshot}/publication", get(reserves::snapshot_publication))
         .merge(signed_in)
         .merge(customer)
         // A route layer runs after routing, so the metrics see the route template rather than the raw path.

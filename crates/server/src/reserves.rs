@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rampart_audit::{Outcome, Permission};
+use rampart_reserves::private::PrivateTree;
 use rampart_reserves::{Holding, Reveal, Tree, TreeSecret, decode_holdings, encode_holdings, height_for};
 use std::collections::BTreeMap;
 
@@ -60,8 +61,35 @@ impl Default for ReservesConfig {
 /// The service's reserves state: the configuration and the last tree built.
 pub struct Reserves {
     config: ReservesConfig,
-    cache: tokio::sync::Mutex<Option<(String, Arc<Tree>)>>,
+    cache: tokio::sync::Mutex<Option<(String, Built)>>,
 }
+
+/// A snapshot's tree, in its form.
+#[derive(Clone)]
+enum Built {
+    Revealed(Arc<Tree>),
+    Private(Arc<PrivateTree>),
+}
+
+impl Built {
+    fn user_index(&self, user_id: &[u8]) -> Option<usize> {
+        match self {
+            Built::Revealed(t) => t.user_index(user_id),
+            Built::Private(t) => t.user_index(user_id),
+        }
+    }
+
+    fn root(&self) -> [u8; 32] {
+        match self {
+            Built::Revealed(t) => t.root(),
+            Built::Private(t) => t.root(),
+        }
+    }
+}
+
+/// `revealed`: proofs reveal the sibling sums along the path (spec §4); `private`: Pedersen commitments and range
+/// proofs, no other customer's balance in any proof (spec §8).
+const FORMS: [&str; 2] = ["revealed", "private"];
 
 impl Reserves {
     pub fn new(config: ReservesConfig) -> Self {
@@ -75,6 +103,9 @@ impl Reserves {
 pub struct SnapshotRequest {
     /// The snapshot's name (1 to 64 of `[A-Za-z0-9._-]`); default `ledger-<seq>-<unix seconds>`.
     pub name: Option<String>,
+    /// `revealed` (default: proofs reveal the sibling sums along the path) or `private` (Pedersen commitments and
+    /// Bulletproofs range proofs: no other customer's balance in any proof; balances must fit 64 bits).
+    pub form: Option<String>,
 }
 
 /// One asset of a publication.
@@ -103,7 +134,8 @@ pub struct Publication {
     pub height: u8,
     /// The root (hex).
     pub root: String,
-    /// `revealed_sums`: proofs reveal the sibling sums along the path.
+    /// `revealed_sums`: proofs reveal the sibling sums along the path; `private`: they reveal no other customer's
+    /// balance, and verifying them needs the publication (`GET /v1/reserves/{snapshot}/publication`).
     pub form: String,
     /// The specification the encodings follow.
     pub spec: String,
@@ -181,6 +213,21 @@ fn stored_totals(s: &ReservesSnapshot) -> Result<Vec<String>, ApiError> {
         .map_err(|_| ApiError::internal(format!("snapshot {} has unreadable totals", s.name)))
 }
 
+/// The private form's proven levels `b` for `users` customers: the crate's choice under its budget, but never more
+/// published top nodes than about two per customer and asset. The top publication is paid once to save every
+/// proof `h − b` range proofs; with few customers, few proofs are ever asked, and proving every level in each is
+/// cheaper than proving thousands of nodes nobody's path needs. A function of what a rebuild has too, so that a
+/// rebuilt tree has the same root.
+fn proven_levels(params: &Params, users: usize) -> u8 {
+    let budget = rampart_reserves::private::proven_levels_for(params.assets.len(), params.height);
+    let users_log2 = users.max(1).ilog2() as u8;
+    budget.max(params.height.saturating_sub(users_log2)).min(params.height)
+}
+
+fn form_name(s: &ReservesSnapshot) -> &'static str {
+    if s.form == "private" { "private" } else { "revealed_sums" }
+}
+
 fn publication(s: &ReservesSnapshot) -> Result<Publication, ApiError> {
     let params = stored_params(s)?;
     let totals = stored_totals(s)?;
@@ -191,7 +238,7 @@ fn publication(s: &ReservesSnapshot) -> Result<Publication, ApiError> {
         created_at_ns: s.created_at_ns.to_string(),
         height: params.height,
         root: hex::encode(&s.root),
-        form: "revealed_sums".into(),
+        form: form_name(s).into(),
         spec: "docs/reserves-spec.md, version 1".into(),
         assets: params
             .assets
@@ -240,8 +287,18 @@ pub(crate) async fn create_snapshot(
     {
         return Err(ApiError::bad_request("invalid_name", "a snapshot name is 1 to 64 of [A-Za-z0-9._-]"));
     }
+    let private = match request.form.as_deref() {
+        None | Some("revealed") => false,
+        Some("private") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_form",
+                format!("a snapshot's form is one of {FORMS:?}, not {other:?}"),
+            ));
+        }
+    };
     let (named, name) = tokio::sync::oneshot::channel();
-    let mut task = tokio::spawn(take_snapshot(state.clone(), principal.actor(), request.name, named));
+    let mut task = tokio::spawn(take_snapshot(state.clone(), principal.actor(), request.name, private, named));
     let joined = |j: Result<Result<Publication, ApiError>, tokio::task::JoinError>| {
         j.map_err(|_| ApiError::internal("the snapshot task failed"))?
     };
@@ -281,6 +338,7 @@ async fn take_snapshot(
     state: AppState,
     actor: String,
     requested: Option<String>,
+    private: bool,
     named: tokio::sync::oneshot::Sender<String>,
 ) -> Result<Publication, ApiError> {
     let keyring = state.keyring()?;
@@ -316,10 +374,10 @@ async fn take_snapshot(
             .iter()
             .map(|(code, decimals)| Asset {
                 code: code.clone(),
-                max: 10u128
-                    .checked_pow(u32::from(*decimals) + MAX_WHOLE_DIGITS)
-                    .unwrap_or(u128::MAX)
-                    .min(u128::MAX >> height),
+                max: 10u128.checked_pow(u32::from(*decimals) + MAX_WHOLE_DIGITS).unwrap_or(u128::MAX).min(
+                    // The private form's range proofs are of 64 bits.
+                    if private { u128::from(u64::MAX >> height) } else { u128::MAX >> height },
+                ),
             })
             .collect(),
     };
@@ -327,21 +385,31 @@ async fn take_snapshot(
     let encoded = encode_holdings(&holdings);
     let users = holdings.len() as i64;
     let tree_secret = TreeSecret::new(secret);
-    let (tree, holdings_check) = tokio::task::spawn_blocking(move || {
+    let (built, holdings_check) = tokio::task::spawn_blocking(move || {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         // The tree is built from the stored encoding, so that a rebuild later gives the same root.
         let decoded = decode_holdings(&encoded).expect("just encoded");
-        let tree = Tree::build(params, decoded, &tree_secret, threads);
-        (tree, encoded)
+        let built = if private {
+            let b = proven_levels(&params, decoded.len());
+            PrivateTree::build_with_proven_levels(params, decoded, &tree_secret, threads, b)
+                .map(|t| Built::Private(Arc::new(t)))
+        } else {
+            Tree::build(params, decoded, &tree_secret, threads).map(|t| Built::Revealed(Arc::new(t)))
+        };
+        (built, encoded)
     })
     .await
     .map_err(|_| ApiError::internal("building the tree failed"))?;
-    let tree = tree.map_err(|e| ApiError::bad_request("snapshot_invalid", e.to_string()))?;
-    let root = tree.root();
-    let totals: Vec<String> = tree.totals().iter().map(u128::to_string).collect();
+    let built = built.map_err(|e| ApiError::bad_request("snapshot_invalid", e.to_string()))?;
+    let root = built.root();
+    let (totals, params_text, published_bytes): (Vec<String>, String, Option<Vec<u8>>) = match &built {
+        Built::Revealed(t) => (t.totals().iter().map(u128::to_string).collect(), params_json(t.params()), None),
+        Built::Private(t) => {
+            (t.totals().iter().map(u64::to_string).collect(), params_json(t.params()), Some(t.publication().encode()))
+        }
+    };
     let sealed = keyring.encrypt(&secret, &secret_aad(&name));
     secret.fill(0);
-    let params_text = params_json(tree.params());
     let totals_text = serde_json::to_string(&totals).expect("strings serialise");
     let mut record = state.record(&actor, "reserves.snapshot", &format!("reserves:{name}"), Outcome::Success);
     record.details.insert("root".into(), hex::encode(root));
@@ -362,6 +430,8 @@ async fn take_snapshot(
         secret: &sealed,
         holdings: &holdings_check,
         attestations: &attestations,
+        form: if private { "private" } else { "revealed" },
+        publication: published_bytes.as_deref(),
     };
     state
         .store()
@@ -372,7 +442,7 @@ async fn take_snapshot(
         })?;
     let snapshot =
         state.store().reserves_snapshot(&name).await?.ok_or_else(|| ApiError::internal("snapshot vanished"))?;
-    *state.reserves().cache.lock().await = Some((name, Arc::new(tree)));
+    *state.reserves().cache.lock().await = Some((name, built));
     let mut published = publication(&snapshot)?;
     published.signing_sessions = open_attestation_sessions(&state, &snapshot, &actor).await?;
     Ok(published)
@@ -597,7 +667,7 @@ pub(crate) async fn snapshot_report(
         "exchange": params.exchange,
         "snapshot": s.name,
         "root": hex::encode(&s.root),
-        "form": "revealed_sums",
+        "form": form_name(&s),
         "ledger_seq": s.ledger_seq,
         "created_at_ns": s.created_at_ns.to_string(),
         "network": network,
@@ -642,7 +712,7 @@ pub(crate) async fn get_snapshot(
 }
 
 /// The snapshot's tree: the one in memory, or rebuilt from what the snapshot stored (checked against its root).
-async fn tree(state: &AppState, s: &ReservesSnapshot) -> Result<Arc<Tree>, ApiError> {
+async fn tree(state: &AppState, s: &ReservesSnapshot) -> Result<Built, ApiError> {
     let mut cache = state.reserves().cache.lock().await;
     if let Some((name, tree)) = cache.as_ref()
         && *name == s.name
@@ -661,20 +731,28 @@ async fn tree(state: &AppState, s: &ReservesSnapshot) -> Result<Arc<Tree>, ApiEr
         .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
         .ok_or_else(|| ApiError::internal(format!("snapshot {}'s secret does not open", s.name)))?;
     let params = stored_params(s)?;
-    let tree = tokio::task::spawn_blocking(move || {
+    let private = s.form == "private";
+    let built = tokio::task::spawn_blocking(move || {
         let holdings = decode_holdings(&encoded)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Tree::build(params, holdings, &TreeSecret::new(secret), threads).ok()
+        let secret = TreeSecret::new(secret);
+        if private {
+            let b = proven_levels(&params, holdings.len());
+            PrivateTree::build_with_proven_levels(params, holdings, &secret, threads, b)
+                .ok()
+                .map(|t| Built::Private(Arc::new(t)))
+        } else {
+            Tree::build(params, holdings, &secret, threads).ok().map(|t| Built::Revealed(Arc::new(t)))
+        }
     })
     .await
     .map_err(|_| ApiError::internal("rebuilding the tree failed"))?
     .ok_or_else(|| ApiError::internal(format!("snapshot {}'s holdings do not rebuild", s.name)))?;
-    if tree.root().as_slice() != s.root.as_slice() {
+    if built.root().as_slice() != s.root.as_slice() {
         return Err(ApiError::internal(format!("snapshot {} rebuilds to another root", s.name)));
     }
-    let tree = Arc::new(tree);
-    *cache = Some((s.name.clone(), tree.clone()));
-    Ok(tree)
+    *cache = Some((s.name.clone(), built.clone()));
+    Ok(built)
 }
 
 fn reveal(query: Result<Query<ProofQuery>, QueryRejection>) -> Result<Reveal, ApiError> {
@@ -697,21 +775,26 @@ async fn proof_of(
     let index = tree.user_index(user_id.as_bytes()).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_in_snapshot", "this customer held nothing at the snapshot")
     })?;
-    let proof = tokio::task::spawn_blocking(move || tree.proof(index, reveal))
-        .await
-        .map_err(|_| ApiError::internal("making the proof failed"))?;
+    let (bytes, balances, params) = tokio::task::spawn_blocking(move || match tree {
+        Built::Revealed(t) => {
+            let p = t.proof(index, reveal);
+            Ok((p.encode(), p.balances.iter().map(|&(i, b)| (i, b.to_string())).collect::<Vec<_>>(), p.params))
+        }
+        Built::Private(t) => t
+            .proof(index, reveal)
+            .map(|p| (p.encode(), p.balances.iter().map(|&(i, b)| (i, b.to_string())).collect(), p.params))
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "proof_unavailable", e.to_string())),
+    })
+    .await
+    .map_err(|_| ApiError::internal("making the proof failed"))??;
     Ok(ProofView {
         snapshot: s.name.clone(),
         root: hex::encode(&s.root),
-        proof: hex::encode(proof.encode()),
+        proof: hex::encode(bytes),
         user_id,
-        balances: proof
-            .balances
-            .iter()
-            .map(|&(i, b)| ProofBalance {
-                asset: proof.params.assets[usize::from(i)].code.clone(),
-                amount: b.to_string(),
-            })
+        balances: balances
+            .into_iter()
+            .map(|(i, amount)| ProofBalance { asset: params.assets[usize::from(i)].code.clone(), amount })
             .collect(),
         totals: stored_totals(s)?,
     })
@@ -773,11 +856,36 @@ pub(crate) async fn snapshot_leaves(
     let target = format!("reserves:{name}");
     state.authorize(&principal, Permission::ReservesRead, "reserves.leaves.read", &target).await?;
     let s = snapshot(&state, &name).await?;
-    let tree = tree(&state, &s).await?;
+    let Built::Revealed(tree) = tree(&state, &s).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_leaf_file",
+            "a private snapshot has no leaf file: it would show every balance",
+        ));
+    };
     let bytes = tokio::task::spawn_blocking(move || tree.leaf_file().encode())
         .await
         .map_err(|_| ApiError::internal("writing the leaf file failed"))?;
     state.audit(vec![state.record(&principal.actor(), "reserves.leaves.read", &target, Outcome::Success)]).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// A private snapshot's publication (spec §8.3, public): the totals and their blindings, the proven levels, the top
+/// nodes' commitments and their range proofs. `rampart-verify publication` checks it once; `rampart-verify proof
+/// --publication` checks a proof with it.
+#[utoipa::path(get, path = "/v1/reserves/{snapshot}/publication", tag = "reserves", params(("snapshot" = String, Path)),
+    responses(
+    (status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody)
+))]
+pub(crate) async fn snapshot_publication(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = snapshot(&state, &name).await?;
+    let bytes = state.store().reserves_publication(&s.name).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "not_private", "a revealed snapshot's publication is its JSON and root")
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -800,4 +908,29 @@ pub(crate) async fn verifier_page() -> Response {
 ))]
 pub(crate) async fn verifier_script() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], VERIFIER_SCRIPT).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(assets: usize, height: u8) -> Params {
+        Params {
+            exchange: "E".into(),
+            snapshot: "s".into(),
+            height,
+            assets: (0..assets).map(|i| Asset { code: format!("A{i}"), max: 1 }).collect(),
+        }
+    }
+
+    #[test]
+    fn few_customers_prove_every_level_many_share_the_top() {
+        // Two customers in a tree of 2^10: two published levels, nine proven in each proof.
+        assert_eq!(proven_levels(&params(3, 10), 2), 9);
+        assert_eq!(proven_levels(&params(3, 10), 0), 10);
+        // A million customers at one asset: the crate's budget decides (8 at height 20).
+        assert_eq!(proven_levels(&params(1, 20), 1_000_000), 8);
+        // Never above the height.
+        assert!(proven_levels(&params(500, 4), 1) <= 4);
+    }
 }

@@ -42,6 +42,8 @@ pub struct ReservesSnapshot {
     /// The totals as a JSON array of decimal strings.
     pub totals: String,
     pub users: i64,
+    /// `revealed` or `private`.
+    pub form: String,
 }
 
 /// What a new snapshot stores.
@@ -59,6 +61,10 @@ pub struct NewReservesSnapshot<'a> {
     pub holdings: &'a [u8],
     /// The reserves' side: every address holding coins at the snapshot's block.
     pub attestations: &'a [Attestation],
+    /// `revealed` or `private`.
+    pub form: &'a str,
+    /// The private form's publication (what verifiers download), encoded.
+    pub publication: Option<&'a [u8]>,
 }
 
 /// One address of the reserves' side of a snapshot (docs/reserves-spec.md §9).
@@ -120,12 +126,12 @@ fn attestation(row: AttestationRow) -> Result<Attestation, StoreError> {
     })
 }
 
-const SNAPSHOT_COLUMNS: &str = "id, name, ledger_seq, created_at, created_by, params, root, totals, users";
+const SNAPSHOT_COLUMNS: &str = "id, name, ledger_seq, created_at, created_by, params, root, totals, users, form";
 
-type SnapshotRow = (i64, String, i64, i64, String, String, Vec<u8>, String, i64);
+type SnapshotRow = (i64, String, i64, i64, String, String, Vec<u8>, String, i64, String);
 
 fn snapshot(row: SnapshotRow) -> ReservesSnapshot {
-    let (id, name, ledger_seq, created_at, created_by, params, root, totals, users) = row;
+    let (id, name, ledger_seq, created_at, created_by, params, root, totals, users, form) = row;
     ReservesSnapshot {
         id,
         name,
@@ -136,6 +142,7 @@ fn snapshot(row: SnapshotRow) -> ReservesSnapshot {
         root,
         totals,
         users,
+        form,
     }
 }
 
@@ -188,7 +195,8 @@ impl Store {
         on_backend!(self, |tx, sql| {
             let id: i64 = sqlx::query_scalar(&sql(
                 "INSERT INTO reserves_snapshots (name, ledger_seq, created_at, created_by, params, root, totals, \
-                 users, secret, holdings) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                 users, secret, holdings, form, publication) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                 $12) RETURNING id",
             ))
             .bind(new.name)
             .bind(new.ledger_seq)
@@ -200,6 +208,8 @@ impl Store {
             .bind(new.users)
             .bind(new.secret)
             .bind(new.holdings)
+            .bind(new.form)
+            .bind(new.publication)
             .fetch_one(&mut *tx.0)
             .await?;
             for a in new.attestations {
@@ -260,6 +270,17 @@ impl Store {
                 .await?
         })
         .pipe(Ok)
+    }
+
+    /// A private snapshot's publication (encoded); `None` for a revealed one or an unknown name.
+    pub async fn reserves_publication(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<Option<Vec<u8>>> = on_reader!(self, |pool, sql| {
+            sqlx::query_scalar(&sql("SELECT publication FROM reserves_snapshots WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.flatten())
     }
 
     /// The reserves' side of a snapshot, by asset and address.

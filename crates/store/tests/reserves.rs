@@ -228,6 +228,8 @@ on_both_backends!(snapshots_are_recorded_once_and_audited, |store: Arc<Store>| a
         secret: b"sealed secret",
         holdings: b"encoded holdings",
         attestations: &attestations,
+        form: "private",
+        publication: Some(b"the publication"),
     };
     let id = store
         .insert_reserves_snapshot(&new, NOW, &auditor(), vec![record("reserves.snapshot", "reserves")])
@@ -249,4 +251,7 @@ on_both_backends!(snapshots_are_recorded_once_and_audited, |store: Arc<Store>| a
     assert_eq!(entry.record.details.get("reserves_snapshot"), Some(&id.to_string()));
     // The reserves' side, stored with it; no session names the cold address yet.
     assert_eq!(store.reserves_attestations(id).await.unwrap(), vec![cold, hot]);
+    assert_eq!(got.form, "private");
+    assert_eq!(store.reserves_publication(new.name).await.unwrap().as_deref(), Some(&b"the publication"[..]));
+    assert_eq!(store.reserves_publication("nope").await.unwrap(), None);
 });

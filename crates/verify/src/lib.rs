@@ -12,6 +12,7 @@ pub mod leaves;
 pub mod params;
 pub mod private;
 pub mod proof;
+pub mod publication;
 #[cfg(feature = "report")]
 pub mod report;
 

@@ -13,26 +13,40 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub use bulletproofs::{BulletproofGens, PedersenGens, RangeProof};
 pub use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 pub use curve25519_dalek::scalar::Scalar;
-use merlin::Transcript;
+pub use merlin::Transcript;
 use sha2::{Digest, Sha512};
 
 use crate::Error;
 use crate::codec::Reader;
 use crate::hash::{Tag, hash_parts, user_commitment};
 use crate::params::Params;
-use crate::proof::{FORMAT_VERSION, MAGIC, USER_ID_LEN_MAX};
+use crate::proof::{MAGIC, USER_ID_LEN_MAX};
+pub use crate::publication::{PrivatePublication, VerifiedPublication};
 
-/// The form byte of a private proof.
+/// The form byte of a private proof and of a private publication.
 pub const FORM_PRIVATE: u8 = 1;
+/// The version byte of a private proof (form 1). Version 1 range-proved every level and had no proven-levels field;
+/// it is no longer accepted.
+pub const PRIVATE_PROOF_VERSION: u8 = 2;
 /// Every range proof shows a value lies in `[0, 2^RANGE_BITS)`.
 pub const RANGE_BITS: usize = 64;
-/// At most this many range-proven sibling commitments (height × revealed assets) in one proof: it bounds the
-/// generators a verifier derives (about 23 ms and 330 KB per 16 values) and the time a proof takes to make.
+/// At most this many sibling commitments (height × revealed assets) in one proof: it bounds the values a proof
+/// range-proves, the generators a verifier derives (about 23 ms and 330 KB per 16 values) and the time a proof takes
+/// to make.
 pub const RANGE_VALUES_MAX: usize = 4096;
-/// The label every range proof's transcript starts with.
+/// The label every per-user range proof's transcript starts with.
 pub const TRANSCRIPT_LABEL: &[u8] = b"rampart-por-v1 private range proof";
+/// The label every published (top) range proof's transcript starts with: a distinct label, so that no per-user range
+/// proof is ever accepted as a top one, nor the reverse.
+pub const TOP_TRANSCRIPT_LABEL: &[u8] = b"rampart-por-v1 private top range proof";
+/// The published nodes' values are range-proved in aggregated groups of this many (the last values by the binary
+/// expansion of what is left).
+pub const TOP_GROUP_VALUES: usize = 256;
+/// At most this many published node commitments (assets × nodes at the proven levels and above) in a publication:
+/// about 2 MB of commitments and, at 6–7 ms of a core per value, some seven core-minutes of range proofs.
+pub const TOP_VALUES_MAX: usize = 65_536;
 
-/// Why a well-formed private proof does not verify.
+/// Why a well-formed private proof or publication does not verify.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrivateFailure {
     /// The proof's parts do not fit together (wrong counts, a point that is not a canonical Ristretto encoding).
@@ -44,6 +58,19 @@ pub enum PrivateFailure {
     RangeProof { group: usize, first_level: usize, last_level: usize },
     /// The published totals and blindings do not open the tree's top commitments.
     TotalsMismatch(String),
+    /// The proof and the publication are not of the same tree: other parameters or proven levels.
+    PublicationMismatch(String),
+    /// A sibling commitment at a level at or above the proven levels is not the one published for that node, so the
+    /// publication's range proofs do not cover it.
+    TopCommitment { level: usize, asset: usize },
+    /// The publication is for another root than the expected one.
+    PublicationRoot { root: [u8; 32] },
+    /// A published node's commitment is not the sum of its two published children's.
+    TopSum { level: usize, index: u64, asset: usize },
+    /// A published range proof does not verify: some published node commitment among the values `first` to
+    /// `first + count − 1` (in the order of §8.3) is not shown to commit to a value in `[0, 2^64)`, or the proof was
+    /// made for another tree or other values.
+    TopRangeProof { group: usize, first: usize, count: usize },
 }
 
 impl std::fmt::Display for PrivateFailure {
@@ -59,6 +86,26 @@ impl std::fmt::Display for PrivateFailure {
                  to be in [0, 2^64)"
             ),
             PrivateFailure::TotalsMismatch(m) => write!(f, "totals: {m}"),
+            PrivateFailure::PublicationMismatch(m) => write!(f, "the proof is not of the publication's tree: {m}"),
+            PrivateFailure::TopCommitment { level, asset } => write!(
+                f,
+                "the sibling commitment of asset {asset} at level {level} is not the published one, so no published \
+                 range proof covers it"
+            ),
+            PrivateFailure::PublicationRoot { root } => {
+                write!(f, "the publication is for root {}, not the expected one", hex::encode(root))
+            }
+            PrivateFailure::TopSum { level, index, asset } => write!(
+                f,
+                "the published commitment of asset {asset} of node {index} at level {level} is not the sum of its \
+                 children's"
+            ),
+            PrivateFailure::TopRangeProof { group, first, count } => write!(
+                f,
+                "published range proof {group} does not show the published commitments {first} to {} to be in \
+                 [0, 2^64)",
+                first + count - 1
+            ),
         }
     }
 }
@@ -249,10 +296,49 @@ pub fn totals_digest(totals: &[u64], blindings: &[Scalar]) -> [u8; 32] {
     commitments_digest(&slots, &[], None)
 }
 
-/// The sizes of the aggregated range proofs of `values` commitments: the powers of two of its binary expansion,
-/// largest first (20 values are proved as 16 then 4). No padding: proving time is linear in the values proved.
+/// The binary expansion of `values`: its powers of two, largest first (20 values are 16 then 4).
 pub fn range_groups(values: usize) -> Vec<usize> {
     (0..usize::BITS).rev().filter(|b| values >> b & 1 == 1).map(|b| 1usize << b).collect()
+}
+
+/// The sizes of a proof's aggregated range proofs of `values` commitments, in order: two halves (the first
+/// `⌈values/2⌉`, then the other `⌊values/2⌋`), each split by its binary expansion ([`range_groups`]), so that two
+/// cores can each make or check one half. No padding: proving time is linear in the values proved (8 values are 4
+/// then 4; 20 are 8, 2, 8, 2).
+pub fn proof_groups(values: usize) -> Vec<usize> {
+    let mut groups = range_groups(values.div_ceil(2));
+    groups.extend(range_groups(values / 2));
+    groups
+}
+
+/// The sizes of a publication's aggregated range proofs of `values` published commitments, in order: groups of
+/// [`TOP_GROUP_VALUES`], then the binary expansion of what is left ([`range_groups`]).
+pub fn top_groups(values: usize) -> Vec<usize> {
+    let mut groups = vec![TOP_GROUP_VALUES; values / TOP_GROUP_VALUES];
+    groups.extend(range_groups(values % TOP_GROUP_VALUES));
+    groups
+}
+
+/// How many node commitments a publication of proven levels `proven_levels` holds for `assets` assets in a tree of
+/// height `height`: every node at levels `proven_levels` to `height − 1`, per asset, `assets · (2^(height −
+/// proven_levels + 1) − 2)`. `None` when `proven_levels` is not in `1..=height` or the count is beyond
+/// [`TOP_VALUES_MAX`].
+pub fn top_values(assets: usize, height: u8, proven_levels: u8) -> Option<usize> {
+    if proven_levels == 0 || proven_levels > height {
+        return None;
+    }
+    let nodes = (1u64 << (height - proven_levels + 1)) - 2;
+    let values = nodes.checked_mul(assets as u64)?;
+    (values <= TOP_VALUES_MAX as u64).then_some(values as usize)
+}
+
+/// The index, among a publication's node commitments, of asset `asset` of node `index` at level `level`
+/// (`proven_levels ≤ level < height`): levels from `proven_levels` up, nodes by index within a level, assets in tree
+/// order within a node.
+pub fn top_index(assets: usize, height: u8, proven_levels: u8, level: usize, index: u64, asset: usize) -> usize {
+    let (h, b) = (usize::from(height), usize::from(proven_levels));
+    let below = (1usize << (h - b + 1)) - (1usize << (h - level + 1));
+    (below + index as usize) * assets + asset
 }
 
 /// The encoded length of an aggregated range proof of `parties` values (a power of two): `(2·log2(64·m) + 9) × 32`.
@@ -261,16 +347,87 @@ pub fn range_proof_len(parties: usize) -> usize {
     (2 * lg + 9) * 32
 }
 
-/// The transcript of range proof `group`, whose first value is the `offset`-th sibling commitment of the path of
-/// `position` in the tree of root `root`: a proof made for another path, tree or snapshot does not verify.
-pub fn transcript(params_digest: &[u8; 32], root: &[u8; 32], position: u64, group: usize, offset: usize) -> Transcript {
+/// The transcript of a proof's range proof `group`, whose first value is the `offset`-th range-proven sibling
+/// commitment of the path of `position` in the tree of root `root` published with `proven_levels`: a proof made for
+/// another path, tree or snapshot does not verify.
+pub fn transcript(
+    params_digest: &[u8; 32],
+    root: &[u8; 32],
+    position: u64,
+    proven_levels: u8,
+    group: usize,
+    offset: usize,
+) -> Transcript {
     let mut t = Transcript::new(TRANSCRIPT_LABEL);
     t.append_message(b"P", params_digest);
     t.append_message(b"root", root);
     t.append_u64(b"position", position);
+    t.append_u64(b"proven levels", u64::from(proven_levels));
     t.append_u64(b"group", group as u64);
     t.append_u64(b"offset", offset as u64);
     t
+}
+
+/// The transcript of a publication's range proof `group`, whose first value is the `offset`-th published node
+/// commitment of the tree of root `root` published with `proven_levels`. Its label is not a proof's, and it names no
+/// position.
+pub fn top_transcript(
+    params_digest: &[u8; 32],
+    root: &[u8; 32],
+    proven_levels: u8,
+    group: usize,
+    offset: usize,
+) -> Transcript {
+    let mut t = Transcript::new(TOP_TRANSCRIPT_LABEL);
+    t.append_message(b"P", params_digest);
+    t.append_message(b"root", root);
+    t.append_message(b"top", b"published nodes");
+    t.append_u64(b"proven levels", u64::from(proven_levels));
+    t.append_u64(b"group", group as u64);
+    t.append_u64(b"offset", offset as u64);
+    t
+}
+
+/// The offset of each group's first value: the sizes' running sums.
+pub fn group_offsets(sizes: &[usize]) -> Vec<usize> {
+    sizes.iter().scan(0, |at, &m| Some(std::mem::replace(at, *at + m))).collect()
+}
+
+/// Runs `work(g)` for every group `g` (of `sizes[g]` values) on up to `threads` threads, the caller's included: the
+/// groups, largest first, each go to the least loaded thread. Returns every group's result in group order; `None` for
+/// a group whose thread panicked.
+pub fn run_groups<T: Send>(sizes: &[usize], threads: usize, work: impl Fn(usize) -> T + Sync) -> Vec<Option<T>> {
+    let threads = threads.clamp(1, sizes.len().max(1));
+    if threads == 1 {
+        return (0..sizes.len()).map(|g| Some(work(g))).collect();
+    }
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&g| std::cmp::Reverse(sizes[g]));
+    let mut shares: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    for g in order {
+        let least = shares.iter_mut().min_by_key(|(load, _)| *load).expect("at least one thread");
+        least.0 += sizes[g];
+        least.1.push(g);
+    }
+    let mut out: Vec<Option<T>> = (0..sizes.len()).map(|_| None).collect();
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares[1..]
+            .iter()
+            .map(|(_, share)| scope.spawn(move || share.iter().map(|&g| (g, work(g))).collect::<Vec<_>>()))
+            .collect();
+        for &g in &shares[0].1 {
+            out[g] = Some(work(g));
+        }
+        for handle in handles {
+            if let Ok(done) = handle.join() {
+                for (g, result) in done {
+                    out[g] = Some(result);
+                }
+            }
+        }
+    });
+    out
 }
 
 /// One level of a private proof, from the leaf's level up.
@@ -296,13 +453,16 @@ pub struct PrivateProof {
     pub position: u64,
     /// The seed of the leaf's blinding factors ([`blinding`]). Private to the user.
     pub blinding_seed: [u8; 32],
+    /// The proven levels `b` of the tree's publication: the proof range-proves the sibling commitments of levels
+    /// `0..b`, and those of levels `b..height` are the publication's, range-proved there.
+    pub proven_levels: u8,
     /// The user's non-zero balances: (asset index, amount), indices increasing.
     pub balances: Vec<(u16, u64)>,
     /// The assets whose commitments the proof reveals along the path, increasing; every balance's asset among them.
     pub revealed: Vec<u16>,
     pub levels: Vec<PrivateLevel>,
-    /// The aggregated range proofs of the sibling commitments, level by level and asset by asset within a level,
-    /// grouped as [`range_groups`] says.
+    /// The aggregated range proofs of the sibling commitments of levels `0..proven_levels`, level by level and asset
+    /// by asset within a level, grouped as [`proof_groups`] says.
     pub range_proofs: Vec<RangeProof>,
 }
 
@@ -313,6 +473,7 @@ impl PartialEq for PrivateProof {
             && self.salt == other.salt
             && self.position == other.position
             && self.blinding_seed == other.blinding_seed
+            && self.proven_levels == other.proven_levels
             && self.balances == other.balances
             && self.revealed == other.revealed
             && self.levels == other.levels
@@ -328,6 +489,7 @@ impl std::fmt::Debug for PrivateProof {
         f.debug_struct("PrivateProof")
             .field("snapshot", &self.params.snapshot)
             .field("position", &self.position)
+            .field("proven_levels", &self.proven_levels)
             .field("balances", &self.balances)
             .field("revealed", &self.revealed)
             .field("salt", &"<private>")
@@ -339,21 +501,27 @@ impl std::fmt::Debug for PrivateProof {
 /// What a private proof proved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrivateVerified {
-    /// The root the proof leads to (equal to the expected one).
+    /// The root the proof leads to (the publication's).
     pub root: [u8; 32],
-    /// The top node's commitments digest, which the published totals and blindings must open.
+    /// The top node's commitments digest, which the published totals and blindings open.
     pub top_digest: [u8; 32],
     /// For each revealed asset: its index and the top node's commitment to its total, as the path computes it.
     pub top_commitments: Vec<(usize, CompressedRistretto)>,
 }
 
 impl PrivateProof {
-    /// The binary encoding (§8.3).
+    /// The values this proof range-proves: the revealed assets' sibling commitments of the levels below the proven
+    /// levels.
+    pub fn range_values(&self) -> usize {
+        usize::from(self.proven_levels).min(self.levels.len()) * self.revealed.len()
+    }
+
+    /// The binary encoding (§8.4).
     pub fn encode(&self) -> Vec<u8> {
         let s = self.revealed.len();
         let mut out = Vec::with_capacity(512 + self.levels.len() * (32 + 32 * s) + 1024 * self.range_proofs.len());
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(PRIVATE_PROOF_VERSION);
         out.push(FORM_PRIVATE);
         self.params.encode(&mut out);
         out.extend_from_slice(&(self.user_id.len() as u16).to_be_bytes());
@@ -361,6 +529,7 @@ impl PrivateProof {
         out.extend_from_slice(&self.salt);
         out.extend_from_slice(&self.position.to_be_bytes());
         out.extend_from_slice(&self.blinding_seed);
+        out.push(self.proven_levels);
         out.extend_from_slice(&(self.balances.len() as u16).to_be_bytes());
         for (i, b) in &self.balances {
             out.extend_from_slice(&i.to_be_bytes());
@@ -386,22 +555,24 @@ impl PrivateProof {
     }
 
     /// Decodes a private proof, refusing any encoding that is not exactly what [`PrivateProof::encode`] writes for a
-    /// well-formed proof: bad parameters (or maxima too large for the private form), a balance of zero, above its
-    /// asset's maximum or out of order, an unrevealed balance, a position outside the tree, a point that is not a
-    /// canonical Ristretto encoding, a scalar that is not reduced, a range proof of the wrong size, a short or long
-    /// input.
+    /// well-formed proof: another version, bad parameters (or maxima too large for the private form), proven levels
+    /// outside `1..=height`, a balance of zero, above its asset's maximum or out of order, an unrevealed balance, a
+    /// position outside the tree, a point that is not a canonical Ristretto encoding, a scalar that is not reduced,
+    /// a range proof of the wrong size, a short or long input.
     pub fn decode(bytes: &[u8]) -> Result<PrivateProof, Error> {
         let mut r = Reader::new(bytes);
         if r.take(4, "magic")? != MAGIC {
             return Err(Error::Decode("not a Rampart reserves proof (bad magic)".into()));
         }
         let version = r.u8("version")?;
-        if version != FORMAT_VERSION {
-            return Err(Error::Decode(format!("unknown proof version {version}")));
-        }
         let form = r.u8("form")?;
         if form != FORM_PRIVATE {
             return Err(Error::Decode(format!("proof form {form} is not the private form {FORM_PRIVATE}")));
+        }
+        if version != PRIVATE_PROOF_VERSION {
+            return Err(Error::Decode(format!(
+                "private proof version {version} is not {PRIVATE_PROOF_VERSION}, the one this verifier reads"
+            )));
         }
         let params = Params::decode(&mut r)?;
         validate_params(&params)?;
@@ -411,6 +582,13 @@ impl PrivateProof {
         let salt = r.hash("salt")?;
         let position = r.u64("position")?;
         let blinding_seed = r.hash("blinding seed")?;
+        let proven_levels = r.u8("proven levels")?;
+        if proven_levels == 0 || proven_levels > params.height {
+            return Err(Error::Decode(format!(
+                "proven levels {proven_levels} outside 1 to the height {}",
+                params.height
+            )));
+        }
         let count = usize::from(r.u16("balance count")?);
         if count > k {
             return Err(Error::Decode(format!("{count} balances for {k} assets")));
@@ -435,7 +613,7 @@ impl PrivateProof {
         let height = usize::from(params.height);
         if height * s > RANGE_VALUES_MAX {
             return Err(Error::Decode(format!(
-                "{} range-proven commitments (height × revealed assets) exceed the limit of {RANGE_VALUES_MAX}",
+                "{} sibling commitments (height × revealed assets) exceed the limit of {RANGE_VALUES_MAX}",
                 height * s
             )));
         }
@@ -462,18 +640,28 @@ impl PrivateProof {
             levels.push(PrivateLevel { sibling, sibling_commitments, sibling_hints, parent_hints });
         }
         let mut range_proofs = Vec::new();
-        for m in range_groups(height * s) {
+        for m in proof_groups(usize::from(proven_levels) * s) {
             let raw = r.take(range_proof_len(m), "range proof")?;
             range_proofs.push(decode_range_proof(raw)?);
         }
         r.finish("proof")?;
-        let proof =
-            PrivateProof { params, user_id, salt, position, blinding_seed, balances, revealed, levels, range_proofs };
+        let proof = PrivateProof {
+            params,
+            user_id,
+            salt,
+            position,
+            blinding_seed,
+            proven_levels,
+            balances,
+            revealed,
+            levels,
+            range_proofs,
+        };
         proof.check_shape().map_err(Error::Decode)?;
         Ok(proof)
     }
 
-    /// The rules of §8.3 that do not depend on hashes or curve points.
+    /// The rules of §8.4 that do not depend on hashes or curve points.
     fn check_shape(&self) -> Result<(), String> {
         let params = &self.params;
         validate_params(params).map_err(|e| e.to_string())?;
@@ -483,6 +671,9 @@ impl PrivateProof {
         }
         if self.position >> params.height != 0 {
             return Err(format!("position {} is outside a tree of height {}", self.position, params.height));
+        }
+        if self.proven_levels == 0 || self.proven_levels > params.height {
+            return Err(format!("proven levels {} outside 1 to the height {}", self.proven_levels, params.height));
         }
         if self.revealed.windows(2).any(|w| w[0] >= w[1]) || self.revealed.last().is_some_and(|&a| usize::from(a) >= k)
         {
@@ -510,9 +701,11 @@ impl PrivateProof {
         if self.levels.len() != height {
             return Err("the proof's levels do not match the tree's height".into());
         }
-        let values = height * self.revealed.len();
-        if values > RANGE_VALUES_MAX {
-            return Err(format!("{values} range-proven commitments exceed the limit of {RANGE_VALUES_MAX}"));
+        if height * self.revealed.len() > RANGE_VALUES_MAX {
+            return Err(format!(
+                "{} sibling commitments exceed the limit of {RANGE_VALUES_MAX}",
+                height * self.revealed.len()
+            ));
         }
         let hints = hint_count(k, &self.revealed);
         for (l, level) in self.levels.iter().enumerate() {
@@ -523,28 +716,41 @@ impl PrivateProof {
                 return Err(format!("level {l} has the wrong number of commitments or hints"));
             }
         }
-        if self.range_proofs.len() != range_groups(values).len() {
+        if self.range_proofs.len() != proof_groups(self.range_values()).len() {
             return Err("the proof has the wrong number of range proofs".into());
         }
         Ok(())
     }
 
-    /// Verifies the proof against the published root: recomputes the user's leaf commitments from their balances and
-    /// blinding seed, walks up the path adding the sibling commitments, compares the root, then checks the aggregated
-    /// range proofs that every sibling commitment commits to a value in `[0, 2^64)`, on as many threads as the machine
-    /// has cores (at most one per range proof).
-    pub fn verify(&self, expected_root: &[u8; 32]) -> Result<PrivateVerified, PrivateFailure> {
-        self.verify_with_threads(expected_root, std::thread::available_parallelism().map_or(1, |n| n.get()))
+    /// Verifies the proof against a verified publication ([`PrivatePublication::verify`]), with its range proofs
+    /// checked on as many threads as the machine has cores (at most one per range proof).
+    pub fn verify(&self, publication: &VerifiedPublication) -> Result<PrivateVerified, PrivateFailure> {
+        self.verify_with_threads(publication, std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// [`PrivateProof::verify`] with the range proofs checked on up to `threads` threads (1: on the caller's).
+    /// Verifies the proof against a verified publication, with the range proofs checked on up to `threads` threads
+    /// (1: on the caller's). Recomputes the user's leaf commitments from their balances and blinding seed; walks up
+    /// the path adding the sibling commitments; compares the root with the publication's; checks that every sibling
+    /// commitment at the proven levels and above is the published one of that node (range-proved by the
+    /// publication) and that the proof's aggregated range proofs show every sibling commitment below them to commit
+    /// to a value in `[0, 2^64)`; and checks that the published totals and total blindings open the top commitments.
     pub fn verify_with_threads(
         &self,
-        expected_root: &[u8; 32],
+        publication: &VerifiedPublication,
         threads: usize,
     ) -> Result<PrivateVerified, PrivateFailure> {
         self.check_shape().map_err(PrivateFailure::Malformed)?;
+        let published = publication.publication();
         let params = &self.params;
+        if *params != published.params {
+            return Err(PrivateFailure::PublicationMismatch("other parameters (exchange, snapshot or assets)".into()));
+        }
+        if self.proven_levels != published.proven_levels {
+            return Err(PrivateFailure::PublicationMismatch(format!(
+                "the proof has {} proven levels, the publication {}",
+                self.proven_levels, published.proven_levels
+            )));
+        }
         let k = params.assets.len();
         let p = params.digest();
         let user = user_commitment(&p, &self.user_id, &self.salt);
@@ -560,7 +766,8 @@ impl PrivateProof {
         let mut digest = commitments_digest(&slots, &[], None);
         let mut running: Vec<RistrettoPoint> = self.revealed.iter().map(|&a| leaf[usize::from(a)]).collect();
 
-        let mut commitments = Vec::with_capacity(self.levels.len() * self.revealed.len());
+        let proven = usize::from(self.proven_levels);
+        let mut commitments = Vec::with_capacity(self.range_values());
         for (level, step) in self.levels.iter().enumerate() {
             let sibling_slots: Vec<[u8; 32]> = step.sibling_commitments.iter().map(asset_digest).collect();
             let sibling_digest = digest_with_hints(k, &self.revealed, &sibling_slots, &step.sibling_hints)
@@ -581,52 +788,40 @@ impl PrivateProof {
             digest = digest_with_hints(k, &self.revealed, &parent_slots, &step.parent_hints)
                 .ok_or_else(|| PrivateFailure::Malformed(format!("level {level}: wrong number of parent hints")))?;
             hash = parent;
-            commitments.extend_from_slice(&step.sibling_commitments);
+            if level < proven {
+                commitments.extend_from_slice(&step.sibling_commitments);
+            }
         }
         let root = root_hash(&p, &hash, &digest);
-        if root != *expected_root {
+        if root != published.root {
             return Err(PrivateFailure::RootMismatch { computed: root });
         }
 
-        // Group g covers the commitments offset..offset + m; the groups are shared among the threads, largest first
-        // to the least loaded (so 16 and 4 values run side by side), and the first failing group is reported.
-        let groups = range_groups(commitments.len());
-        let gens = generators(groups.first().copied().unwrap_or(1));
-        let offsets: Vec<usize> = groups.iter().scan(0, |at, &m| Some(std::mem::replace(at, *at + m))).collect();
-        let threads = threads.clamp(1, groups.len().max(1));
-        let mut shares: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads];
-        for (g, &m) in groups.iter().enumerate() {
-            let least = shares.iter_mut().min_by_key(|(load, _)| *load).expect("at least one thread");
-            least.0 += m;
-            least.1.push(g);
+        // At the proven levels and above, each sibling commitment must be the published one of its node: the
+        // publication's range proofs cover those.
+        for (level, step) in self.levels.iter().enumerate().skip(proven) {
+            let index = (self.position >> level) ^ 1;
+            for (&a, c) in self.revealed.iter().zip(&step.sibling_commitments) {
+                if published.node(level, index, usize::from(a)) != Some(c) {
+                    return Err(PrivateFailure::TopCommitment { level, asset: usize::from(a) });
+                }
+            }
         }
-        let check = |g: usize| -> Result<(), usize> {
+
+        // Group g covers the commitments offset..offset + m; the first failing group is reported.
+        let groups = proof_groups(commitments.len());
+        let gens = generators(groups.iter().copied().max().unwrap_or(1));
+        let offsets = group_offsets(&groups);
+        let (pb, position) = (self.proven_levels, self.position);
+        let results = run_groups(&groups, threads, |g| {
             let (m, offset) = (groups[g], offsets[g]);
-            let mut t = transcript(&p, &root, self.position, g, offset);
+            let mut t = transcript(&p, &root, position, pb, g, offset);
             self.range_proofs[g]
                 .verify_multiple(&gens, pedersen_gens(), &mut t, &commitments[offset..offset + m], RANGE_BITS)
-                .map_err(|_| g)
-        };
-        let failed = if threads == 1 {
-            (0..groups.len()).find_map(|g| check(g).err())
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = shares[1..]
-                    .iter()
-                    .map(|(_, share)| scope.spawn(|| share.iter().filter_map(|&g| check(g).err()).min()))
-                    .collect();
-                let mine = shares[0].1.iter().filter_map(|&g| check(g).err()).min();
-                // A thread that panicked verified nothing: its first group is reported as failing.
-                handles
-                    .into_iter()
-                    .zip(&shares[1..])
-                    .map(|(h, (_, share))| h.join().unwrap_or_else(|_| share.first().copied()))
-                    .chain([mine])
-                    .flatten()
-                    .min()
-            })
-        };
-        if let Some(g) = failed {
+                .is_ok()
+        });
+        // A group whose thread panicked verified nothing: it fails.
+        if let Some(g) = results.iter().position(|ok| *ok != Some(true)) {
             let s = self.revealed.len();
             return Err(PrivateFailure::RangeProof {
                 group: g,
@@ -634,7 +829,7 @@ impl PrivateProof {
                 last_level: (offsets[g] + groups[g] - 1) / s,
             });
         }
-        Ok(PrivateVerified {
+        let verified = PrivateVerified {
             root,
             top_digest: digest,
             top_commitments: self
@@ -643,14 +838,16 @@ impl PrivateProof {
                 .map(|&a| usize::from(a))
                 .zip(running.iter().map(|c| c.compress()))
                 .collect(),
-        })
+        };
+        verified.check_totals(params, &published.totals, &published.total_blindings)?;
+        Ok(verified)
     }
 }
 
 impl PrivateVerified {
-    /// Checks the publication's totals and total blindings (all `K`, in tree order): each pair must open the top
-    /// node's commitment (`total·B + blinding·B̃`), for the revealed assets as the path computed them, and all of them
-    /// together must hash to the top node's commitments digest.
+    /// Checks totals and total blindings (all `K`, in tree order): each pair must open the top node's commitment
+    /// (`total·B + blinding·B̃`), for the revealed assets as the path computed them, and all of them together must
+    /// hash to the top node's commitments digest. [`PrivateProof::verify`] checks the publication's.
     pub fn check_totals(&self, params: &Params, totals: &[u64], blindings: &[Scalar]) -> Result<(), PrivateFailure> {
         if totals.len() != params.assets.len() || blindings.len() != params.assets.len() {
             return Err(PrivateFailure::TotalsMismatch("the report lists a different number of assets".into()));
@@ -672,7 +869,7 @@ impl PrivateVerified {
 
 /// A range proof's bytes, refused unless every point is a canonical Ristretto encoding and every scalar is reduced
 /// (so that the encoding is canonical).
-fn decode_range_proof(raw: &[u8]) -> Result<RangeProof, Error> {
+pub(crate) fn decode_range_proof(raw: &[u8]) -> Result<RangeProof, Error> {
     let elements = raw.len() / 32;
     if !raw.len().is_multiple_of(32) || elements < range_proof_len(1) / 32 {
         return Err(Error::Decode("a range proof has the wrong length".into()));
@@ -704,6 +901,29 @@ mod tests {
         assert_eq!(range_groups(RANGE_VALUES_MAX).iter().sum::<usize>(), RANGE_VALUES_MAX);
         assert_eq!(range_proof_len(1), 672);
         assert_eq!(range_proof_len(16), 928);
+        assert_eq!(proof_groups(0), Vec::<usize>::new());
+        assert_eq!(proof_groups(1), vec![1]);
+        assert_eq!(proof_groups(8), vec![4, 4]);
+        assert_eq!(proof_groups(20), vec![8, 2, 8, 2]);
+        assert_eq!(proof_groups(7), vec![4, 2, 1]);
+        assert_eq!(top_groups(8190), [vec![256; 31], vec![128, 64, 32, 16, 8, 4, 2]].concat());
+        assert_eq!(top_groups(6), vec![4, 2]);
+    }
+
+    #[test]
+    fn published_nodes_are_counted_and_indexed_level_by_level() {
+        assert_eq!(top_values(1, 20, 8), Some(8190));
+        assert_eq!(top_values(3, 2, 1), Some(6));
+        assert_eq!(top_values(1, 5, 5), Some(0));
+        assert_eq!(top_values(1, 5, 0), None);
+        assert_eq!(top_values(1, 5, 6), None);
+        assert_eq!(top_values(500, 40, 1), None);
+        // Height 4, proven levels 2, two assets: level 2 holds nodes 0–3, level 3 nodes 0–1.
+        assert_eq!(top_index(2, 4, 2, 2, 0, 0), 0);
+        assert_eq!(top_index(2, 4, 2, 2, 3, 1), 7);
+        assert_eq!(top_index(2, 4, 2, 3, 0, 0), 8);
+        assert_eq!(top_index(2, 4, 2, 3, 1, 1), 11);
+        assert_eq!(top_values(2, 4, 2), Some(12));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The decoders on hostile input (what the fuzz target `reserves_proof` runs for longer): arbitrary bytes and
-//! mutations of valid proofs never panic, and whatever decodes re-encodes to the same bytes.
+//! mutations of valid proofs never panic, and whatever decodes re-encodes to the same bytes; the private form's proof
+//! and publication decoders too.
 
 use proptest::prelude::*;
+use rampart_verify::private::{PrivateProof, PrivatePublication};
 use rampart_verify::{LeafFile, Proof};
 
 fn valid_proofs() -> Vec<Vec<u8>> {
@@ -24,6 +26,13 @@ fn check(bytes: &[u8]) {
     if let Ok(file) = LeafFile::decode(bytes) {
         assert_eq!(file.encode(), bytes);
         let _ = file.recompute();
+    }
+    if let Ok(proof) = PrivateProof::decode(bytes) {
+        assert_eq!(proof.encode(), bytes);
+    }
+    if let Ok(publication) = PrivatePublication::decode(bytes) {
+        assert_eq!(publication.encode(), bytes);
+        let _ = publication.verify(&[0; 32]);
     }
 }
 

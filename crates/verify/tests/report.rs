@@ -170,3 +170,43 @@ fn a_control_signature_checks_under_the_scripts_key_only() {
     assert!(verify_control(&Statement { script_pubkey: &other, ..statement.clone() }, &signature).is_err());
     assert!(verify_control(&statement, &signature[..63]).is_err());
 }
+
+#[test]
+fn the_command_line_checks_a_report_and_names_what_fails() {
+    let dir = std::env::temp_dir().join(format!("rampart-verify-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let public = hex::encode(key.verifying_key().to_bytes());
+    let write = |name: &str, report: &Value| {
+        let text = serde_json::to_string_pretty(report).unwrap();
+        let mut signed = REPORT_CONTEXT.to_vec();
+        signed.extend_from_slice(text.as_bytes());
+        let (file, sig) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.json.sig")));
+        std::fs::write(&file, &text).unwrap();
+        std::fs::write(&sig, format!("{}\n", hex::encode(key.sign(&signed).to_bytes()))).unwrap();
+        (file.to_str().unwrap().to_owned(), sig.to_str().unwrap().to_owned())
+    };
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart-verify")).args(args).output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (file, sig) = write("honest", &honest());
+    let root = "11".repeat(32);
+    let (code, out) = run(&["report", &file, "--signature", &sig, "--key", &public, "--root", &root]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ratio 101.00 %, cold share 95.04 %") && out.contains("VERIFIED"), "{out}");
+    let (code, out) = run(&["report", &file, "--signature", &sig, "--key", &public, "--root", &"22".repeat(32)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another root"), "{out}");
+    let other = hex::encode(ed25519_dalek::SigningKey::from_bytes(&[6; 32]).verifying_key().to_bytes());
+    let (code, out) = run(&["report", &file, "--signature", &sig, "--key", &other]);
+    assert!(code == 1 && out.contains("NOT VERIFIED: signature"), "{out}");
+    // Signed by the right key, but inflated: the service's signature does not make a false sum true.
+    let mut inflated = honest();
+    inflated["assets"][0]["reserves"] = json!("2000000");
+    let (file, sig) = write("inflated", &inflated);
+    let (code, out) = run(&["report", &file, "--signature", &sig, "--key", &public]);
+    assert!(code == 1 && out.contains("NOT VERIFIED: totals"), "{out}");
+    let (code, _) = run(&["report", &file, "--key", &public]);
+    assert_eq!(code, 2, "no signature file is a usage error");
+}

@@ -20,3 +20,9 @@ CREATE TABLE reserves_attestations (
     PRIMARY KEY (snapshot_id, asset, script_pubkey)
 );
 CREATE INDEX reserves_attestations_ceremony ON reserves_attestations (ceremony_id);
+
+-- The form of a snapshot's tree: 'revealed' (sibling sums in proofs, spec §4) or 'private' (Pedersen commitments and
+-- range proofs, spec §8), whose publication (top nodes' commitments and their range proofs, totals and blindings) is
+-- stored as the bytes verifiers download.
+ALTER TABLE reserves_snapshots ADD COLUMN form TEXT NOT NULL DEFAULT 'revealed' CHECK (form IN ('revealed', 'private'));
+ALTER TABLE reserves_snapshots ADD COLUMN publication BYTEA;
