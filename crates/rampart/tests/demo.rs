@@ -46,6 +46,8 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "An address's balance doubled: malformed:",
         "The same signatures offered for another snapshot: signature:",
         "report.json, report.json.sig, report.html",
+        "is checked once by anyone",
+        "a range proof that it hides a non-negative amount: verified",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }
