@@ -146,24 +146,37 @@ fn publication(path: &str, root: &[u8; 32]) -> Result<Option<VerifiedPublication
     }
 }
 
+/// Prints whose proof it is and what it shows; `false` (after saying so) when `--user-id` names someone else.
+fn show_holder(
+    params: &rampart_verify::Params,
+    form: &str,
+    user_id: &[u8],
+    position: u64,
+    balances: &[(u16, u128)],
+    options: &Options,
+) -> bool {
+    println!("exchange {}, snapshot {}, tree height {}{form}", params.exchange, params.snapshot, params.height);
+    println!("user {} at position {position}", String::from_utf8_lossy(user_id));
+    for &(i, amount) in balances {
+        println!("  balance {amount} {}", params.assets[usize::from(i)].code);
+    }
+    if let Some(expected) = &options.user_id
+        && expected.as_bytes() != user_id
+    {
+        println!("NOT VERIFIED: the proof is for another user");
+        return false;
+    }
+    true
+}
+
 /// `proof` for a private proof (form 1), against a publication.
 fn private_proof(bytes: &[u8], options: &Options, root: &[u8; 32]) -> Result<bool, String> {
     let proof = PrivateProof::decode(bytes).map_err(|e| e.to_string())?;
     let path =
         options.publication.as_deref().ok_or("a private proof needs --publication (the snapshot's publication)")?;
     let params = &proof.params;
-    println!(
-        "exchange {}, snapshot {}, tree height {} (private form)",
-        params.exchange, params.snapshot, params.height
-    );
-    println!("user {} at position {}", String::from_utf8_lossy(&proof.user_id), proof.position);
-    for &(i, amount) in &proof.balances {
-        println!("  balance {amount} {}", params.assets[usize::from(i)].code);
-    }
-    if let Some(expected) = &options.user_id
-        && expected.as_bytes() != proof.user_id.as_slice()
-    {
-        println!("NOT VERIFIED: the proof is for another user");
+    let balances: Vec<(u16, u128)> = proof.balances.iter().map(|&(i, a)| (i, u128::from(a))).collect();
+    if !show_holder(params, " (private form)", &proof.user_id, proof.position, &balances, options) {
         return Ok(false);
     }
     let Some(published) = publication(path, root)? else { return Ok(false) };
@@ -208,15 +221,7 @@ fn run(args: &[String]) -> Result<bool, String> {
             }
             let proof = Proof::decode(&bytes).map_err(|e| e.to_string())?;
             let params = &proof.params;
-            println!("exchange {}, snapshot {}, tree height {}", params.exchange, params.snapshot, params.height);
-            println!("user {} at position {}", String::from_utf8_lossy(&proof.user_id), proof.position);
-            for &(i, amount) in &proof.balances {
-                println!("  balance {amount} {}", params.assets[usize::from(i)].code);
-            }
-            if let Some(expected) = &options.user_id
-                && expected.as_bytes() != proof.user_id.as_slice()
-            {
-                println!("NOT VERIFIED: the proof is for another user");
+            if !show_holder(params, "", &proof.user_id, proof.position, &proof.balances, &options) {
                 return Ok(false);
             }
             let verified = match proof.verify(&root) {
