@@ -152,36 +152,7 @@ impl Tree {
     ) -> Result<Tree, BuildError> {
         params.validate().map_err(|e| BuildError::Params(e.to_string()))?;
         let positions_len = 1u64 << params.height;
-        if holdings.len() as u64 > positions_len || holdings.len() >= PADDING as usize {
-            return Err(BuildError::TooManyUsers { users: holdings.len(), positions: positions_len });
-        }
-        let mut ids = HashSet::with_capacity(holdings.len());
-        for (index, h) in holdings.iter_mut().enumerate() {
-            if h.user_id.is_empty() || h.user_id.len() > USER_ID_LEN_MAX {
-                return Err(BuildError::UserId { index });
-            }
-            if !ids.insert(h.user_id.as_slice()) {
-                return Err(BuildError::DuplicateUser { index });
-            }
-            h.balances.retain(|&(_, b)| b != 0);
-            h.balances.sort_unstable_by_key(|&(i, _)| i);
-            for (j, &(i, b)) in h.balances.iter().enumerate() {
-                let asset = params.assets.get(usize::from(i)).ok_or_else(|| BuildError::Balance {
-                    index,
-                    reason: format!("asset index {i} is not in the tree"),
-                })?;
-                if j > 0 && h.balances[j - 1].0 == i {
-                    return Err(BuildError::Balance { index, reason: format!("two balances of {}", asset.code) });
-                }
-                if b > asset.max {
-                    return Err(BuildError::Balance {
-                        index,
-                        reason: format!("a balance of {} above the published maximum", asset.code),
-                    });
-                }
-            }
-        }
-        drop(ids);
+        check_holdings(&params, &mut holdings)?;
 
         let p = params.digest();
         let key = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
@@ -546,3 +517,40 @@ fn uniform(rng: &mut ChaCha20Rng, bound: u64) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// The rules for the holdings of both forms of the tree: room for every user, ids of 1 to 255 bytes and unique, balances of
+/// assets of the tree, at most one per asset, at most the asset's maximum. Drops zero balances and sorts the rest by
+/// asset.
+pub(crate) fn check_holdings(params: &Params, holdings: &mut [Holding]) -> Result<(), BuildError> {
+    let positions = 1u64 << params.height;
+    if holdings.len() as u64 > positions || holdings.len() >= PADDING as usize {
+        return Err(BuildError::TooManyUsers { users: holdings.len(), positions });
+    }
+    let mut ids = HashSet::with_capacity(holdings.len());
+    for (index, h) in holdings.iter_mut().enumerate() {
+        if h.user_id.is_empty() || h.user_id.len() > USER_ID_LEN_MAX {
+            return Err(BuildError::UserId { index });
+        }
+        if !ids.insert(h.user_id.as_slice()) {
+            return Err(BuildError::DuplicateUser { index });
+        }
+        h.balances.retain(|&(_, b)| b != 0);
+        h.balances.sort_unstable_by_key(|&(i, _)| i);
+        for (j, &(i, b)) in h.balances.iter().enumerate() {
+            let asset = params
+                .assets
+                .get(usize::from(i))
+                .ok_or_else(|| BuildError::Balance { index, reason: format!("asset index {i} is not in the tree") })?;
+            if j > 0 && h.balances[j - 1].0 == i {
+                return Err(BuildError::Balance { index, reason: format!("two balances of {}", asset.code) });
+            }
+            if b > asset.max {
+                return Err(BuildError::Balance {
+                    index,
+                    reason: format!("a balance of {} above the published maximum", asset.code),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -14,7 +14,6 @@
 //! sibling commitments. [`proven_levels_for`] picks `b` so that the publication stays within [`TOP_VALUES_BUDGET`]
 //! commitments.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +29,6 @@ use rampart_verify::private::{
     group_offsets, hint_count, leaf_hash, node_hash, padding_hash, pedersen_gens, proof_groups, root_hash, run_groups,
     top_groups, top_transcript, top_values, transcript, validate_params,
 };
-use rampart_verify::proof::USER_ID_LEN_MAX;
 use sha2::Sha256;
 use zeroize::Zeroize;
 
@@ -289,7 +287,7 @@ impl PrivateTree {
                 params.height
             )));
         };
-        check_holdings(&params, &mut holdings)?;
+        crate::check_holdings(&params, &mut holdings)?;
         let p = params.digest();
         let key = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
         let threads = threads.max(1);
@@ -608,41 +606,4 @@ fn blinding_seed(key: &Hmac<Sha256>, p: &[u8; 32], position: u64) -> [u8; 32] {
     mac.update(p);
     mac.update(&position.to_be_bytes());
     mac.finalize().into_bytes().into()
-}
-
-/// [`crate::Tree::build`]'s rules for the holdings: room for every user, ids of 1 to 255 bytes and unique, balances of
-/// assets of the tree, at most one per asset, at most the asset's maximum. Drops zero balances and sorts the rest by
-/// asset.
-fn check_holdings(params: &Params, holdings: &mut [Holding]) -> Result<(), BuildError> {
-    let positions = 1u64 << params.height;
-    if holdings.len() as u64 > positions || holdings.len() >= PADDING as usize {
-        return Err(BuildError::TooManyUsers { users: holdings.len(), positions });
-    }
-    let mut ids = HashSet::with_capacity(holdings.len());
-    for (index, h) in holdings.iter_mut().enumerate() {
-        if h.user_id.is_empty() || h.user_id.len() > USER_ID_LEN_MAX {
-            return Err(BuildError::UserId { index });
-        }
-        if !ids.insert(h.user_id.as_slice()) {
-            return Err(BuildError::DuplicateUser { index });
-        }
-        h.balances.retain(|&(_, b)| b != 0);
-        h.balances.sort_unstable_by_key(|&(i, _)| i);
-        for (j, &(i, b)) in h.balances.iter().enumerate() {
-            let asset = params
-                .assets
-                .get(usize::from(i))
-                .ok_or_else(|| BuildError::Balance { index, reason: format!("asset index {i} is not in the tree") })?;
-            if j > 0 && h.balances[j - 1].0 == i {
-                return Err(BuildError::Balance { index, reason: format!("two balances of {}", asset.code) });
-            }
-            if b > asset.max {
-                return Err(BuildError::Balance {
-                    index,
-                    reason: format!("a balance of {} above the published maximum", asset.code),
-                });
-            }
-        }
-    }
-    Ok(())
 }
