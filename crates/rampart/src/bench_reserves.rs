@@ -102,25 +102,9 @@ pub async fn run(args: ReservesArgs) -> anyhow::Result<()> {
         height,
         assets: (0..args.assets).map(|i| Asset { code: format!("ASSET{i}"), max: 1u128 << 96 }).collect(),
     };
-    let mut expected = vec![0u128; args.assets];
-    let holdings: Vec<Holding> = (0..args.users)
-        .map(|_| {
-            let mut id = [0u8; 16];
-            rng.fill(&mut id);
-            let held = rng.random_range(1..=4usize.min(args.assets));
-            let mut balances: Vec<(u16, u128)> = Vec::with_capacity(held);
-            while balances.len() < held {
-                let a = rng.random_range(0..args.assets) as u16;
-                if balances.iter().all(|&(i, _)| i != a) {
-                    let amount =
-                        u128::from(rng.random_range(1..u64::MAX)) * u128::from(rng.random_range(1..1_000_000u32));
-                    expected[usize::from(a)] += amount;
-                    balances.push((a, amount));
-                }
-            }
-            Holding { user_id: hex::encode(id).into_bytes(), balances }
-        })
-        .collect();
+    let (holdings, expected) = random_holdings(&args, &mut rng, |rng| {
+        u128::from(rng.random_range(1..u64::MAX)) * u128::from(rng.random_range(1..1_000_000u32))
+    });
     let mut secret = [0u8; 32];
     rng.fill(&mut secret);
     println!(
@@ -209,6 +193,34 @@ pub async fn run(args: ReservesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `args.users` customers with random 16-byte ids, each holding 1 to 4 distinct assets in amounts drawn by
+/// `amount`; and the totals per asset.
+fn random_holdings(
+    args: &ReservesArgs,
+    rng: &mut StdRng,
+    mut amount: impl FnMut(&mut StdRng) -> u128,
+) -> (Vec<Holding>, Vec<u128>) {
+    let mut expected = vec![0u128; args.assets];
+    let holdings = (0..args.users)
+        .map(|_| {
+            let mut id = [0u8; 16];
+            rng.fill(&mut id);
+            let held = rng.random_range(1..=4usize.min(args.assets));
+            let mut balances: Vec<(u16, u128)> = Vec::with_capacity(held);
+            while balances.len() < held {
+                let a = rng.random_range(0..args.assets) as u16;
+                if balances.iter().all(|&(i, _)| i != a) {
+                    let value = amount(rng);
+                    expected[usize::from(a)] += value;
+                    balances.push((a, value));
+                }
+            }
+            Holding { user_id: hex::encode(id).into_bytes(), balances }
+        })
+        .collect();
+    (holdings, expected)
+}
+
 /// `--private`: the same snapshot shape with balances below the private form's maxima (`(2^64 − 1) >> height`).
 fn run_private(args: &ReservesArgs, threads: usize) -> anyhow::Result<()> {
     let samples = args.samples.unwrap_or(64).max(1);
@@ -221,24 +233,7 @@ fn run_private(args: &ReservesArgs, threads: usize) -> anyhow::Result<()> {
         height,
         assets: (0..args.assets).map(|i| Asset { code: format!("ASSET{i}"), max: u128::from(max) }).collect(),
     };
-    let mut expected = vec![0u128; args.assets];
-    let holdings: Vec<Holding> = (0..args.users)
-        .map(|_| {
-            let mut id = [0u8; 16];
-            rng.fill(&mut id);
-            let held = rng.random_range(1..=4usize.min(args.assets));
-            let mut balances: Vec<(u16, u128)> = Vec::with_capacity(held);
-            while balances.len() < held {
-                let a = rng.random_range(0..args.assets) as u16;
-                if balances.iter().all(|&(i, _)| i != a) {
-                    let amount = u128::from(rng.random_range(1..=max));
-                    expected[usize::from(a)] += amount;
-                    balances.push((a, amount));
-                }
-            }
-            Holding { user_id: hex::encode(id).into_bytes(), balances }
-        })
-        .collect();
+    let (holdings, expected) = random_holdings(args, &mut rng, |rng| u128::from(rng.random_range(1..=max)));
     let mut secret = [0u8; 32];
     rng.fill(&mut secret);
     println!(
