@@ -106,6 +106,16 @@ fn segment(name: &str, what: &str) -> anyhow::Result<String> {
     Ok(name.to_owned())
 }
 
+/// Writes a snapshot's binary `what` (`leaves`, `publication`) to `out`.
+async fn download(service: &ServiceArgs, snapshot: &str, what: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let service = Service::new(&service.server, &service.token);
+    let snapshot = segment(snapshot, "snapshot")?;
+    let bytes = service.get_bytes(&format!("/v1/reserves/{snapshot}/{what}")).await?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!("{} bytes written to {}", bytes.len(), out.display());
+    Ok(())
+}
+
 pub async fn run(command: ReservesCommand) -> anyhow::Result<()> {
     match command {
         ReservesCommand::Snapshot { name, private, service } => {
@@ -169,19 +179,9 @@ pub async fn run(command: ReservesCommand) -> anyhow::Result<()> {
             }
         }
         ReservesCommand::Publication { snapshot, out, service } => {
-            let service = Service::new(&service.server, &service.token);
-            let snapshot = segment(&snapshot, "snapshot")?;
-            let bytes = service.get_bytes(&format!("/v1/reserves/{snapshot}/publication")).await?;
-            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!("{} bytes written to {}", bytes.len(), out.display());
+            download(&service, &snapshot, "publication", &out).await?
         }
-        ReservesCommand::Leaves { snapshot, out, service } => {
-            let service = Service::new(&service.server, &service.token);
-            let snapshot = segment(&snapshot, "snapshot")?;
-            let bytes = service.get_bytes(&format!("/v1/reserves/{snapshot}/leaves")).await?;
-            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!("{} bytes written to {}", bytes.len(), out.display());
-        }
+        ReservesCommand::Leaves { snapshot, out, service } => download(&service, &snapshot, "leaves", &out).await?,
     }
     Ok(())
 }
