@@ -117,9 +117,9 @@ pub async fn run(args: WithdrawalsArgs) -> anyhow::Result<()> {
     let clients = Arc::new(clients);
 
     drive(&http, &base, &clients, args.warmup, args.clients.min(args.warmup.max(1)), 0).await?;
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), CpuTicks::now());
     let all = drive(&http, &base, &clients, args.requests, args.clients, args.warmup).await?;
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = (started.elapsed(), CpuTicks::now().and_then(|now| now.since(cpu_before)));
     let _ = stop.send(());
     let _ = server.await;
 
@@ -137,6 +137,17 @@ pub async fn run(args: WithdrawalsArgs) -> anyhow::Result<()> {
         ms(0.99),
         ms(1.0)
     );
+    // CPU per request: the machine's (the database, this process and the kernel) and this process's own (the
+    // server and the clients), from /proc; where the figures cannot be read, none are printed.
+    let per_request = |ticks: u64| ticks * 10_000 / all.len().max(1);
+    let cpu = cpu.map(|c| (per_request(c.machine), per_request(c.process)));
+    if let Some((machine, process)) = cpu {
+        println!(
+            "  CPU per request: {machine} µs on the machine, of which {process} µs in this process (server and \
+             clients) and {} µs elsewhere (the database, the kernel)",
+            machine.saturating_sub(process)
+        );
+    }
     let line = serde_json::json!({
         "bench": "withdrawals",
         "backend": backend,
@@ -146,9 +157,42 @@ pub async fn run(args: WithdrawalsArgs) -> anyhow::Result<()> {
         "requests_per_s": per_s,
         "p50_ms": ms(0.50).parse::<f64>().unwrap_or(0.0),
         "p99_ms": ms(0.99).parse::<f64>().unwrap_or(0.0),
+        "cpu_us_per_request": cpu.map(|c| c.0),
+        "process_cpu_us_per_request": cpu.map(|c| c.1),
     });
     println!("{line}");
     Ok(())
+}
+
+/// CPU time spent, in Linux's clock ticks (`USER_HZ`, 100 a second): the machine's busy time (every process and the
+/// kernel, not idle, I/O wait or time stolen by the hypervisor) and this process's own.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    machine: u64,
+    process: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // cpu user nice system idle iowait irq softirq steal …
+        let all: Vec<u64> =
+            stat.lines().next()?.split_whitespace().skip(1).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+        let machine = all.first()? + all.get(1)? + all.get(2)? + all.get(5)? + all.get(6)?;
+        // pid (comm) state … utime stime: fields 14 and 15, the 12th and 13th after the command's closing bracket.
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let mut after = own.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let process = after.next()?.parse::<u64>().ok()? + after.next()?.parse::<u64>().ok()?;
+        Some(CpuTicks { machine, process })
+    }
+
+    fn since(self, before: Option<CpuTicks>) -> Option<CpuTicks> {
+        let before = before?;
+        Some(CpuTicks {
+            machine: self.machine.saturating_sub(before.machine),
+            process: self.process.saturating_sub(before.process),
+        })
+    }
 }
 
 fn per_second(n: u64, elapsed: Duration) -> u64 {
@@ -211,13 +255,38 @@ async fn drive(
 }
 
 /// Customers with an API key (`read`, `withdraw`; allowed from 127.0.0.1), a whitelisted address usable now and a
-/// balance far above what the run withdraws.
-async fn customers(store: &Store, keyring: &rampart_crypto::Keyring, n: u32) -> anyhow::Result<Vec<Client>> {
+/// balance far above what the run withdraws; made by a few tasks at once, in the order of their numbers.
+async fn customers(store: &Store, keyring: &Arc<rampart_crypto::Keyring>, n: u32) -> anyhow::Result<Vec<Client>> {
+    const TASKS: u32 = 8;
+    let run: u64 = rand::random();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let (store, keyring) = (store.clone(), keyring.clone());
+        tasks.spawn(async move {
+            let numbers: Vec<u32> = (task..n).step_by(TASKS as usize).collect();
+            let made = some_customers(&store, &keyring, run, &numbers).await?;
+            anyhow::Ok(numbers.into_iter().zip(made).collect::<Vec<_>>())
+        });
+    }
+    let mut all = Vec::with_capacity(n as usize);
+    while let Some(made) = tasks.join_next().await {
+        all.extend(made??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The customers numbered `numbers` of a run's.
+async fn some_customers(
+    store: &Store,
+    keyring: &rampart_crypto::Keyring,
+    run: u64,
+    numbers: &[u32],
+) -> anyhow::Result<Vec<Client>> {
     let auditor = Auditor { signer: keyring, checkpoint_every: crate::init::CHECKPOINT_EVERY };
     let now = SystemClock.now_ns();
-    let run: u64 = rand::random();
-    let mut out = Vec::with_capacity(n as usize);
-    for i in 0..n {
+    let mut out = Vec::with_capacity(numbers.len());
+    for &i in numbers {
         let email = format!("bench-{run:x}-{i}@example.com");
         let index = keyring.blind_index("customer.email", email.as_bytes());
         let mut handle = [0u8; 16];

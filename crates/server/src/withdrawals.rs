@@ -98,6 +98,8 @@ pub struct Withdrawals {
     accounts_ready: std::sync::atomic::AtomicBool,
     /// Requests waiting to be recorded together.
     recorder: GroupCommit<Recording>,
+    /// The gates' reads, grouped.
+    positions: GroupCommit<Positions>,
     /// Clearing accounts known to exist (ledger accounts are never removed): a customer's later requests need not
     /// create theirs.
     clearing_made: Mutex<HashSet<AccountId>>,
@@ -143,6 +145,27 @@ impl Batch for Recording {
     }
 }
 
+/// Reading what the gates of new withdrawals need to know, in groups: concurrent requests read their positions in
+/// one statement.
+pub(crate) struct Positions;
+
+impl Batch for Positions {
+    type Item = rampart_store::PositionAsk;
+    type Out = Option<rampart_store::GatePosition>;
+    const MAX: usize = 256;
+    const NAME: &'static str = "withdrawal_positions";
+    // A read: while one waits for the database, the next group is already asked.
+    const WRITERS: usize = 2;
+
+    fn queue(state: &AppState) -> &GroupCommit<Positions> {
+        &state.withdrawals().positions
+    }
+
+    async fn write(state: &AppState, items: Vec<Self::Item>) -> Result<Vec<Self::Out>, ApiError> {
+        Ok(state.store().withdrawal_positions(&items).await?)
+    }
+}
+
 /// Records a withdrawal request with its hold, together with the others asked meanwhile.
 pub(crate) async fn record(state: &AppState, mut new: NewWithdrawal) -> Result<Requested<OverLimit>, ApiError> {
     let made = &state.withdrawals().clearing_made;
@@ -185,6 +208,7 @@ impl Withdrawals {
             policy: RwLock::new(Arc::new(policy)),
             accounts_ready: Default::default(),
             recorder: GroupCommit::default(),
+            positions: GroupCommit::default(),
             clearing_made: Mutex::default(),
         }
     }

@@ -220,15 +220,14 @@ async fn gates(
     let windows = state.withdrawals().policy().windows();
     let mut since = vec![day_start, month_start];
     since.extend(windows.iter().map(|w| now.saturating_sub(w * NS)));
-    let position = state
-        .store()
-        .withdrawal_position(
-            customer_id,
-            asset.code.as_str(),
-            address,
-            customer_ledger_account(customer_id, asset.code.as_str()),
-            &since,
-        )
+    let ask = rampart_store::PositionAsk {
+        customer_id,
+        asset: asset.code.to_string(),
+        address: address.to_owned(),
+        account: customer_ledger_account(customer_id, asset.code.as_str()),
+        since_ns: since,
+    };
+    let position = crate::group::GroupCommit::<withdrawals::Positions>::submit(state, ask)
         .await?
         .ok_or_else(|| ApiError::unauthorized("no such customer"))?;
 

@@ -59,7 +59,7 @@ pub use risk::{CaseResolution, CaseResolved, RiskCase, RiskCaseNote, RiskEventRe
 pub use staff::{RoleDecision, RoleRequest, StaffRecord, StaffStatus};
 pub use withdrawals::{
     Advanced, Approved, Changes, GatePosition, NewWithdrawal, Payment, PolicyDecided, PolicyRecord, Position,
-    QueueItem, Requested, Then, WhitelistEntry, WithdrawalRecord,
+    PositionAsk, QueueItem, Requested, Then, WhitelistEntry, WithdrawalRecord,
 };
 
 /// The largest batch of accounts or transfers one command accepts, as in TigerBeetle.

@@ -29,7 +29,7 @@ pub struct PgStore {
     pub(crate) pool: PgPool,
 }
 
-fn uuid(v: u128) -> Uuid {
+pub(crate) fn uuid(v: u128) -> Uuid {
     Uuid::from_u128(v)
 }
 

@@ -334,6 +334,73 @@ pub struct WhitelistEntry {
 const WHITELIST_COLUMNS: &str =
     "id, customer_id, asset, address, label, state, created_at, confirmed_at, usable_at, removed_at";
 
+/// What the gates of a new withdrawal ask about its customer ([`Store::withdrawal_position`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionAsk {
+    /// The customer.
+    pub customer_id: i64,
+    /// The asset withdrawn.
+    pub asset: String,
+    /// The destination.
+    pub address: String,
+    /// The customer's ledger account in the asset.
+    pub account: rampart_core::AccountId,
+    /// The times since which the withdrawals that count against limits are summed, in order.
+    pub since_ns: Vec<u64>,
+}
+
+/// The states of a withdrawal that no longer counts against limits are not these.
+const LIVE: &str = "state NOT IN ('rejected', 'cancelled', 'failed', 'expired')";
+
+/// The [`GatePosition`] in a row of the position reads, from column `$base` on: the KYC level, the whitelist-only
+/// mode, the account's debits pending, debits posted and credits posted as text, the ten whitelist columns, then
+/// `$windows` sums.
+macro_rules! gate_position {
+    ($row:expr, $base:expr, $windows:expr) => {{
+        use sqlx::Row;
+        let (row, base) = (&$row, $base);
+        let amount = |i: usize| -> Result<Option<u128>, StoreError> {
+            let text: Option<String> = row.try_get(base + i)?;
+            text.map(|t| t.parse::<u128>().map_err(|_| StoreError::Corrupt(format!("ledger amount {t:?}")))).transpose()
+        };
+        let available = match (amount(2)?, amount(3)?, amount(4)?) {
+            (Some(pending), Some(posted), Some(credits)) => {
+                Some(credits.saturating_sub(posted.saturating_add(pending)))
+            }
+            _ => None,
+        };
+        let entry_id: Option<i64> = row.try_get(base + 5)?;
+        let whitelist = match entry_id {
+            None => None,
+            Some(id) => Some(WhitelistEntry {
+                id,
+                customer_id: row.try_get(base + 6)?,
+                asset: row.try_get(base + 7)?,
+                address: row.try_get(base + 8)?,
+                label: row.try_get(base + 9)?,
+                state: row.try_get(base + 10)?,
+                created_at: row.try_get(base + 11)?,
+                confirmed_at: row.try_get(base + 12)?,
+                usable_at: row.try_get(base + 13)?,
+                removed_at: row.try_get(base + 14)?,
+            }),
+        };
+        let mut usd_since = Vec::with_capacity($windows);
+        for k in 0..$windows {
+            let total: Option<i64> = row.try_get(base + 15 + k)?;
+            usd_since.push(u(total.unwrap_or(0)));
+        }
+        let level: i64 = row.try_get(base)?;
+        GatePosition {
+            kyc_level: u8::try_from(level).unwrap_or(0),
+            whitelist_only: row.try_get(base + 1)?,
+            whitelist,
+            usd_since,
+            available,
+        }
+    }};
+}
+
 /// What the gates of a new withdrawal read about its customer ([`Store::withdrawal_position`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatePosition {
@@ -534,7 +601,7 @@ impl Store {
             let pairs: Vec<String> =
                 (0..n).map(|k| format!("(${}, ${})", first_pair + 2 * k, first_pair + 2 * k + 1)).collect();
             let pairs = pairs.join(", ");
-            let live = "state NOT IN ('rejected', 'cancelled', 'failed', 'expired')";
+            let live = LIVE;
             let q = sql(&format!(
                 "SELECT customer_id, \
                  CAST(SUM(CASE WHEN created_at >= $1 AND {live} THEN usd_micro ELSE 0 END) AS BIGINT), \
@@ -863,19 +930,12 @@ impl Store {
     }
 
     /// What the gates of a new withdrawal need to know about its customer, in one read: the KYC level, the
-    /// whitelist-only mode, the destination's whitelist entry (not removed), what ledger `account` can still spend,
-    /// and the value in micro-dollars of the withdrawals that count against limits since each of `since_ns`. `None`
-    /// if there is no such customer.
-    pub async fn withdrawal_position(
-        &self,
-        customer_id: i64,
-        asset: &str,
-        address: &str,
-        account: rampart_core::AccountId,
-        since_ns: &[u64],
-    ) -> Result<Option<GatePosition>, StoreError> {
+    /// whitelist-only mode, the destination's whitelist entry (not removed), what the ask's ledger account can
+    /// still spend, and the value in micro-dollars of the withdrawals that count against limits since each of its
+    /// times. `None` if there is no such customer.
+    pub async fn withdrawal_position(&self, ask: &PositionAsk) -> Result<Option<GatePosition>, StoreError> {
         // One pass over the customer's withdrawals since the earliest time asked for, a conditional sum per time.
-        let sums: Vec<String> = (0..since_ns.len())
+        let sums: Vec<String> = (0..ask.since_ns.len())
             .map(|k| format!("CAST(SUM(CASE WHEN created_at >= ${} THEN usd_micro ELSE 0 END) AS BIGINT)", k + 6))
             .collect();
         // An aggregate either way: the derived table has exactly one row.
@@ -890,65 +950,105 @@ impl Store {
                ON w.customer_id = c.id AND w.asset = $2 AND w.address = $3 AND w.state <> 'removed' \
              LEFT JOIN ledger_accounts a ON a.id = {account_id} \
              CROSS JOIN (SELECT {sums} FROM withdrawals WHERE customer_id = $1 AND created_at >= $5 \
-               AND state NOT IN ('rejected', 'cancelled', 'failed', 'expired')) s \
+               AND {LIVE}) s \
              WHERE c.id = $1",
             w.join(", ")
         );
-        let earliest = since_ns.iter().copied().min().unwrap_or(0);
+        let earliest = ask.since_ns.iter().copied().min().unwrap_or(0);
         on_reader!(self, |pool, sql| {
-            use sqlx::Row;
             let q = sql(&q);
             let mut query = sqlx::query(&q)
-                .bind(customer_id)
-                .bind(asset)
-                .bind(address)
-                .bind(account.get().to_be_bytes().to_vec())
+                .bind(ask.customer_id)
+                .bind(&ask.asset)
+                .bind(&ask.address)
+                .bind(ask.account.get().to_be_bytes().to_vec())
                 .bind(ts(earliest));
-            for since in since_ns {
+            for since in &ask.since_ns {
                 query = query.bind(ts(*since));
             }
             let Some(row) = query.fetch_optional(pool).await? else { return Ok(None) };
-            let amount = |i: usize| -> Result<Option<u128>, StoreError> {
-                let text: Option<String> = row.try_get(i)?;
-                text.map(|t| t.parse::<u128>().map_err(|_| StoreError::Corrupt(format!("ledger amount {t:?}"))))
-                    .transpose()
-            };
-            let available = match (amount(2)?, amount(3)?, amount(4)?) {
-                (Some(pending), Some(posted), Some(credits)) => {
-                    Some(credits.saturating_sub(posted.saturating_add(pending)))
-                }
-                _ => None,
-            };
-            let entry_id: Option<i64> = row.try_get(5)?;
-            let whitelist = match entry_id {
-                None => None,
-                Some(id) => Some(WhitelistEntry {
-                    id,
-                    customer_id: row.try_get(6)?,
-                    asset: row.try_get(7)?,
-                    address: row.try_get(8)?,
-                    label: row.try_get(9)?,
-                    state: row.try_get(10)?,
-                    created_at: row.try_get(11)?,
-                    confirmed_at: row.try_get(12)?,
-                    usable_at: row.try_get(13)?,
-                    removed_at: row.try_get(14)?,
-                }),
-            };
-            let mut usd_since = Vec::with_capacity(since_ns.len());
-            for k in 0..since_ns.len() {
-                let total: Option<i64> = row.try_get(15 + k)?;
-                usd_since.push(u(total.unwrap_or(0)));
-            }
-            let level: i64 = row.try_get(0)?;
-            Ok(Some(GatePosition {
-                kyc_level: u8::try_from(level).unwrap_or(0),
-                whitelist_only: row.try_get(1)?,
-                whitelist,
-                usd_since,
-                available,
-            }))
+            Ok(Some(gate_position!(row, 0, ask.since_ns.len())))
         })
+    }
+
+    /// [`Store::withdrawal_position`] for many asks at once, the answers in their order: on PostgreSQL one
+    /// statement (concurrent requests read together, one round trip), on SQLite one read after another.
+    pub async fn withdrawal_positions(&self, asks: &[PositionAsk]) -> Result<Vec<Option<GatePosition>>, StoreError> {
+        let Store::Postgres(pg) = self else {
+            let mut out = Vec::with_capacity(asks.len());
+            for ask in asks {
+                out.push(self.withdrawal_position(ask).await?);
+            }
+            return Ok(out);
+        };
+        let mut out = vec![None; asks.len()];
+        // One statement for each number of times asked (a policy changed between two asks: rarely more than one).
+        let mut counts: Vec<usize> = asks.iter().map(|a| a.since_ns.len()).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for windows in counts {
+            let numbers: Vec<i64> = (0..asks.len())
+                .filter(|&k| asks[k].since_ns.len() == windows)
+                .map(|k| i64::try_from(k).unwrap_or(i64::MAX))
+                .collect();
+            let pick = |k: &i64| &asks[usize::try_from(*k).unwrap_or(0)];
+            let times: Vec<String> = (0..windows).map(|k| format!("s{k}")).collect();
+            let sums: Vec<String> = times
+                .iter()
+                .map(|t| format!("CAST(SUM(CASE WHEN d.created_at >= q.{t} THEN d.usd_micro ELSE 0 END) AS BIGINT)"))
+                .collect();
+            let sums = if sums.is_empty() { "COUNT(*)".to_owned() } else { sums.join(", ") };
+            let arrays: Vec<String> = (0..windows).map(|k| format!("${}::bigint[]", k + 7)).collect();
+            let columns: Vec<String> = times.iter().map(|t| format!(", {t}")).collect();
+            let w: Vec<String> = WHITELIST_COLUMNS.split(", ").map(|c| format!("w.{c}")).collect();
+            // Each ask looks up its customer, destination and account by key, and sums its own customer's
+            // withdrawals. `OFFSET 0` keeps each lookup a subquery run once an ask, through its index: joined
+            // instead, a planner that thinks the asks many or a table small (a new database's statistics) hashes
+            // the whole table for each group.
+            let q = format!(
+                "SELECT c.kyc_level, c.whitelist_only, CAST(a.debits_pending AS TEXT), CAST(a.debits_posted AS TEXT), \
+                 CAST(a.credits_posted AS TEXT), {}, s.*, q.n \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::uuid[], $6::bigint[]{}) \
+                   AS q(n, customer_id, asset, address, account, earliest{}) \
+                 CROSS JOIN LATERAL (SELECT kyc_level, whitelist_only FROM customers \
+                   WHERE id = q.customer_id OFFSET 0) c \
+                 LEFT JOIN LATERAL (SELECT {WHITELIST_COLUMNS} FROM whitelist_addresses \
+                   WHERE customer_id = q.customer_id AND asset = q.asset AND address = q.address \
+                   AND state <> 'removed' OFFSET 0) w ON TRUE \
+                 LEFT JOIN LATERAL (SELECT debits_pending, debits_posted, credits_posted FROM ledger_accounts \
+                   WHERE id = q.account OFFSET 0) a ON TRUE \
+                 CROSS JOIN LATERAL (SELECT {sums} FROM withdrawals d WHERE d.customer_id = q.customer_id \
+                   AND d.created_at >= q.earliest AND d.{LIVE}) s",
+                w.join(", "),
+                arrays.iter().map(|a| format!(", {a}")).collect::<String>(),
+                columns.concat(),
+            );
+            let mut query = sqlx::query(&q)
+                .bind(&numbers)
+                .bind(numbers.iter().map(|k| pick(k).customer_id).collect::<Vec<_>>())
+                .bind(numbers.iter().map(|k| pick(k).asset.as_str()).collect::<Vec<_>>())
+                .bind(numbers.iter().map(|k| pick(k).address.as_str()).collect::<Vec<_>>())
+                .bind(numbers.iter().map(|k| crate::postgres::uuid(pick(k).account.get())).collect::<Vec<_>>())
+                .bind(
+                    numbers.iter().map(|k| ts(pick(k).since_ns.iter().copied().min().unwrap_or(0))).collect::<Vec<_>>(),
+                );
+            for t in 0..windows {
+                query = query.bind(numbers.iter().map(|k| ts(pick(k).since_ns[t])).collect::<Vec<_>>());
+            }
+            for row in query.fetch_all(&pg.pool).await? {
+                use sqlx::Row;
+                let n: i64 = row.try_get(15 + windows.max(1))?;
+                let slot = usize::try_from(n)
+                    .ok()
+                    .and_then(|n| out.get_mut(n))
+                    .ok_or_else(|| StoreError::Corrupt(format!("a position answered for ask {n}")))?;
+                // A destination listed twice (not possible under the live index) would answer twice: the first.
+                if slot.is_none() {
+                    *slot = Some(gate_position!(row, 0, windows));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A customer's withdrawals, newest first.
