@@ -208,6 +208,16 @@ impl Store {
         }
     }
 
+    /// Brings the query planner's statistics up to date (`ANALYZE`), as a running database's autovacuum (or
+    /// SQLite's `PRAGMA optimize`) keeps them: after a bulk load, before its tables' new sizes are known.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => sqlx::query("ANALYZE").execute(&s.writer).await.map(|_| ())?,
+            Store::Postgres(s) => sqlx::query("ANALYZE").execute(&s.pool).await.map(|_| ())?,
+        }
+        Ok(())
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping().await)
