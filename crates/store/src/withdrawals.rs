@@ -601,11 +601,10 @@ impl Store {
             let pairs: Vec<String> =
                 (0..n).map(|k| format!("(${}, ${})", first_pair + 2 * k, first_pair + 2 * k + 1)).collect();
             let pairs = pairs.join(", ");
-            let live = LIVE;
             let q = sql(&format!(
                 "SELECT customer_id, \
-                 CAST(SUM(CASE WHEN created_at >= $1 AND {live} THEN usd_micro ELSE 0 END) AS BIGINT), \
-                 CAST(SUM(CASE WHEN created_at >= $2 AND {live} THEN usd_micro ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN created_at >= $1 AND {LIVE} THEN usd_micro ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN created_at >= $2 AND {LIVE} THEN usd_micro ELSE 0 END) AS BIGINT), \
                  MAX(CASE WHEN (customer_id, idempotency_key) IN (VALUES {pairs}) THEN id END) FROM withdrawals \
                  WHERE customer_id IN ({list}) \
                  AND (created_at >= $3 OR (customer_id, idempotency_key) IN (VALUES {pairs})) GROUP BY customer_id"

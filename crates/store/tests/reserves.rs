@@ -7,57 +7,21 @@ use std::sync::Arc;
 
 use rampart_audit::{AuditRecord, Outcome};
 use rampart_core::{AccountId, Amount, AssetCode, TransferId};
-use rampart_crypto::{Keyring, initialise};
 use rampart_ledger::{AccountFlags, NewAccount, NewTransfer, TransferFlags};
-use rampart_store::{
-    Attestation, AuditFilter, Auditor, ConnectOptions, Effects, LiabilityOwner, NewCustomer, NewReservesSnapshot,
-    Store, testing,
-};
+use rampart_store::{Attestation, AuditFilter, Effects, LiabilityOwner, NewCustomer, NewReservesSnapshot, Store};
 
 const NOW: u64 = 1_800_000_000_000_000_000;
 const CUSTOMER: u16 = 1;
 
+#[macro_use]
+mod common;
+
+use common::{auditor, keyring};
+
 macro_rules! on_both_backends {
     ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = tempfile::tempdir().unwrap();
-                let url = testing::sqlite_url(dir.path());
-                ($body)(open(&url).await).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(url) =
-                    testing::fresh_postgres_url(concat!("reserves_", stringify!($name), "::postgres")).await
-                else {
-                    return;
-                };
-                ($body)(open(&url).await).await;
-            }
-        }
+        both_backends!("reserves_", $name, $body);
     };
-}
-
-async fn open(url: &str) -> Arc<Store> {
-    let store = Store::connect(url, &ConnectOptions::default()).await.unwrap();
-    store.migrate().await.unwrap();
-    Arc::new(store)
-}
-
-fn keyring() -> &'static Keyring {
-    static KEYRING: std::sync::OnceLock<Keyring> = std::sync::OnceLock::new();
-    KEYRING.get_or_init(|| {
-        let (config, root, _) = initialise(5, 3, &mut rand_core::OsRng).unwrap();
-        Keyring::create(root, config.init_id).0
-    })
-}
-
-fn auditor() -> Auditor<'static> {
-    Auditor { signer: keyring(), checkpoint_every: 1000 }
 }
 
 fn record(action: &str, target: &str) -> AuditRecord {
