@@ -19,6 +19,7 @@ use rampart_ledger::{AccountFlags, NewAccount, NewTransfer, TransferFlags};
 use rampart_server::compliance::{Compliance, ComplianceConfig};
 use rampart_server::custody::{Custody, CustodyConfig, custody_ledger_account, ensure_custody_accounts};
 use rampart_server::withdrawals::WithdrawalsConfig;
+use rampart_server::writer::WriterThread;
 use rampart_server::{AppState, IdentityConfig, VaultState, customer_ledger_account};
 use rampart_store::{ApiKeyRecord, Auditor, ConnectOptions, Effects, NewCustomer, Store};
 
@@ -97,6 +98,10 @@ pub async fn run(args: WithdrawalsArgs) -> anyhow::Result<()> {
     .and_then(|s| s.with_compliance(Compliance::new(compliance)))
     .and_then(|s| s.with_withdrawals(withdrawals))
     .map_err(|e| anyhow::anyhow!(e))?;
+    let state = match WriterThread::start_for(&store, &url).await? {
+        Some(writer) => state.with_writer_thread(writer).map_err(|e| anyhow::anyhow!(e))?,
+        None => state,
+    };
     ensure_custody_accounts(&state, "BTC").await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
 
     let started = Instant::now();

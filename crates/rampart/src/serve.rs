@@ -250,6 +250,13 @@ pub async fn serve(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
     let state = AppState::new(store, assets, Arc::new(SystemClock), vault, dev_root)
         .with_identity(config.identity.clone())
         .map_err(|e| anyhow::anyhow!("invalid [identity] configuration: {e}"))?;
+    let writer = rampart_server::writer::WriterThread::start_for(state.store(), &url)
+        .await
+        .with_context(|| format!("cannot open the writer thread's connections to {}", redact_url(&url)))?;
+    let state = match writer {
+        Some(writer) => state.with_writer_thread(writer).map_err(|e| anyhow::anyhow!(e))?,
+        None => state,
+    };
     let state = match custody(&config)? {
         Some(c) => state.with_custody(c).map_err(|e| anyhow::anyhow!("invalid [custody] configuration: {e}"))?,
         None => state,

@@ -8,6 +8,9 @@
 //! queue batch by batch and ends. The writer is a task of its own, not the request's future, so that a client
 //! hanging up cannot stop it with other requests' items in hand.
 //!
+//! The busiest kinds' writers run on the writer thread when there is one ([`crate::writer`]), out of the queue of
+//! request handlers ready to run.
+//!
 //! A kind may allow more than one writer ([`Batch::WRITERS`]): while one transaction waits for the database, the
 //! next batch is already being written. Items with the same key are never in two transactions at once, whichever
 //! writer holds them.
@@ -33,6 +36,9 @@ pub(crate) trait Batch: Send + Sync + 'static {
     const NAME: &'static str;
     /// Transactions written at once, at most.
     const WRITERS: usize = 1;
+    /// Whether its writers run on the writer thread when the state has one ([`crate::writer`]); `write` then uses
+    /// [`AppState::writer_store`], the thread's own connections.
+    const OWN_THREAD: bool = false;
     /// The queue, in the state.
     fn queue(state: &AppState) -> &GroupCommit<Self>;
     /// Items with the same key never share a batch (a customer's withdrawals: each is checked against the ones
@@ -81,7 +87,12 @@ impl<B: Batch> GroupCommit<B> {
         };
         if start {
             let state = state.clone();
-            tokio::spawn(async move { Self::drain(&state).await });
+            let writer = B::OWN_THREAD.then(|| state.writer_thread().map(|w| w.handle().clone())).flatten();
+            let drain = async move { Self::drain(&state).await };
+            match writer {
+                Some(thread) => drop(thread.spawn(drain)),
+                None => drop(tokio::spawn(drain)),
+            }
         }
         rx.await.map_err(|_| {
             ApiError::new(

@@ -867,13 +867,14 @@ impl Batch for Admissions {
     type Out = rampart_store::Admission;
     const MAX: usize = 500;
     const NAME: &'static str = "admissions";
+    const OWN_THREAD: bool = true;
 
     fn queue(state: &AppState) -> &GroupCommit<Admissions> {
         state.admissions()
     }
 
     async fn write(state: &AppState, items: Vec<Self::Item>) -> Result<Vec<Self::Out>, ApiError> {
-        Ok(state.store().admit_api_requests(&items, state.now_ns()).await?)
+        Ok(state.writer_store().admit_api_requests(&items, state.now_ns()).await?)
     }
 }
 

@@ -29,6 +29,7 @@ mod vault;
 pub mod withdrawals;
 mod withdrawals_api;
 mod withdrawals_stuck;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -98,6 +99,8 @@ struct Inner {
     api_keys: identity::KnownKeys,
     /// Proof of reserves: the configuration and the last tree built.
     reserves: reserves::Reserves,
+    /// The thread the busiest group-commit writers run on, if any.
+    writer: Option<writer::WriterThread>,
 }
 
 impl AppState {
@@ -128,6 +131,7 @@ impl AppState {
                 admissions: group::GroupCommit::default(),
                 api_keys: identity::KnownKeys::default(),
                 reserves: reserves::Reserves::new(reserves::ReservesConfig::default()),
+                writer: None,
             }),
         }
     }
@@ -221,6 +225,24 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The same state with the busiest group-commit writers on `writer`, a thread of their own (PostgreSQL). Call
+    /// before the state is shared.
+    pub fn with_writer_thread(mut self, writer: writer::WriterThread) -> Result<AppState, String> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the state is already shared")?;
+        inner.writer = Some(writer);
+        Ok(self)
+    }
+
+    /// The writer thread, if the state has one.
+    pub(crate) fn writer_thread(&self) -> Option<&writer::WriterThread> {
+        self.inner.writer.as_ref()
+    }
+
+    /// The store of the group-commit writers that run on the writer thread: its own connections when there is one.
+    pub(crate) fn writer_store(&self) -> &Store {
+        self.writer_thread().map_or(&self.inner.store, writer::WriterThread::store)
     }
 
     /// The same state with this withdrawals configuration. Call before the state is shared.

@@ -122,6 +122,7 @@ impl Batch for Recording {
     // (round trips, commit) spent a quarter more CPU a request; even held back until eight waited (tried), they
     // cost more than they overlapped.
     const WRITERS: usize = 1;
+    const OWN_THREAD: bool = true;
 
     fn queue(state: &AppState) -> &GroupCommit<Recording> {
         &state.withdrawals().recorder
@@ -141,7 +142,7 @@ impl Batch for Recording {
             limits.check(level, p.today_usd_micro, p.month_usd_micro, new.usd_micro)
         };
         Ok(state
-            .store()
+            .writer_store()
             .request_withdrawals(items, day_start, month_start, check, now, &state.auditor(&keyring))
             .await?)
     }
@@ -156,13 +157,14 @@ impl Batch for Positions {
     type Out = Option<rampart_store::GatePosition>;
     const MAX: usize = 256;
     const NAME: &'static str = "withdrawal_positions";
+    const OWN_THREAD: bool = true;
 
     fn queue(state: &AppState) -> &GroupCommit<Positions> {
         &state.withdrawals().positions
     }
 
     async fn write(state: &AppState, items: Vec<Self::Item>) -> Result<Vec<Self::Out>, ApiError> {
-        Ok(state.store().withdrawal_positions(&items).await?)
+        Ok(state.writer_store().withdrawal_positions(&items).await?)
     }
 }
 

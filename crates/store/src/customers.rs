@@ -211,8 +211,23 @@ macro_rules! write_effects {
 macro_rules! write_effects_of_many {
     ($tx:ident, $sql:ident, $now:expr, $many:expr, $auditor:expr) => {{
         let many: Vec<(i64, crate::customers::Effects)> = $many;
+        let notices: Vec<(i64, &crate::customers::Notice)> =
+            many.iter().flat_map(|(c, e)| e.notices.iter().map(move |n| (*c, n))).collect();
+        insert_notices!($tx, $sql, $now, &notices);
+        insert_tickets!($tx, $sql, many.iter().flat_map(|(_, e)| e.tickets.iter()));
+        let records: Vec<rampart_audit::AuditRecord> = many.into_iter().flat_map(|(_, e)| e.records).collect();
+        if !records.is_empty() {
+            audit::append(&mut $tx, records, $auditor).await?;
+        }
+    }};
+}
+
+/// Inserts notices, each `(customer, &Notice)`, inside a transaction of [`on_backend!`]: the in-app notifications
+/// in one multi-row insert, the emails in another.
+macro_rules! insert_notices {
+    ($tx:ident, $sql:ident, $now:expr, $notices:expr) => {{
+        let notices: &[(i64, &crate::customers::Notice)] = $notices;
         let now: u64 = $now;
-        let notices: Vec<(i64, &crate::customers::Notice)> = many.iter().flat_map(|(c, e)| e.notices.iter().map(move |n| (*c, n))).collect();
         for chunk in notices.chunks(crate::backend::ROWS_PER_INSERT) {
             let q = $sql(&format!(
                 "INSERT INTO customer_notifications (customer_id, kind, title, created_at) VALUES {}",
@@ -243,24 +258,24 @@ macro_rules! write_effects_of_many {
             }
             query.execute(&mut *$tx.0).await?;
         }
-        let mut records = Vec::new();
-        for (_, effects) in many {
-            for t in &effects.tickets {
-                sqlx::query(&$sql(
-                    "INSERT INTO auth_tickets (token_hash, purpose, owner, data, expires_at) VALUES ($1, $2, $3, $4, $5)",
-                ))
-                .bind(t.token_hash.to_vec())
-                .bind(t.purpose)
-                .bind(&t.owner)
-                .bind(t.data.clone())
-                .bind(ts(t.expires_at_ns))
-                .execute(&mut *$tx.0)
-                .await?;
-            }
-            records.extend(effects.records);
-        }
-        if !records.is_empty() {
-            audit::append(&mut $tx, records, $auditor).await?;
+    }};
+}
+
+/// Inserts tickets (an iterator of `&NewTicket`) inside a transaction of [`on_backend!`].
+macro_rules! insert_tickets {
+    ($tx:ident, $sql:ident, $tickets:expr) => {{
+        for t in $tickets {
+            let t: &crate::customers::NewTicket = t;
+            sqlx::query(&$sql(
+                "INSERT INTO auth_tickets (token_hash, purpose, owner, data, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            ))
+            .bind(t.token_hash.to_vec())
+            .bind(t.purpose)
+            .bind(&t.owner)
+            .bind(t.data.clone())
+            .bind(ts(t.expires_at_ns))
+            .execute(&mut *$tx.0)
+            .await?;
         }
     }};
 }

@@ -19,6 +19,16 @@ pub(crate) trait LedgerTx {
     async fn load_transfers(&mut self, ids: &[TransferId]) -> Result<Vec<Transfer>, StoreError>;
     /// Locks and loads these accounts (those that exist).
     async fn lock_accounts(&mut self, ids: &[AccountId]) -> Result<Vec<Account>, StoreError>;
+    /// [`LedgerTx::load_transfers`] of `transfers`, then [`LedgerTx::lock_accounts`] of `accounts`, which an
+    /// implementation may do in fewer round trips.
+    async fn load_transfers_lock_accounts(
+        &mut self,
+        transfers: &[TransferId],
+        accounts: &[AccountId],
+    ) -> Result<(Vec<Transfer>, Vec<Account>), StoreError> {
+        let transfers = self.load_transfers(transfers).await?;
+        Ok((transfers, self.lock_accounts(accounts).await?))
+    }
     /// Writes what a command changed: the accounts it created (with their balances as it left them), the balances
     /// of the other accounts it changed, the transfers it created, the pending states it changed. A statement for
     /// each kind that has any, or one for all.
@@ -66,13 +76,24 @@ pub(crate) async fn create_transfers<T: LedgerTx>(
         ledger.load_pending(id, state);
     }
     let mut account_ids = deps.account_ids;
-    for transfer in tx.load_transfers(&deps.transfer_ids).await? {
-        if deps.pending_ids.binary_search(&transfer.id).is_ok() {
-            account_ids.extend([transfer.debit_account_id, transfer.credit_account_id]);
+    let accounts = if deps.pending_ids.is_empty() {
+        // No pending transfer names accounts to add: the transfers and the accounts at once.
+        let (transfers, accounts) =
+            tx.load_transfers_lock_accounts(&deps.transfer_ids, &sorted_unique(account_ids)).await?;
+        for transfer in transfers {
+            ledger.load_transfer(transfer);
         }
-        ledger.load_transfer(transfer);
-    }
-    for account in tx.lock_accounts(&sorted_unique(account_ids)).await? {
+        accounts
+    } else {
+        for transfer in tx.load_transfers(&deps.transfer_ids).await? {
+            if deps.pending_ids.binary_search(&transfer.id).is_ok() {
+                account_ids.extend([transfer.debit_account_id, transfer.credit_account_id]);
+            }
+            ledger.load_transfer(transfer);
+        }
+        tx.lock_accounts(&sorted_unique(account_ids)).await?
+    };
+    for account in accounts {
         ledger.load_account(account);
     }
     let results = ledger.create_transfers(batch, now_ns);

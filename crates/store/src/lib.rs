@@ -97,6 +97,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database cannot be reached for this reason (the machine failed to give what a connection needs).
+    pub fn unreachable(e: std::io::Error) -> StoreError {
+        StoreError::Database(sqlx::Error::Io(e))
+    }
+
     /// Whether the database could not be reached (as opposed to answering with an error): worth retrying later.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))

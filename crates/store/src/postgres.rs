@@ -149,6 +149,33 @@ impl LedgerTx for PgTx {
         rows.iter().map(account_row).collect()
     }
 
+    /// One statement when none of the transfers exists (the usual case: new transfers checked for duplicates):
+    /// the accounts locked, with whether any of the transfers exists; only then are they loaded too.
+    async fn load_transfers_lock_accounts(
+        &mut self,
+        transfers: &[TransferId],
+        accounts: &[AccountId],
+    ) -> Result<(Vec<Transfer>, Vec<Account>), StoreError> {
+        if transfers.is_empty() || accounts.is_empty() {
+            let transfers = self.load_transfers(transfers).await?;
+            return Ok((transfers, self.lock_accounts(accounts).await?));
+        }
+        let account_ids: Vec<Uuid> = accounts.iter().map(|id| uuid(id.get())).collect();
+        let transfer_ids: Vec<Uuid> = transfers.iter().map(|id| uuid(id.get())).collect();
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS_A}, EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.id = ANY($2)) \
+             FROM UNNEST($1::uuid[]) AS u(id) JOIN ledger_accounts a ON a.id = u.id ORDER BY a.id FOR UPDATE OF a"
+        );
+        let rows = sqlx::query(&sql).bind(account_ids).bind(transfer_ids).fetch_all(&mut *self.0).await?;
+        // No account found says nothing of the transfers: they are looked up as well.
+        let any = match rows.first() {
+            Some(row) => row.try_get::<bool, _>(10)?,
+            None => true,
+        };
+        let loaded = if any { self.load_transfers(transfers).await? } else { Vec::new() };
+        Ok((loaded, rows.iter().map(account_row).collect::<Result<_, _>>()?))
+    }
+
     /// One statement (data-modifying `WITH` over arrays; an empty array writes nothing): a round trip instead of
     /// up to four. The pending states refer to transfers inserted by the same statement, and foreign keys are
     /// checked at its end.
@@ -358,14 +385,29 @@ impl TransferColumns {
     }
 }
 
+/// A pooled connection idle longer than this is pinged before it is handed out again.
+const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl PgStore {
     pub(crate) async fn connect(url: &str, options: &ConnectOptions) -> Result<PgStore, StoreError> {
         // The parse error is reported without the URL, which may carry a password.
         let parsed =
             PgConnectOptions::from_str(url).map_err(|_| StoreError::InvalidUrl("malformed postgres url".into()))?;
+        // A connection handed out again within a second of its last use is not pinged first: the ping is a round
+        // trip before every transaction and read, the largest single cost of a short one on a busy machine. One
+        // idle longer (the server may have restarted or closed it meanwhile) is checked as before.
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size_max.max(1))
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(parsed)
             .await?;
         Ok(PgStore { pool })

@@ -574,20 +574,7 @@ impl Store {
             return Err(StoreError::Corrupt("a batch of withdrawal requests names a customer twice".into()));
         }
         on_backend!(self, |tx, sql| {
-            // NO KEY UPDATE: it orders each customer's requests, yet lets other transactions insert rows that
-            // refer to the customer (a notification) while they hold ledger locks this one will wait for: FOR
-            // UPDATE would block their foreign-key checks, and the two would deadlock.
-            let lock = if matches!(self, Store::Postgres(_)) { " FOR NO KEY UPDATE" } else { "" };
-            let ids = crate::backend::numbered(1, customers.len());
-            let q = sql(&format!(
-                "SELECT id, status, withdrawal_lock_until, withdrawal_lock_reason, kyc_level FROM customers \
-                 WHERE id IN ({ids}) ORDER BY id{lock}"
-            ));
-            let mut query = sqlx::query_as(&q);
-            for c in &customers {
-                query = query.bind(c);
-            }
-            let rows: Vec<CustomerGate> = query.fetch_all(&mut *tx.0).await?;
+            let rows = tx.lock_customers(&customers).await?;
             let accounts: std::collections::HashMap<i64, CustomerGate> = rows.into_iter().map(|r| (r.0, r)).collect();
             let risk_events: Vec<crate::RiskEventRecord> =
                 batch.iter().flat_map(|n| n.risk_events.iter().cloned()).collect();
@@ -595,28 +582,7 @@ impl Store {
             let n = batch.len();
             // One pass over the customers' recent withdrawals (and the one each request's idempotency key already
             // made, however old): both limit sums (the day starts within the month) and that withdrawal's id.
-            let since = day_start_ns.min(month_start_ns);
-            let list = crate::backend::numbered(4, customers.len());
-            let first_pair = 4 + customers.len();
-            let pairs: Vec<String> =
-                (0..n).map(|k| format!("(${}, ${})", first_pair + 2 * k, first_pair + 2 * k + 1)).collect();
-            let pairs = pairs.join(", ");
-            let q = sql(&format!(
-                "SELECT customer_id, \
-                 CAST(SUM(CASE WHEN created_at >= $1 AND {LIVE} THEN usd_micro ELSE 0 END) AS BIGINT), \
-                 CAST(SUM(CASE WHEN created_at >= $2 AND {LIVE} THEN usd_micro ELSE 0 END) AS BIGINT), \
-                 MAX(CASE WHEN (customer_id, idempotency_key) IN (VALUES {pairs}) THEN id END) FROM withdrawals \
-                 WHERE customer_id IN ({list}) \
-                 AND (created_at >= $3 OR (customer_id, idempotency_key) IN (VALUES {pairs})) GROUP BY customer_id"
-            ));
-            let mut query = sqlx::query_as(&q).bind(ts(day_start_ns)).bind(ts(month_start_ns)).bind(ts(since));
-            for c in &customers {
-                query = query.bind(c);
-            }
-            for w in &batch {
-                query = query.bind(w.customer_id).bind(&w.idempotency_key);
-            }
-            let sums: Vec<SumsRow> = query.fetch_all(&mut *tx.0).await?;
+            let sums = tx.recent_sums(&batch, &customers, day_start_ns, month_start_ns).await?;
             let made: Vec<&String> = sums.iter().filter_map(|r| r.3.as_ref()).collect();
             // Only a retried key (rare) reads its withdrawal.
             let mut existing: std::collections::HashMap<(i64, String), WithdrawalRecord> =
@@ -687,6 +653,7 @@ impl Store {
                 }
             }
             let recorded: Vec<usize> = (0..n).filter(|&k| answers[k].is_none()).collect();
+            let mut batch = batch;
             if !recorded.is_empty() {
                 let mut rows = Vec::with_capacity(recorded.len());
                 let mut events = Vec::new();
@@ -702,12 +669,17 @@ impl Store {
                     }
                     rows.push(k);
                 }
-                let inserted = tx
+                let effects: Vec<(i64, Effects)> =
+                    recorded.iter().map(|&k| (batch[k].customer_id, std::mem::take(&mut batch[k].effects))).collect();
+                let notices: Vec<(i64, &crate::customers::Notice)> =
+                    effects.iter().flat_map(|(c, e)| e.notices.iter().map(move |n| (*c, n))).collect();
+                let (inserted, head) = tx
                     .insert_recorded(Recorded {
                         batch: &batch,
                         rows: &rows,
                         events: &events,
                         risk: &risk_events,
+                        notices: &notices,
                         now_ns,
                     })
                     .await?;
@@ -725,16 +697,15 @@ impl Store {
                         .ok_or_else(|| StoreError::Corrupt(format!("withdrawal {} was not inserted", batch[k].id)))?;
                     answers[k] = Some(Requested::Recorded(w));
                 }
+                insert_tickets!(tx, sql, effects.iter().flat_map(|(_, e)| e.tickets.iter()));
+                let records: Vec<AuditRecord> = effects.into_iter().flat_map(|(_, e)| e.records).collect();
+                if !records.is_empty() {
+                    audit::append_after(&mut tx, head, records, auditor).await?;
+                }
             }
             if recorded.is_empty() {
                 crate::risk::insert_risk_events!(tx, sql, risk_events);
             }
-            let mut effects = Vec::with_capacity(recorded.len());
-            let mut batch = batch;
-            for &k in &recorded {
-                effects.push((batch[k].customer_id, std::mem::take(&mut batch[k].effects)));
-            }
-            write_effects_of_many!(tx, sql, now_ns, effects, auditor);
             answers.into_iter().map(|a| a.expect("every request answered")).collect::<Vec<_>>()
         })
         .pipe(Ok)
@@ -1436,12 +1407,15 @@ impl Store {
 }
 
 /// What the recording transaction inserts once the holds are made: the withdrawals recorded (`rows`, indexes into
-/// `batch`), their first moves (`events`: index, sequence number, from, to) and every request's risk events.
+/// `batch`), their first moves (`events`: index, sequence number, from, to), every request's risk events and the
+/// recorded ones' notifications.
 pub(crate) struct Recorded<'a> {
     batch: &'a [NewWithdrawal],
     rows: &'a [usize],
     events: &'a [(usize, i64, State, State)],
     risk: &'a [crate::RiskEventRecord],
+    /// The recorded withdrawals' notifications, each `(customer, notice)`.
+    notices: &'a [(i64, &'a crate::customers::Notice)],
     now_ns: u64,
 }
 
@@ -1478,14 +1452,75 @@ impl Row<'_> {
     }
 }
 
-/// Inserting [`Recorded`]: one statement on PostgreSQL (data-modifying `WITH` over arrays, so that its text, and
-/// its prepared plan, do not change with the batch), three on SQLite.
+/// Inserting [`Recorded`] and locking the audit log's head for the append that follows: one statement on PostgreSQL
+/// (data-modifying `WITH` over arrays, so that its text, and its prepared plan, do not change with the batch), a
+/// few on SQLite. Answers the withdrawals inserted and the head `(seq, hash)`.
 pub(crate) trait RecordTx {
-    async fn insert_recorded(&mut self, r: Recorded<'_>) -> Result<Vec<WithdrawalRecord>, StoreError>;
+    /// Locks the customers' rows, in id order (`FOR NO KEY UPDATE` on PostgreSQL: it orders each customer's
+    /// requests, yet lets other transactions insert rows that refer to the customer — a notification — while they
+    /// hold ledger locks this one will wait for: `FOR UPDATE` would block their foreign-key checks, and the two
+    /// would deadlock), and reads what the checks need.
+    async fn lock_customers(&mut self, customers: &[i64]) -> Result<Vec<CustomerGate>, StoreError>;
+    /// One pass over the customers' recent withdrawals (and the one each request's idempotency key already made,
+    /// however old): both limit sums (the day starts within the month) and that withdrawal's id, by customer.
+    async fn recent_sums(
+        &mut self,
+        batch: &[NewWithdrawal],
+        customers: &[i64],
+        day_start_ns: u64,
+        month_start_ns: u64,
+    ) -> Result<Vec<SumsRow>, StoreError>;
+    async fn insert_recorded(
+        &mut self,
+        r: Recorded<'_>,
+    ) -> Result<(Vec<WithdrawalRecord>, (u64, [u8; 32])), StoreError>;
 }
 
+// On PostgreSQL the lists are arrays, so that the statements' texts (and prepared plans) do not change with the
+// batch's size.
 impl RecordTx for crate::postgres::PgTx {
-    async fn insert_recorded(&mut self, r: Recorded<'_>) -> Result<Vec<WithdrawalRecord>, StoreError> {
+    async fn lock_customers(&mut self, customers: &[i64]) -> Result<Vec<CustomerGate>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.id, c.status, c.withdrawal_lock_until, c.withdrawal_lock_reason, c.kyc_level \
+             FROM UNNEST($1::bigint[]) AS u(id) JOIN customers c ON c.id = u.id ORDER BY c.id FOR NO KEY UPDATE OF c",
+        )
+        .bind(customers)
+        .fetch_all(&mut *self.0)
+        .await?)
+    }
+
+    async fn recent_sums(
+        &mut self,
+        batch: &[NewWithdrawal],
+        _customers: &[i64],
+        day_start_ns: u64,
+        month_start_ns: u64,
+    ) -> Result<Vec<SumsRow>, StoreError> {
+        // One request a customer: each key is its customer's. Each customer's pass is a subquery run once through
+        // the customer's index (`OFFSET 0`): the prepared statement's generic plan, made while the table was small,
+        // would otherwise hash the whole table ever after.
+        let q = format!(
+            "SELECT k.customer_id, s.* FROM UNNEST($4::bigint[], $5::text[]) AS k(customer_id, key) \
+             CROSS JOIN LATERAL (SELECT \
+             CAST(SUM(CASE WHEN w.created_at >= $1 AND w.{LIVE} THEN w.usd_micro ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN w.created_at >= $2 AND w.{LIVE} THEN w.usd_micro ELSE 0 END) AS BIGINT), \
+             MAX(CASE WHEN w.idempotency_key = k.key THEN w.id END) FROM withdrawals w \
+             WHERE w.customer_id = k.customer_id AND (w.created_at >= $3 OR w.idempotency_key = k.key) OFFSET 0) s"
+        );
+        Ok(sqlx::query_as(&q)
+            .bind(ts(day_start_ns))
+            .bind(ts(month_start_ns))
+            .bind(ts(day_start_ns.min(month_start_ns)))
+            .bind(batch.iter().map(|w| w.customer_id).collect::<Vec<_>>())
+            .bind(batch.iter().map(|w| w.idempotency_key.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *self.0)
+            .await?)
+    }
+
+    async fn insert_recorded(
+        &mut self,
+        r: Recorded<'_>,
+    ) -> Result<(Vec<WithdrawalRecord>, (u64, [u8; 32])), StoreError> {
         let n = r.rows.len();
         let (mut id, mut customer, mut key, mut hash, mut asset) = (vec![], vec![], vec![], vec![], vec![]);
         let (mut amount, mut fee, mut usd, mut address, mut whitelist) = (vec![], vec![], vec![], vec![], vec![]);
@@ -1539,12 +1574,31 @@ impl RecordTx for crate::postgres::PgTx {
             r_outcome.push(e.outcome.clone());
             r_version.push(i64::from(e.rules_version));
         }
+        let (mut n_customer, mut n_kind, mut n_title) = (vec![], vec![], vec![]);
+        let (mut m_id, mut m_customer, mut m_kind, mut m_payload) = (vec![], vec![], vec![], vec![]);
+        for &(customer, notice) in r.notices {
+            n_customer.push(customer);
+            n_kind.push(notice.kind.as_str());
+            n_title.push(notice.title.as_str());
+            if let Some((id, payload)) = &notice.email {
+                m_id.push(id.to_vec());
+                m_customer.push(customer);
+                m_kind.push(notice.kind.as_str());
+                m_payload.push(payload.as_slice());
+            }
+        }
         let now = ts(r.now_ns);
         // The events refer to the withdrawals inserted by the same statement: foreign keys are checked at its end.
+        // The audit head is locked last, as every writer of the log does: after the ledger's accounts.
         let q = format!(
-            "WITH risk AS (INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) \
+            "WITH head AS (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE), \
+             risk AS (INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[]) \
              ON CONFLICT (seq) DO NOTHING), \
+             notices AS (INSERT INTO customer_notifications (customer_id, kind, title, created_at) \
+             SELECT u.*, $7 FROM UNNEST($36::bigint[], $37::text[], $38::text[]) AS u), \
+             emails AS (INSERT INTO email_outbox (id, customer_id, kind, payload, created_at, next_attempt_at) \
+             SELECT u.*, $7, $7 FROM UNNEST($39::bytea[], $40::bigint[], $41::text[], $42::bytea[]) AS u), \
              moves AS (INSERT INTO withdrawal_events (withdrawal_id, seq, from_state, to_state, actor, reason, at) \
              SELECT u.*, $7 FROM UNNEST($8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
              $13::text[]) AS u) \
@@ -1554,9 +1608,10 @@ impl RecordTx for crate::postgres::PgTx {
              SELECT u.*, $7, $7 FROM UNNEST($14::text[], $15::bigint[], $16::text[], $17::bytea[], $18::text[], \
              $19::text[], $20::text[], $21::bigint[], $22::text[], $23::bigint[], $24::text[], $25::text[], \
              $26::text[], $27::text[], $28::bigint[], $29::bigint[], $30::bigint[], $31::bigint[], $32::text[], \
-             $33::text[], $34::text[], $35::bigint[]) AS u RETURNING {COLUMNS}"
+             $33::text[], $34::text[], $35::bigint[]) AS u \
+             RETURNING {COLUMNS}, (SELECT seq FROM head) AS head_seq, (SELECT hash FROM head) AS head_hash"
         );
-        Ok(sqlx::query_as(&q)
+        let rows = sqlx::query(&q)
             .bind(r_seq)
             .bind(r_at)
             .bind(r_customer)
@@ -1592,16 +1647,86 @@ impl RecordTx for crate::postgres::PgTx {
             .bind(requirement)
             .bind(reason)
             .bind(expires)
+            .bind(n_customer)
+            .bind(n_kind)
+            .bind(n_title)
+            .bind(m_id)
+            .bind(m_customer)
+            .bind(m_kind)
+            .bind(m_payload)
             .fetch_all(&mut *self.0)
-            .await?)
+            .await?;
+        let head = match rows.first() {
+            Some(row) => match (
+                sqlx::Row::try_get::<Option<i64>, _>(row, "head_seq")?,
+                sqlx::Row::try_get::<Option<Vec<u8>>, _>(row, "head_hash")?,
+            ) {
+                (Some(seq), Some(hash)) => audit::decode_head_position(seq, &hash)?,
+                _ => audit::genesis(),
+            },
+            None => return Err(StoreError::Corrupt("a recording inserted no withdrawal".into())),
+        };
+        let inserted =
+            rows.iter().map(<WithdrawalRecord as sqlx::FromRow<_>>::from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok((inserted, head))
     }
 }
 
 impl RecordTx for crate::sqlite::SqliteTx {
-    async fn insert_recorded(&mut self, r: Recorded<'_>) -> Result<Vec<WithdrawalRecord>, StoreError> {
+    async fn lock_customers(&mut self, customers: &[i64]) -> Result<Vec<CustomerGate>, StoreError> {
+        let q = crate::backend::sqlite_placeholders(&format!(
+            "SELECT id, status, withdrawal_lock_until, withdrawal_lock_reason, kyc_level FROM customers \
+             WHERE id IN ({}) ORDER BY id",
+            crate::backend::numbered(1, customers.len())
+        ));
+        let mut query = sqlx::query_as(&q);
+        for c in customers {
+            query = query.bind(c);
+        }
+        Ok(query.fetch_all(&mut *self.0).await?)
+    }
+
+    async fn recent_sums(
+        &mut self,
+        batch: &[NewWithdrawal],
+        customers: &[i64],
+        day_start_ns: u64,
+        month_start_ns: u64,
+    ) -> Result<Vec<SumsRow>, StoreError> {
+        let list = crate::backend::numbered(4, customers.len());
+        let first_pair = 4 + customers.len();
+        let pairs: Vec<String> =
+            (0..batch.len()).map(|k| format!("(${}, ${})", first_pair + 2 * k, first_pair + 2 * k + 1)).collect();
+        let pairs = pairs.join(", ");
+        let q = crate::backend::sqlite_placeholders(&format!(
+            "SELECT customer_id, \
+             CAST(SUM(CASE WHEN created_at >= $1 AND {LIVE} THEN usd_micro ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN created_at >= $2 AND {LIVE} THEN usd_micro ELSE 0 END) AS BIGINT), \
+             MAX(CASE WHEN (customer_id, idempotency_key) IN (VALUES {pairs}) THEN id END) FROM withdrawals \
+             WHERE customer_id IN ({list}) \
+             AND (created_at >= $3 OR (customer_id, idempotency_key) IN (VALUES {pairs})) GROUP BY customer_id"
+        ));
+        let mut query = sqlx::query_as(&q)
+            .bind(ts(day_start_ns))
+            .bind(ts(month_start_ns))
+            .bind(ts(day_start_ns.min(month_start_ns)));
+        for c in customers {
+            query = query.bind(c);
+        }
+        for w in batch {
+            query = query.bind(w.customer_id).bind(&w.idempotency_key);
+        }
+        Ok(query.fetch_all(&mut *self.0).await?)
+    }
+
+    async fn insert_recorded(
+        &mut self,
+        r: Recorded<'_>,
+    ) -> Result<(Vec<WithdrawalRecord>, (u64, [u8; 32])), StoreError> {
         let tx = self;
         let sql = |q: &str| crate::backend::sqlite_placeholders(q);
         crate::risk::insert_risk_events!(tx, sql, r.risk);
+        insert_notices!(tx, sql, r.now_ns, r.notices);
         let q = sql(&format!(
             "INSERT INTO withdrawals (id, customer_id, idempotency_key, request_hash, asset, amount, fee_held, \
              usd_micro, address, whitelist_id, initiator, actor, state, screening, risk_score, risk_case, review_id, \
@@ -1659,6 +1784,7 @@ impl RecordTx for crate::sqlite::SqliteTx {
             }
             query.execute(&mut *tx.0).await?;
         }
-        Ok(inserted)
+        let head = audit::AuditTx::lock_audit_head(tx).await?;
+        Ok((inserted, head))
     }
 }
