@@ -580,8 +580,6 @@ impl Store {
                 batch.iter().flat_map(|n| n.risk_events.iter().cloned()).collect();
 
             let n = batch.len();
-            // One pass over the customers' recent withdrawals (and the one each request's idempotency key already
-            // made, however old): both limit sums (the day starts within the month) and that withdrawal's id.
             let sums = tx.recent_sums(&batch, &customers, day_start_ns, month_start_ns).await?;
             let made: Vec<&String> = sums.iter().filter_map(|r| r.3.as_ref()).collect();
             // Only a retried key (rare) reads its withdrawal.
@@ -1589,7 +1587,8 @@ impl RecordTx for crate::postgres::PgTx {
         }
         let now = ts(r.now_ns);
         // The events refer to the withdrawals inserted by the same statement: foreign keys are checked at its end.
-        // The audit head is locked last, as every writer of the log does: after the ledger's accounts.
+        // The audit head is locked last, as every writer of the log does: after the ledger's accounts (the ledger
+        // batch that may follow, a void of a request's own hold, touches only accounts this transaction holds).
         let q = format!(
             "WITH head AS (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE), \
              risk AS (INSERT INTO risk_events (seq, at_ns, customer_id, event, outcome, rules_version) \
