@@ -1,12 +1,12 @@
-//! Withdrawals end to end, over HTTP against the real binary on the development chain, on SQLite and PostgreSQL:
-//! a small withdrawal straight through to confirmation; a large one waiting for three staff approvals; one above
-//! USD 10,000 through the three compliance levels; one frozen by the risk engine and released by a reviewer; a
-//! sanctioned destination refused; a withdrawal during the security lock refused with its end; a whitelisted address
-//! refused until its cooling-off ends; an API key withdrawing only to a whitelisted address, only with the
-//! `withdraw` scope and never twice with one signature; a customer cancelling; a broadcast the chain refuses
-//! returning the funds; a withdrawal forced into `approved` behind the policy's back never signed; 500 concurrent
-//! requests from one account never overdrawing it. And the withdrawal policy's versions proposed and decided
-//! concurrently.
+//! Withdrawals end to end, over HTTP against the real binary on the development chain, on SQLite and PostgreSQL: a
+//! small withdrawal straight through to confirmation; a large one waiting for three staff approvals; one above USD
+//! 10,000 through the three compliance levels; one frozen by the risk engine and released by a reviewer; a destination
+//! on the exchange's block list and one on OFAC's list of sanctioned addresses refused; a withdrawal during the
+//! security lock refused with its end; a whitelisted address refused until its cooling-off ends; an API key withdrawing
+//! only to a whitelisted address, only with the `withdraw` scope and never twice with one signature; a customer
+//! cancelling; a broadcast the chain refuses returning the funds; a withdrawal forced into `approved` behind the
+//! policy's back never signed; 500 concurrent requests from one account never overdrawing it. And the withdrawal
+//! policy's versions proposed and decided concurrently.
 
 #[allow(dead_code)]
 #[macro_use]
@@ -430,6 +430,7 @@ async fn refusals_before_anything_is_held(world: &World) {
         .await
         .expect(201);
     withdraw(&erin, "blocked-1", 100_000, &blocked, json!({})).await.assert_error(403, "destination_refused");
+    on_ofac_list(world).await;
     // Bad input.
     withdraw(&erin, "bad-1", 100_000, "bc1qnotregtest", json!({})).await.assert_error(400, "invalid_address");
     // A bad query string gets the JSON error shape, on the customer's list and on the staff queue.
@@ -459,6 +460,43 @@ async fn refusals_before_anything_is_held(world: &World) {
     let hours = (until / 1_000_000_000 - before) / 3600;
     assert!((23..=24).contains(&hours), "{message}");
     assert_eq!(balance(&erin).await, (10_000_000, 0));
+}
+
+/// A destination on OFAC's list of sanctioned addresses, imported as compliance staff import it. OFAC lists mainnet
+/// bitcoin addresses, which the development chain (regtest) refuses as addresses before any list is read; so the
+/// import is OFAC's own files (in `crates/compliance/testdata`) with one regtest address added to the XBT list,
+/// standing in for a listed one.
+async fn on_ofac_list(world: &World) {
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compliance/testdata");
+    let read = |p: &str| String::from_utf8_lossy(&std::fs::read(testdata.join(p)).unwrap()).into_owned();
+    let sanctioned = address(13);
+    let xbt = read("crypto-addresses/sanctioned_addresses_XBT.txt");
+    let listed_mainnet = xbt.lines().next().expect("a listed address").trim().to_owned();
+    let body = json!({
+        "files": {"sdn.csv": read("ofac/sdn.csv"), "alt.csv": read("ofac/alt.csv"), "add.csv": read("ofac/add.csv"),
+            "sdn_comments.csv": read("ofac/sdn_comments.csv")},
+        "addresses": {"XBT": format!("{xbt}\n{sanctioned}\n")},
+    });
+    world.root.post("/v1/compliance/lists/ofac", &body).await.expect(201);
+
+    let mut sam = world.customer("sam", 1_000_000).await;
+    sam.step_up().await;
+    withdraw(&sam, "sanctioned-1", 100_000, &sanctioned, json!({})).await.assert_error(403, "destination_refused");
+    // A listed mainnet address is not an address of this chain at all.
+    withdraw(&sam, "sanctioned-2", 100_000, &listed_mainnet, json!({})).await.assert_error(400, "invalid_address");
+    assert_eq!(balance(&sam).await, (1_000_000, 0));
+    assert!(sam.get("/v1/me/withdrawals").await.expect(200).as_array().is_some_and(Vec::is_empty));
+    // The refusal opened a compliance case naming the list (the customer is never told which).
+    let cases = world.root.get("/v1/compliance/cases?all=true").await.expect(200).clone();
+    let case = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "address_match" && c["customer"] == sam.id)
+        .unwrap_or_else(|| panic!("a case for the refusal: {cases}"));
+    assert_eq!(case["details"]["category"], "sanctioned", "{case}");
+    assert_eq!(case["details"]["source"], "ofac-asset-list", "{case}");
+    assert_eq!(case["details"]["direction"], "withdrawal", "{case}");
 }
 
 async fn whitelisted_addresses_wait_for_their_cooling_off(world: &World) {
