@@ -200,10 +200,49 @@ pub async fn run() -> anyhow::Result<()> {
     crate::demo_identity::run(demo.store.clone(), keyring.clone()).await?;
     crate::demo_custody::run(demo.store.clone(), keyring.clone()).await?;
     crate::demo_risk::run(demo.store.clone(), keyring.clone()).await?;
-    crate::demo_reserves::run(demo.store.clone(), keyring).await?;
+    crate::demo_reserves::run(demo.store.clone(), keyring.clone()).await?;
+    closing(&demo.store, &keyring).await?;
     println!(
         "\nThe end: every capability above ran against the real service, on the development chain, with the ledger's \
-         invariants and the audit log checked along the way."
+         invariants and the audit log checked along the way and once more at the close."
+    );
+    Ok(())
+}
+
+/// The whole day's state checked once more: the ledger's invariants, the cold share, the audit log.
+async fn closing(store: &Store, keyring: &rampart_crypto::Keyring) -> anyhow::Result<()> {
+    chapter("43. At the close: the books balance, the coins are cold, the audit log is whole");
+    let report = store.verify_ledger().await?;
+    ensure!(report.violation.is_none(), "LEDGER INVARIANT BROKEN: {:?}", report.violation);
+    println!(
+        "   The ledger: {} accounts in {} assets, {} holds still pending; every \
+         invariant holds.",
+        report.accounts,
+        report.totals.len(),
+        report.pending
+    );
+    let b = store.custody_balances("BTC").await?;
+    let share = rampart_custody::policy::cold_share_bps(&rampart_custody::policy::Balances {
+        cold: b.cold.0,
+        hot: b.hot.0,
+        deposit: b.deposit.0,
+        in_flight_to_cold: b.in_flight_to_cold,
+        in_flight_to_hot: b.in_flight_to_hot,
+    });
+    ensure!(share >= 9_500, "the cold share is {share} basis points, below the floor of 9,500");
+    println!(
+        "   Custody: cold {} sat, hot {} sat, deposits {} sat: the cold share is {}.{:02} % (floor 95 %).",
+        b.cold.0,
+        b.hot.0,
+        b.deposit.0,
+        share / 100,
+        share % 100
+    );
+    let audit = store.verify_audit(&keyring.verifying_key()).await?;
+    ensure!(audit.finding.is_none(), "the audit log does not verify: {:?}", audit.finding);
+    println!(
+        "   `rampart audit verify`: {} entries, each committing to the one before, under a signed head: intact.",
+        audit.entries
     );
     Ok(())
 }

@@ -48,6 +48,9 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "report.json, report.json.sig, report.html",
         "is checked once by anyone",
         "a range proof that it hides a non-negative amount: verified",
+        "43. At the close: the books balance",
+        "the cold share is",
+        "under a signed head: intact.",
     ] {
         assert!(stdout.contains(line), "the demo no longer tells of {line:?}:\n{stdout}");
     }
