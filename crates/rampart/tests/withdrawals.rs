@@ -283,6 +283,9 @@ async fn small_goes_straight_through(world: &World, mut alice: Customer) {
     let staff = world.root.get(&format!("/v1/withdrawals/{id}")).await.expect(200).clone();
     let moves: Vec<&str> = staff["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
     assert_eq!(moves, ["screened", "approved", "signing", "broadcast", "confirmed"], "{staff}");
+    // With the customer's history (this one, confirmed) and the destination's (nobody else's withdrawals).
+    assert_eq!(staff["withdrawal"]["customer_history"], json!({"confirmed": 1, "confirmed_usd": "90.00"}), "{staff}");
+    assert_eq!(staff["withdrawal"]["destination_history"], json!({"withdrawals": 0, "customers": 0}), "{staff}");
 }
 
 async fn large_waits_for_three_approvals(world: &mut World) {
@@ -335,6 +338,11 @@ async fn large_waits_for_three_approvals(world: &mut World) {
     let mine: Vec<&Value> = approvals.iter().filter(|e| e["target"] == json!(format!("withdrawal:{id}"))).collect();
     let success = mine.iter().filter(|e| e["outcome"] == json!("success")).count();
     assert_eq!(success, 3, "{mine:?}");
+    // The move the third approval made is audited as every move is, once.
+    let moved = world.root.audit_entries("action=withdrawal.approved").await;
+    let moved: Vec<&Value> = moved.iter().filter(|e| e["target"] == json!(format!("withdrawal:{id}"))).collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["details"]["reason"], json!("approvals complete"), "{moved:?}");
 }
 
 async fn above_ten_thousand_dollars_passes_three_compliance_levels(world: &mut World) {

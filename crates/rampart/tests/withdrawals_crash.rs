@@ -6,6 +6,9 @@
 //! end and none was paid twice.
 //!
 //! The seed of the run is printed; `RAMPART_CRASH_SEED` replays one, `RAMPART_CRASH_KILLS` changes the count.
+//!
+//! And, on PostgreSQL, a kill at one chosen point: between recording a request that waits for people and screening
+//! it.
 
 #[allow(dead_code)]
 #[macro_use]
@@ -91,7 +94,11 @@ async fn assert_money_adds_up(c: &Customer, seed: u64, round: usize) -> Vec<Valu
 }
 
 async fn restart(db: &Db, c: &mut Customer) -> (Server, Api) {
-    let server = Server::start_with_config(db, CONFIG).await;
+    restart_with(db, c, CONFIG).await
+}
+
+async fn restart_with(db: &Db, c: &mut Customer, config: &str) -> (Server, Api) {
+    let server = Server::start_with_config(db, config).await;
     let root: Api = (*server).clone();
     c.ctx.api = root.clone();
     (server, root)
@@ -245,4 +252,102 @@ async fn assert_paid_at_most_once(db: &Db, seed: u64) {
     // Only the hot wallet's change script may appear in several transactions.
     assert!(hot_change.len() <= 1, "seed {seed}: a destination paid twice: {hot_change:?}");
     assert!(!rows.is_empty(), "seed {seed}: nothing was paid");
+}
+
+/// A request that waits for people (here the compliance review, from USD 100) is recorded first and screened after.
+/// Killed between the two, the restarted server screens it on the findings its gates recorded with it: its
+/// whitelisted destination still counts as whitelisted, the address screening as clear, and the risk engine, which
+/// decided (and acted) before the request was recorded, is not asked again. PostgreSQL only: the test holds the
+/// server between the two steps by locking the reviews' table, where SQLite could only lock every write at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_recording_and_screening() {
+    let Some(db) = Db::postgres("killed_between_recording_and_screening").await else { return };
+    let config = CONFIG
+        .replace("[compliance]\n", "[compliance]\nreview_usd = 100\n")
+        .replace("[withdrawals]\n", "[withdrawals]\ncooling_off_s = 1\n");
+    let server = Server::start_with_config(&db, &config).await;
+    let root: Api = (*server).clone();
+    let ctx = Ctx { api: root.clone(), maildir: db.maildir() };
+    let mut c = Customer::register(&ctx, "resumed").await;
+    c.sign_in().await;
+    c.step_up().await;
+    let deposit =
+        c.post("/v1/me/deposit-address", &json!({})).await.expect(200)["address"].as_str().unwrap().to_owned();
+    root.post("/v1/dev/chain/faucet", &json!({"address": deposit, "amount_sat": FUNDS_SAT})).await;
+    root.post("/v1/dev/chain/mine", &json!({"blocks": 3})).await.expect(200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while balance(&c).await.0 < FUNDS_SAT {
+        assert!(Instant::now() < deadline, "the deposit was not credited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let to = address(1);
+    c.post("/v1/me/whitelist", &json!({"asset": "BTC", "address": to, "label": "savings"})).await.expect(201);
+    let mail = c.mail("Confirm a new withdrawal address").await;
+    root.post_public("/v1/customers/whitelist/confirm", &json!({"token": mail.token()})).await.expect(200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The reviews' table locked: the request is recorded, and its screening (which opens the review) waits.
+    let pool = sqlx::PgPool::connect(&db.database_url_or_sqlite()).await.expect("postgres");
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE transfer_reviews IN EXCLUSIVE MODE").execute(&mut *lock).await.expect("lock");
+    // 0.002 BTC is USD 180: above the review's threshold, below the Travel Rule's.
+    let asked = Asked { key: "waits-1".into(), amount: 200_000, to: to.clone() };
+    let request = {
+        let c_api = c.ctx.api.clone();
+        let me = c.me(reqwest::Method::POST, "/v1/me/withdrawals");
+        let body = json!({"asset": "BTC", "amount": btc(asked.amount), "address": to, "idempotency_key": asked.key});
+        tokio::spawn(async move { c_api.try_send(me.json(&body)).await })
+    };
+    let row = |pool: sqlx::PgPool, customer: i64| async move {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT id, state, screening FROM withdrawals WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_optional(&pool)
+        .await
+        .expect("a read")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (id, state, screening) = loop {
+        if let Some(found) = row(pool.clone(), c.id).await {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the request was not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(state, "requested");
+    let recorded: Value = serde_json::from_str(&screening).expect("JSON findings");
+    assert!(recorded["whitelisted_for_s"].is_u64(), "the findings are recorded with the request: {recorded}");
+    let risk_events = |pool: sqlx::PgPool, customer: i64| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM risk_events WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_one(&pool)
+            .await
+            .expect("a count")
+    };
+    let scored = risk_events(pool.clone(), c.id).await;
+    server.kill().await;
+    assert!(request.await.expect("the request task").is_none(), "the killed server answered");
+    lock.rollback().await.expect("unlock");
+
+    let (_server, _root) = restart_with(&db, &mut c, &config).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (state, screening) = loop {
+        let (_, state, screening) = row(pool.clone(), c.id).await.expect("the withdrawal");
+        if state != "requested" {
+            break (state, screening);
+        }
+        assert!(Instant::now() < deadline, "the restarted server did not screen the request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state, "awaiting_review", "{screening}");
+    let screened: Value = serde_json::from_str(&screening).expect("JSON findings");
+    assert_eq!(screened["whitelisted_for_s"], recorded["whitelisted_for_s"], "{screened}");
+    assert_eq!((screened["address"].as_str(), screened["risk_outcome"].as_str()), (Some("clear"), Some("allow")));
+    assert_eq!(risk_events(pool.clone(), c.id).await, scored, "the risk engine was asked again");
+    let (status, body) = ask(&c, &asked).await.expect("an answer");
+    assert_eq!(
+        (status, body["id"].as_str(), body["state"].as_str()),
+        (200, Some(id.as_str()), Some("awaiting_review"))
+    );
 }

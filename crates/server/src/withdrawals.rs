@@ -318,6 +318,9 @@ pub struct Screening {
     pub risk_outcome: String,
     /// The rules that matched.
     pub risk_reasons: Vec<String>,
+    /// The case a risk hold or freeze opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_case: Option<i64>,
     /// The address screening: `clear`, or the list and category of a risk listing.
     pub address: String,
     /// The policy's decision, in words.
@@ -750,6 +753,7 @@ pub(crate) async fn screen(
 ) -> Result<Advanced, ApiError> {
     screening.risk_outcome = risk.outcome.name().to_owned();
     screening.risk_reasons = risk.reasons;
+    screening.risk_case = risk.case;
     let review = open_review(state, w).await?;
     let base = Planned {
         path: vec![State::Screened],
@@ -919,11 +923,24 @@ pub async fn pass(state: &AppState, custody: &Custody) -> Result<PassReport, Api
     Ok(report)
 }
 
-/// Screens a withdrawal a crash left in `requested`: its gates run again (the risk engine included).
+/// Screens a withdrawal a crash left in `requested`, on the gates' findings recorded with it (the risk engine's
+/// included: it decided, and acted, before the request was recorded). A request recorded without them (by an
+/// earlier version) is scored by the risk engine again.
 async fn resume(state: &AppState, w: &WithdrawalRecord) -> Result<(), ApiError> {
     let mut screening = screening_of(w).unwrap_or_default();
     if screening.group.is_empty() {
         screening.group = "retail".into();
+    }
+    let recorded = serde_json::from_value::<RiskOutcome>(serde_json::Value::String(screening.risk_outcome.clone()));
+    if let Ok(outcome) = recorded {
+        let risk = RiskFinding {
+            outcome,
+            score: screening.risk_score,
+            reasons: screening.risk_reasons.clone(),
+            case: screening.risk_case,
+        };
+        screen(state, w, screening, risk, "system").await?;
+        return Ok(());
     }
     let kind = rampart_risk::EventKind::Withdrawal {
         amount_micro_usd: u64::try_from(w.usd_micro).unwrap_or(0),

@@ -531,6 +531,16 @@ pub(crate) async fn request(
         expires_at: None,
     };
     let at_once = withdrawals::decidable_at_once(&state, usd, finding.outcome);
+    // A request that waits is recorded with its gates' findings, which a restart screens it on if it dies first.
+    let recorded_screening = if at_once {
+        None
+    } else {
+        let mut findings = screening.clone();
+        findings.risk_outcome = finding.outcome.name().to_owned();
+        findings.risk_reasons = finding.reasons.clone();
+        findings.risk_case = finding.case;
+        Some(serde_json::to_string(&findings).map_err(internal)?)
+    };
     let plan = if at_once {
         screening.risk_outcome = finding.outcome.name().to_owned();
         screening.risk_reasons = finding.reasons.clone();
@@ -578,6 +588,7 @@ pub(crate) async fn request(
         clearing: Some(withdrawals::new_clearing_account(customer_id, asset.code)),
         hold: withdrawals::hold(id, customer_id, asset.code, amount + fee_held),
         then,
+        screening: recorded_screening,
         frozen_ok,
         effects,
         risk_events,
@@ -1184,9 +1195,11 @@ pub(crate) async fn staff_one(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.authorize(&principal, Permission::WithdrawalRead, "withdrawals.read", &format!("withdrawal:{id}")).await?;
-    let w = state.store().withdrawal(&id).await?.ok_or_else(|| ApiError::not_found(format!("no withdrawal {id}")))?;
-    let approvals = state.store().withdrawal_approvals(&id).await?;
-    let item = QueueItem { withdrawal: w, approvals, customer_confirmed: (0, 0), destination_seen: (0, 0) };
+    let item = state
+        .store()
+        .withdrawal_queue_item(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no withdrawal {id}")))?;
     let events: Vec<serde_json::Value> = state
         .store()
         .withdrawal_events(&id)
@@ -1296,7 +1309,24 @@ pub(crate) async fn approve(
         status: "approval".into(),
         detail: "a staff member approved the withdrawal".into(),
     };
-    // The completing approval notifies the customer; the others are recorded only.
+    // An approval that leaves more to come tells the customer in the app; the completing one records and notifies
+    // the move to `approved` as every move is (the store makes the move in the same transaction).
+    let completed = if w.state == WState::AwaitingApproval.as_str() {
+        withdrawals::move_effects(&state, &keyring, &w, &[WState::Approved], &actor, "approvals complete")?.0
+    } else {
+        // Moved meanwhile: the store answers `not_awaiting_approval` and writes nothing.
+        Effects::default()
+    };
+    let effects = |complete: bool| {
+        let mut effects = Effects::audit(record);
+        if complete {
+            effects.records.extend(completed.records);
+            effects.notices.extend(completed.notices);
+        } else {
+            effects.notices.push(withdrawals::in_app(n));
+        }
+        effects
+    };
     let verdict = state
         .store()
         .approve_withdrawal(
@@ -1315,7 +1345,7 @@ pub(crate) async fn approve(
             },
             state.now_ns(),
             &state.auditor(&keyring),
-            Effects::audit(record).notify(withdrawals::in_app(n)),
+            effects,
         )
         .await?;
     match verdict {

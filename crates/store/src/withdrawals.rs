@@ -125,6 +125,9 @@ pub struct NewWithdrawal {
     /// The first moves, made in the same transaction when nothing waits for people (the decision is known before
     /// the request is recorded): one commit instead of two.
     pub then: Option<Then>,
+    /// The gates' findings (JSON) of a request recorded before it is screened (`then` is `None`): stored with it,
+    /// so that a restart that finds it still `requested` screens it on what its gates saw.
+    pub screening: Option<String>,
     /// Recorded even though the account is frozen: the risk engine froze it deciding on this very request, and
     /// the reviewer who releases the account releases the withdrawal with it.
     pub frozen_ok: bool,
@@ -785,7 +788,8 @@ impl Store {
 
     /// Records a staff approval of a withdrawal awaiting approval: `decide` sees the approvals so far and answers
     /// the layer this one counts for and whether the policy's requirement is then met (in which case the
-    /// withdrawal moves to `approved` in the same transaction).
+    /// withdrawal moves to `approved` in the same transaction). `effects` answers what to write, given whether it
+    /// completed the requirement (the move's own record and notice then).
     #[allow(clippy::too_many_arguments)]
     pub async fn approve_withdrawal(
         &self,
@@ -795,7 +799,7 @@ impl Store {
         decide: impl FnOnce(&WithdrawalRecord, &[Approval]) -> Result<(u32, bool), ApprovalRefused>,
         now_ns: u64,
         auditor: &Auditor<'_>,
-        effects: Effects,
+        effects: impl FnOnce(bool) -> Effects,
     ) -> Result<Approved, StoreError> {
         on_backend!(self, |tx, sql| {
             let Some(w) = lock_withdrawal!(self, tx, sql, id) else { return Ok(Approved::NotFound) };
@@ -837,7 +841,7 @@ impl Store {
                     now_ns
                 );
             }
-            write_effects!(tx, sql, w.customer_id, now_ns, effects, auditor);
+            write_effects!(tx, sql, w.customer_id, now_ns, effects(complete), auditor);
             Approved::Recorded { layer, complete }
         })
         .pipe(Ok)
@@ -1077,27 +1081,40 @@ impl Store {
         let waiting = self.withdrawals_in(states, u64::MAX >> 1, limit).await?;
         let mut out = Vec::with_capacity(waiting.len());
         for w in waiting {
-            let approvals = self.withdrawal_approvals(&w.id).await?;
-            let (customer_confirmed, destination_seen) = on_reader!(self, |pool, sql| {
-                let mine: (i64, Option<i64>) = sqlx::query_as(&sql(
-                    "SELECT COUNT(*), CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 \
-                     AND state = 'confirmed'",
-                ))
-                .bind(w.customer_id)
-                .fetch_one(pool)
-                .await?;
-                let seen: (i64, i64) = sqlx::query_as(&sql(
-                    "SELECT COUNT(*), COUNT(DISTINCT customer_id) FROM withdrawals WHERE address = $1 AND id <> $2",
-                ))
-                .bind(&w.address)
-                .bind(&w.id)
-                .fetch_one(pool)
-                .await?;
-                ((mine.0, mine.1.unwrap_or(0)), seen)
-            });
-            out.push(QueueItem { withdrawal: w, approvals, customer_confirmed, destination_seen });
+            out.push(self.queue_item(w).await?);
         }
         Ok(out)
+    }
+
+    /// One withdrawal as the staff queue shows it, whatever its state.
+    pub async fn withdrawal_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
+        match self.withdrawal(id).await? {
+            Some(w) => Ok(Some(self.queue_item(w).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `w` with its approvals, the customer's confirmed withdrawals and the destination's other withdrawals.
+    async fn queue_item(&self, w: WithdrawalRecord) -> Result<QueueItem, StoreError> {
+        let approvals = self.withdrawal_approvals(&w.id).await?;
+        let (customer_confirmed, destination_seen) = on_reader!(self, |pool, sql| {
+            let mine: (i64, Option<i64>) = sqlx::query_as(&sql(
+                "SELECT COUNT(*), CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 \
+                 AND state = 'confirmed'",
+            ))
+            .bind(w.customer_id)
+            .fetch_one(pool)
+            .await?;
+            let seen: (i64, i64) = sqlx::query_as(&sql(
+                "SELECT COUNT(*), COUNT(DISTINCT customer_id) FROM withdrawals WHERE address = $1 AND id <> $2",
+            ))
+            .bind(&w.address)
+            .bind(&w.id)
+            .fetch_one(pool)
+            .await?;
+            ((mine.0, mine.1.unwrap_or(0)), seen)
+        });
+        Ok(QueueItem { withdrawal: w, approvals, customer_confirmed, destination_seen })
     }
 
     /// The active withdrawal policy.
@@ -1438,7 +1455,10 @@ impl<'a> Recorded<'a> {
 
 impl Row<'_> {
     fn screening(&self) -> String {
-        self.then.and_then(|t| t.screening.clone()).unwrap_or_else(|| "{}".into())
+        self.then
+            .and_then(|t| t.screening.clone())
+            .or_else(|| self.new.screening.clone())
+            .unwrap_or_else(|| "{}".into())
     }
 
     fn reason(&self) -> Option<String> {
