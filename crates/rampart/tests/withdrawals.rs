@@ -57,6 +57,8 @@ struct World {
     approvers: Vec<(Staff, Api)>,
     reviewers: Vec<(Staff, Api)>,
     risk: (Staff, Api),
+    /// An administrator (decides the policy versions the root proposes).
+    admin: Api,
     db_url: String,
 }
 
@@ -225,6 +227,7 @@ async fn withdrawals_end_to_end(db: Db) {
         approvers,
         reviewers,
         risk,
+        admin: a1.clone(),
         db_url: db.database_url_or_sqlite(),
     };
 
@@ -242,6 +245,8 @@ async fn withdrawals_end_to_end(db: Db) {
     cancelled_and_failed_withdrawals_return_the_funds(&world).await;
     nothing_is_signed_without_the_policy(&world).await;
     concurrent_requests_never_overdraw(&world).await;
+    // Last: it installs another policy.
+    policy_windows_hold_under_concurrent_requests(&world).await;
 
     // Everything above left the ledger balanced and the audit log intact.
     let check = root.get("/v1/ledger/check").await.expect(200).clone();
@@ -690,4 +695,54 @@ async fn concurrent_requests_never_overdraw(world: &World) {
     assert_eq!(held, 10 * 30_000);
     let mine = kim.get("/v1/me/withdrawals?limit=200").await.expect(200).as_array().unwrap().len();
     assert_eq!(mine, 10);
+}
+
+/// A policy that allows USD 500 a day (the request included) and asks one approval beyond: twelve requests of
+/// USD 90 at once from one account, each decided at once on the day's sum, let exactly five through. A decision made
+/// on a sum that grew before it was recorded is refused (`concurrent_withdrawal`), and the client sends it again.
+async fn policy_windows_hold_under_concurrent_requests(world: &World) {
+    let policy = json!({"rules": [
+        {"name": "daily-500", "when": {"window_s": 86400, "window_usd_below": 500}, "decision": "allow"},
+        {"name": "beyond", "decision": "require_approvals",
+            "approvals": {"group": "withdrawal_approver", "threshold": 1}}
+    ]});
+    let proposed =
+        world.root.post("/v1/withdrawals/policies", &json!({"policy": policy, "note": "USD 500 a day"})).await;
+    let version = proposed.expect(201)["version"].as_i64().expect("a version");
+    let decided = world
+        .admin
+        .post(&format!("/v1/withdrawals/policies/{version}/decide"), &json!({"approve": true, "note": "four eyes"}))
+        .await;
+    assert_eq!(decided.expect(200)["state"], json!("active"), "{}", decided.text);
+
+    let mut nina = world.customer("nina", 10_000_000).await;
+    nina.step_up().await;
+    let nina = Arc::new(nina);
+    let to = address(12);
+    let barrier = Arc::new(tokio::sync::Barrier::new(12));
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (nina, to, barrier) = (nina.clone(), to.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                for _ in 0..50 {
+                    let answer = withdraw(&nina, &format!("daily-{i}"), 100_000, &to, json!({})).await;
+                    if answer.status.as_u16() == 409 && answer.body["error"]["code"] == json!("concurrent_withdrawal") {
+                        continue;
+                    }
+                    let created = answer.expect(201).clone();
+                    return created["state"].as_str().expect("a state").to_owned();
+                }
+                panic!("daily-{i} was refused as concurrent fifty times");
+            })
+        })
+        .collect();
+    let mut states = Vec::new();
+    for t in tasks {
+        states.push(t.await.expect("a request"));
+    }
+    let waiting = states.iter().filter(|s| *s == "awaiting_approval").count();
+    assert_eq!((states.len() - waiting, waiting), (5, 7), "{states:?}");
+    let mine = nina.get("/v1/me/withdrawals?limit=200").await.expect(200).as_array().unwrap().len();
+    assert_eq!(mine, 12, "one withdrawal a key");
 }

@@ -735,11 +735,29 @@ pub(crate) fn plan_by_policy(
 async fn decide_by_policy(
     state: &AppState,
     w: &WithdrawalRecord,
-    screening: Screening,
+    mut screening: Screening,
     actor: &str,
 ) -> Result<Advanced, ApiError> {
+    screening.window_usd = windows_now(state, w).await?;
     let plan = plan_by_policy(state, w, screening, Planned::default())?;
     advance(state, w, &plan.path, actor, &plan.reason, &plan.changes()).await
+}
+
+/// The customer's other withdrawals in each of the policy's windows, read now: a recorded request the policy
+/// decides later (after people, or a restart) is judged on what was withdrawn meanwhile, not on the sums its gates
+/// read. `w` itself (waiting, so it counts) is left out, as the policy adds it.
+async fn windows_now(state: &AppState, w: &WithdrawalRecord) -> Result<Vec<(u64, u64)>, ApiError> {
+    let now = state.now_ns();
+    let mut sums = Vec::new();
+    for window_s in state.withdrawals().policy().windows() {
+        let since = now.saturating_sub(window_s.saturating_mul(NS));
+        let mut total = state.store().withdrawn_usd_since(w.customer_id, since).await?;
+        if u64::try_from(w.created_at).unwrap_or(0) >= since {
+            total = total.saturating_sub(u64::try_from(w.usd_micro).unwrap_or(0));
+        }
+        sums.push((window_s, total));
+    }
+    Ok(sums)
 }
 
 /// Screens a recorded withdrawal with the risk engine's finding: a freeze or hold, or a compliance review above
@@ -783,7 +801,10 @@ pub(crate) async fn screen(
             ),
             ..base
         },
-        None => plan_by_policy(state, w, screening, base)?,
+        None => {
+            screening.window_usd = windows_now(state, w).await?;
+            plan_by_policy(state, w, screening, base)?
+        }
     };
     advance(state, w, &plan.path, actor, &plan.reason, &plan.changes()).await
 }

@@ -588,6 +588,13 @@ pub(crate) async fn request(
         clearing: Some(withdrawals::new_clearing_account(customer_id, asset.code)),
         hold: withdrawals::hold(id, customer_id, asset.code, amount + fee_held),
         then,
+        // A decision made now on the policy's windows holds only if no withdrawal of the customer is recorded
+        // before this one: the recording transaction checks the sums again under the customer's lock.
+        windows: if at_once {
+            screening.window_usd.iter().map(|&(window_s, used)| (now.saturating_sub(window_s * NS), used)).collect()
+        } else {
+            Vec::new()
+        },
         screening: recorded_screening,
         frozen_ok,
         effects,
@@ -599,6 +606,14 @@ pub(crate) async fn request(
         Requested::Recorded(w) => w,
         Requested::Existing(w) => return answer_existing(&state, w, hash).await,
         Requested::KeyReused => return Err(key_reused()),
+        Requested::Stale => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "concurrent_withdrawal",
+                "another withdrawal of this account was recorded while the policy decided this one: send the same \
+                 request again (with the same idempotency key)",
+            ));
+        }
         Requested::NotActive => {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "account_not_active", "the account is locked or frozen"));
         }

@@ -125,6 +125,10 @@ pub struct NewWithdrawal {
     /// The first moves, made in the same transaction when nothing waits for people (the decision is known before
     /// the request is recorded): one commit instead of two.
     pub then: Option<Then>,
+    /// The policy's windows the decision in `then` summed, each `(since, the customer's earlier withdrawals it
+    /// read)`: summed again under the customer's lock, and if one grew (a withdrawal of the customer recorded
+    /// since), nothing is written and the answer is [`Requested::Stale`]. Empty when the decision summed none.
+    pub windows: Vec<(u64, u64)>,
     /// The gates' findings (JSON) of a request recorded before it is screened (`then` is `None`): stored with it,
     /// so that a restart that finds it still `requested` screens it on what its gates saw.
     pub screening: Option<String>,
@@ -190,6 +194,9 @@ pub enum Requested<E> {
     Recorded(WithdrawalRecord),
     /// The same request was recorded before under this key.
     Existing(WithdrawalRecord),
+    /// The policy decided on a window's sum that has grown since (a withdrawal of the customer recorded
+    /// meanwhile): nothing written; decide again.
+    Stale,
     /// The key was used before for a different request.
     KeyReused,
     /// The account is not active (locked or frozen).
@@ -603,11 +610,30 @@ impl Store {
             let sums: std::collections::HashMap<i64, (u64, u64)> =
                 sums.into_iter().map(|(c, d, m, _)| (c, (u(d.unwrap_or(0)), u(m.unwrap_or(0))))).collect();
 
+            // The windows decisions summed before the lock, summed again under it (only policies with windows).
+            let mut stale = std::collections::HashSet::new();
+            for (k, new) in batch.iter().enumerate() {
+                for &(since, used) in &new.windows {
+                    let q = sql(&format!(
+                        "SELECT CAST(SUM(usd_micro) AS BIGINT) FROM withdrawals WHERE customer_id = $1 \
+                         AND created_at >= $2 AND {LIVE}"
+                    ));
+                    let total: Option<i64> =
+                        sqlx::query_scalar(&q).bind(new.customer_id).bind(ts(since)).fetch_one(&mut *tx.0).await?;
+                    if u(total.unwrap_or(0)) > used {
+                        stale.insert(k);
+                        break;
+                    }
+                }
+            }
+
             // Each request's own checks; `None` goes on to the ledger.
             let mut answers: Vec<Option<Requested<E>>> = Vec::with_capacity(n);
-            for new in &batch {
+            for (k, new) in batch.iter().enumerate() {
                 answers.push(Some(if let Some(w) = existing.remove(&(new.customer_id, new.idempotency_key.clone())) {
                     if w.request_hash == new.request_hash { Requested::Existing(w) } else { Requested::KeyReused }
+                } else if stale.contains(&k) {
+                    Requested::Stale
                 } else if let Some((_, status, lock_until, lock_reason, kyc_level)) = accounts.get(&new.customer_id) {
                     let (today, month) = sums.get(&new.customer_id).copied().unwrap_or((0, 0));
                     let position = Position {

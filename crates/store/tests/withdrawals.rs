@@ -71,6 +71,7 @@ fn withdrawal(customer_id: i64, n: u128, amount: u128, usd_micro: u64) -> NewWit
         clearing: None,
         hold: transfer(n, 100, 200, amount, TransferFlags { pending: true, ..TransferFlags::default() }),
         then: None,
+        windows: Vec::new(),
         screening: None,
         frozen_ok: false,
         effects: Effects::default(),
