@@ -700,8 +700,10 @@ async fn concurrent_requests_never_overdraw(world: &World) {
 /// A policy that allows USD 500 a day (the request included) and asks one approval beyond: twelve requests of
 /// USD 90 at once from one account, each decided at once on the day's sum, let exactly five through. A decision made
 /// on a sum that grew before it was recorded is refused (`concurrent_withdrawal`), and the client sends it again.
+/// And a rule for a customer group, which an administrator puts a customer in.
 async fn policy_windows_hold_under_concurrent_requests(world: &World) {
     let policy = json!({"rules": [
+        {"name": "vip", "when": {"groups": ["vip"], "usd_below": 2000}, "decision": "allow"},
         {"name": "daily-500", "when": {"window_s": 86400, "window_usd_below": 500}, "decision": "allow"},
         {"name": "beyond", "decision": "require_approvals",
             "approvals": {"group": "withdrawal_approver", "threshold": 1}}
@@ -745,4 +747,23 @@ async fn policy_windows_hold_under_concurrent_requests(world: &World) {
     assert_eq!((states.len() - waiting, waiting), (5, 7), "{states:?}");
     let mine = nina.get("/v1/me/withdrawals?limit=200").await.expect(200).as_array().unwrap().len();
     assert_eq!(mine, 12, "one withdrawal a key");
+
+    // A group's rules apply once an administrator puts a customer in it: USD 900 waits for a retail customer and
+    // goes through for one in `vip`.
+    let mut olga = world.customer("olga", 5_000_000).await;
+    olga.step_up().await;
+    let retail = withdraw(&olga, "vip-0", 1_000_000, &to, json!({})).await;
+    assert_eq!(retail.expect(201)["state"], json!("awaiting_approval"), "{}", retail.text);
+    let path = format!("/v1/withdrawals/customers/{}/group", olga.id);
+    let body = json!({"group": "vip", "reason": "private banking client since 2019"});
+    world.approvers[0].1.put(&path, &body).await.assert_error(403, "forbidden");
+    world.admin.put(&path, &json!({"group": "VIP!", "reason": "x"})).await.assert_error(400, "invalid_group");
+    world.admin.put("/v1/withdrawals/customers/999999999/group", &body).await.assert_error(404, "not_found");
+    let set = world.admin.put(&path, &body).await;
+    assert_eq!((set.expect(200)["group"].as_str(), set.body["previous"].as_str()), (Some("vip"), Some("retail")));
+    let vip = withdraw(&olga, "vip-1", 1_000_000, &to, json!({})).await;
+    let state = vip.expect(201)["state"].as_str().unwrap_or_default().to_owned();
+    assert!(["approved", "signing", "broadcast"].contains(&state.as_str()), "{}", vip.text);
+    let audited = world.root.audit_entries("action=withdrawal.customer_group").await;
+    assert!(audited.iter().any(|e| e["target"] == json!(format!("customer:{}", olga.id))), "{audited:?}");
 }

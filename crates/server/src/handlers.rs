@@ -72,7 +72,7 @@ use crate::principal::Principal;
         crate::withdrawals_api::confirm_address, crate::withdrawals_api::remove_address,
         crate::withdrawals_api::set_whitelist_only, crate::withdrawals_api::queue, crate::withdrawals_api::staff_one,
         crate::withdrawals_api::approve, crate::withdrawals_api::reject, crate::withdrawals_api::policies,
-        crate::withdrawals_api::propose_policy, crate::withdrawals_api::decide_policy,
+        crate::withdrawals_api::propose_policy, crate::withdrawals_api::decide_policy, crate::withdrawals_api::set_group,
         crate::withdrawals_stuck::rebroadcast, crate::withdrawals_stuck::bump_fee, crate::telemetry::render_metrics,
         crate::reserves::create_snapshot, crate::reserves::list_snapshots, crate::reserves::get_snapshot, crate::reserves::my_reserves_proof,
         crate::reserves::customer_reserves_proof, crate::reserves::snapshot_leaves, crate::reserves::verifier_page,

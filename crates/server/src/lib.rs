@@ -352,6 +352,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/withdrawals", get(withdrawals_api::queue))
         .route("/v1/withdrawals/policies", get(withdrawals_api::policies).post(withdrawals_api::propose_policy))
         .route("/v1/withdrawals/policies/{version}/decide", post(withdrawals_api::decide_policy))
+        .route("/v1/withdrawals/customers/{id}/group", put(withdrawals_api::set_group))
         .route("/v1/withdrawals/{id}", get(withdrawals_api::staff_one))
         .route("/v1/withdrawals/{id}/approve", post(withdrawals_api::approve))
         .route("/v1/withdrawals/{id}/reject", post(withdrawals_api::reject))

@@ -366,7 +366,7 @@ async fn gates(
     let bands = state.withdrawals().policy().risk_bands;
     let screening = Screening {
         kyc_level: level,
-        group: "retail".into(),
+        group: position.group.clone(),
         window_usd,
         whitelisted_for_s,
         risk_score: if forced_high { assessed.decision.score.max(bands.high) } else { assessed.decision.score },
@@ -1459,6 +1459,56 @@ fn policy_view(p: &PolicyRecord) -> PolicyView {
         note: p.note.clone(),
         policy: serde_json::from_str(&p.body).unwrap_or(serde_json::Value::Null),
     }
+}
+
+/// A customer's withdrawal-policy group.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerGroup {
+    /// The group (1 to 32 of `a-z`, `0-9`, `_`, `-`), as the policy's rules name it in `when.groups`.
+    pub group: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `PUT /v1/withdrawals/customers/{id}/group`: puts a customer (internal id, as the queue shows it) in a
+/// withdrawal-policy group; new requests are judged by the rules for it. Audited with the group and the reason.
+#[utoipa::path(put, path = "/v1/withdrawals/customers/{id}/group", tag = "withdrawals", request_body = CustomerGroup,
+    params(("id" = i64, Path, description = "customer id (internal)")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`customer`, `group`, `previous`", body = serde_json::Value),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ))]
+pub(crate) async fn set_group(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<i64>, PathRejection>,
+    ApiJson(body): ApiJson<CustomerGroup>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::bad_request("invalid_id", "a customer id is a number"))?;
+    let target = format!("customer:{id}");
+    state.authorize(&principal, Permission::WithdrawalPolicy, "withdrawals.customer_group", &target).await?;
+    let group = body.group.trim();
+    let valid = (1..=32).contains(&group.len())
+        && group.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(ApiError::bad_request("invalid_group", "a group is 1 to 32 of a-z, 0-9, _ and -"));
+    }
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::bad_request("invalid_reason", "a reason of 1 to 500 characters is required"));
+    }
+    let keyring = state.keyring()?;
+    let mut record = state.record(&principal.actor(), "withdrawal.customer_group", &target, Outcome::Success);
+    record.details.insert("group".into(), group.into());
+    record.details.insert("reason".into(), reason.into());
+    let previous = state
+        .store()
+        .set_customer_group(id, group, state.now_ns(), &state.auditor(&keyring), Effects::audit(record))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no customer {id}")))?;
+    Ok(Json(serde_json::json!({"customer": id, "group": group, "previous": previous})))
 }
 
 /// `GET /v1/withdrawals/policies`: every version, newest first.

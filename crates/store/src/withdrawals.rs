@@ -363,7 +363,7 @@ pub struct PositionAsk {
 const LIVE: &str = "state NOT IN ('rejected', 'cancelled', 'failed', 'expired')";
 
 /// The [`GatePosition`] in a row of the position reads, from column `$base` on: the KYC level, the whitelist-only
-/// mode, the account's debits pending, debits posted and credits posted as text, the ten whitelist columns, then
+/// mode, the policy group, the account's debits pending, debits posted and credits posted as text, the ten whitelist columns, then
 /// `$windows` sums.
 macro_rules! gate_position {
     ($row:expr, $base:expr, $windows:expr) => {{
@@ -373,37 +373,38 @@ macro_rules! gate_position {
             let text: Option<String> = row.try_get(base + i)?;
             text.map(|t| t.parse::<u128>().map_err(|_| StoreError::Corrupt(format!("ledger amount {t:?}")))).transpose()
         };
-        let available = match (amount(2)?, amount(3)?, amount(4)?) {
+        let available = match (amount(3)?, amount(4)?, amount(5)?) {
             (Some(pending), Some(posted), Some(credits)) => {
                 Some(credits.saturating_sub(posted.saturating_add(pending)))
             }
             _ => None,
         };
-        let entry_id: Option<i64> = row.try_get(base + 5)?;
+        let entry_id: Option<i64> = row.try_get(base + 6)?;
         let whitelist = match entry_id {
             None => None,
             Some(id) => Some(WhitelistEntry {
                 id,
-                customer_id: row.try_get(base + 6)?,
-                asset: row.try_get(base + 7)?,
-                address: row.try_get(base + 8)?,
-                label: row.try_get(base + 9)?,
-                state: row.try_get(base + 10)?,
-                created_at: row.try_get(base + 11)?,
-                confirmed_at: row.try_get(base + 12)?,
-                usable_at: row.try_get(base + 13)?,
-                removed_at: row.try_get(base + 14)?,
+                customer_id: row.try_get(base + 7)?,
+                asset: row.try_get(base + 8)?,
+                address: row.try_get(base + 9)?,
+                label: row.try_get(base + 10)?,
+                state: row.try_get(base + 11)?,
+                created_at: row.try_get(base + 12)?,
+                confirmed_at: row.try_get(base + 13)?,
+                usable_at: row.try_get(base + 14)?,
+                removed_at: row.try_get(base + 15)?,
             }),
         };
         let mut usd_since = Vec::with_capacity($windows);
         for k in 0..$windows {
-            let total: Option<i64> = row.try_get(base + 15 + k)?;
+            let total: Option<i64> = row.try_get(base + 16 + k)?;
             usd_since.push(u(total.unwrap_or(0)));
         }
         let level: i64 = row.try_get(base)?;
         GatePosition {
             kyc_level: u8::try_from(level).unwrap_or(0),
             whitelist_only: row.try_get(base + 1)?,
+            group: row.try_get(base + 2)?,
             whitelist,
             usd_since,
             available,
@@ -418,6 +419,8 @@ pub struct GatePosition {
     pub kyc_level: u8,
     /// Whether the customer withdraws to whitelisted addresses only.
     pub whitelist_only: bool,
+    /// The customer's group, for the withdrawal policy.
+    pub group: String,
     /// The destination's whitelist entry.
     pub whitelist: Option<WhitelistEntry>,
     /// Micro-dollars withdrawn since each time asked for, in order.
@@ -942,8 +945,8 @@ impl Store {
         // The ledger's account ids are UUIDs on PostgreSQL and 16-byte blobs on SQLite: bound as bytes to both.
         let account_id = if matches!(self, Store::Postgres(_)) { "CAST(encode($4, 'hex') AS uuid)" } else { "$4" };
         let q = format!(
-            "SELECT c.kyc_level, c.whitelist_only, CAST(a.debits_pending AS TEXT), CAST(a.debits_posted AS TEXT), \
-             CAST(a.credits_posted AS TEXT), {}, s.* FROM customers c \
+            "SELECT c.kyc_level, c.whitelist_only, c.policy_group, CAST(a.debits_pending AS TEXT), \
+             CAST(a.debits_posted AS TEXT), CAST(a.credits_posted AS TEXT), {}, s.* FROM customers c \
              LEFT JOIN whitelist_addresses w \
                ON w.customer_id = c.id AND w.asset = $2 AND w.address = $3 AND w.state <> 'removed' \
              LEFT JOIN ledger_accounts a ON a.id = {account_id} \
@@ -1004,11 +1007,11 @@ impl Store {
             // instead, a planner that thinks the asks many or a table small (a new database's statistics) hashes
             // the whole table for each group.
             let q = format!(
-                "SELECT c.kyc_level, c.whitelist_only, CAST(a.debits_pending AS TEXT), CAST(a.debits_posted AS TEXT), \
-                 CAST(a.credits_posted AS TEXT), {}, s.*, q.n \
+                "SELECT c.kyc_level, c.whitelist_only, c.policy_group, CAST(a.debits_pending AS TEXT), \
+                 CAST(a.debits_posted AS TEXT), CAST(a.credits_posted AS TEXT), {}, s.*, q.n \
                  FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::uuid[], $6::bigint[]{}) \
                    AS q(n, customer_id, asset, address, account, earliest{}) \
-                 CROSS JOIN LATERAL (SELECT kyc_level, whitelist_only FROM customers \
+                 CROSS JOIN LATERAL (SELECT kyc_level, whitelist_only, policy_group FROM customers \
                    WHERE id = q.customer_id OFFSET 0) c \
                  LEFT JOIN LATERAL (SELECT {WHITELIST_COLUMNS} FROM whitelist_addresses \
                    WHERE customer_id = q.customer_id AND asset = q.asset AND address = q.address \
@@ -1035,7 +1038,7 @@ impl Store {
             }
             for row in query.fetch_all(&pg.pool).await? {
                 use sqlx::Row;
-                let n: i64 = row.try_get(15 + windows.max(1))?;
+                let n: i64 = row.try_get(16 + windows.max(1))?;
                 let slot = usize::try_from(n)
                     .ok()
                     .and_then(|n| out.get_mut(n))
@@ -1409,6 +1412,32 @@ impl Store {
                 .await?;
             Ok(on.unwrap_or(false))
         })
+    }
+
+    /// Puts a customer in a withdrawal-policy group, with `effects` (its audit record), in one transaction: the
+    /// group the customer was in, or `None` (nothing written) if there is no such customer.
+    pub async fn set_customer_group(
+        &self,
+        customer_id: i64,
+        group: &str,
+        now_ns: u64,
+        auditor: &Auditor<'_>,
+        effects: Effects,
+    ) -> Result<Option<String>, StoreError> {
+        let lock = if matches!(self, Store::Postgres(_)) { " FOR UPDATE" } else { "" };
+        on_backend!(self, |tx, sql| {
+            let q = sql(&format!("SELECT policy_group FROM customers WHERE id = $1{lock}"));
+            let before: Option<String> = sqlx::query_scalar(&q).bind(customer_id).fetch_optional(&mut *tx.0).await?;
+            let Some(before) = before else { return Ok(None) };
+            sqlx::query(&sql("UPDATE customers SET policy_group = $1 WHERE id = $2"))
+                .bind(group)
+                .bind(customer_id)
+                .execute(&mut *tx.0)
+                .await?;
+            write_effects!(tx, sql, customer_id, now_ns, effects, auditor);
+            Some(before)
+        })
+        .pipe(Ok)
     }
 
     /// Turns the whitelist-only mode on or off, with a withdrawal lock when turning it off (a security change).

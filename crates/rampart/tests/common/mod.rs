@@ -337,6 +337,12 @@ impl Api {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
+    /// `PUT path` with the token and a JSON body.
+    #[allow(dead_code)] // Not every test binary that includes this module puts.
+    pub async fn put(&self, path: &str, body: &Value) -> Answer {
+        self.send(self.request(Method::PUT, path).json(body)).await
+    }
+
     /// Creates an account of BTC, asserting that it was created.
     pub async fn create_account(&self, id: u128, flags: &[&str]) -> Value {
         let answer =
