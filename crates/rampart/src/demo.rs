@@ -211,7 +211,7 @@ pub async fn run() -> anyhow::Result<()> {
 
 /// The whole day's state checked once more: the ledger's invariants, the cold share, the audit log.
 async fn closing(store: &Store, keyring: &rampart_crypto::Keyring) -> anyhow::Result<()> {
-    chapter("43. At the close: the books balance, the coins are cold, the audit log is whole");
+    chapter("44. At the close: the books balance, the coins are cold, the audit log is whole");
     let report = store.verify_ledger().await?;
     ensure!(report.violation.is_none(), "LEDGER INVARIANT BROKEN: {:?}", report.violation);
     println!(

@@ -41,7 +41,7 @@ async fn wait_rescreened(staff: &Http, token: &str, version: i64) -> anyhow::Res
 pub(crate) async fn story(c: &Client, staff: &Http, keyring: &Keyring, finn: &[(&str, &str)]) -> anyhow::Result<()> {
     let store = c.state.store().clone();
     let sana = staff_session(staff, &c.state, &c.clock, keyring, "sana", Role::ComplianceL2).await?;
-    chapter("34. Sanctions lists: the OFAC SDN list imported, versioned, and refused when unchanged");
+    chapter("35. Sanctions lists: the OFAC SDN list imported, versioned, and refused when unchanged");
     let list_dir = testdata("ofac");
     let body = crate::sanctions_cmd::import_body(&list_dir, &testdata("crypto-addresses"))?;
     let (status, import) = staff.call(Method::POST, "/v1/compliance/lists/ofac", Some(&sana), Some(&body)).await;
@@ -65,7 +65,7 @@ pub(crate) async fn story(c: &Client, staff: &Http, keyring: &Keyring, finn: &[(
     ensure!(status == 409 && again["error"]["code"] == "list_unchanged", "the same files again: {status} {again}");
     println!("   The same files again: {status} list_unchanged.");
 
-    chapter("35. A sign-up that matches the sanctions list is frozen and a compliance case opened");
+    chapter("36. A sign-up that matches the sanctions list is frozen and a compliance case opened");
     let (status, signup) = c
         .call(
             "POST",
@@ -101,7 +101,7 @@ pub(crate) async fn story(c: &Client, staff: &Http, keyring: &Keyring, finn: &[(
         case["details"]["threshold"]
     );
 
-    chapter("36. KYC: Finn submits his identity; a reviewer approves it; an auditor sees it masked");
+    chapter("37. KYC: Finn submits his identity; a reviewer approves it; an auditor sees it masked");
     let pdf = base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4\n% Finn's passport, scanned\n%%EOF\n");
     let (status, submitted) = c
         .call(
@@ -148,7 +148,7 @@ pub(crate) async fn story(c: &Client, staff: &Http, keyring: &Keyring, finn: &[(
         mine["limits"]["monthly_usd"].as_str().unwrap_or("")
     );
 
-    chapter("37. The list changes: every customer is re-screened, and a new match freezes the account");
+    chapter("38. The list changes: every customer is re-screened, and a new match freezes the account");
     let mut body2 = body.clone();
     let sdn = body2["files"]["sdn.csv"].as_str().context("sdn.csv")?.replacen(
         "\n6718,",
@@ -199,7 +199,7 @@ pub(crate) async fn story(c: &Client, staff: &Http, keyring: &Keyring, finn: &[(
     ensure!(status == 200, "Finn is active again: {status}");
     println!("   Leo checks the identifiers and releases it as a false positive: GET /v1/me {status} again.");
 
-    chapter("38. A withdrawal to a sanctioned address is refused, whatever its letter case");
+    chapter("39. A withdrawal to a sanctioned address is refused, whatever its letter case");
     let listed = std::fs::read_to_string(testdata("crypto-addresses").join("sanctioned_addresses_ETH.txt"))?;
     let address =
         listed.lines().find(|l| l.starts_with("0x")).context("an ETH address")?.to_uppercase().replacen("0X", "0x", 1);
@@ -227,7 +227,7 @@ pub(crate) async fn story(c: &Client, staff: &Http, keyring: &Keyring, finn: &[(
         "   Sana blocks an address on the exchange's own list; it is refused too ({status}). {held} address case open for review."
     );
 
-    chapter("39. A USD 25,000 transfer passes three levels of review, by three people, none the requester");
+    chapter("40. A USD 25,000 transfer passes three levels of review, by three people, none the requester");
     let finn_id = plain["customer"].as_i64().context("Finn's id")?;
     let (status, review) = staff
         .call(

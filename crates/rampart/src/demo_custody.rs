@@ -153,6 +153,8 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     // Withdrawals of USD 100 or more wait for three approvals here, so that chapter 27 can show them with small sums.
     .with_withdrawals(rampart_server::withdrawals::WithdrawalsConfig {
         large_usd: 100,
+        // Low enough that chapter 29 can ask for an output the chain refuses as dust.
+        min_amount: [("BTC".to_owned(), 100)].into(),
         ..rampart_server::withdrawals::WithdrawalsConfig::default()
     })
     .map_err(|e| anyhow!(e))?;

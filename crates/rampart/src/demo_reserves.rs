@@ -44,7 +44,7 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
     result
 }
 
-/// Chapter 29, on the custody chapters' service: the reserves' side of a snapshot — every address holding coins at
+/// Chapter 30, on the custody chapters' service: the reserves' side of a snapshot — every address holding coins at
 /// the watcher's block, signed by the hot key at once and by three custodians for the cold wallet — and the signed
 /// report, checked with the standalone verifier's code; forgeries rejected.
 pub async fn assets_side(
@@ -55,7 +55,7 @@ pub async fn assets_side(
     signers: &[(&'static str, Arc<crate::custodian::Service>, Arc<crate::custodian::Custodian>)],
 ) -> anyhow::Result<()> {
     use rampart_verify::report::{check_report, verify_report};
-    chapter("29. The reserves' side: every address signs for the snapshot, the cold one through three custodians");
+    chapter("30. The reserves' side: every address signs for the snapshot, the cold one through three custodians");
     let (status, published) =
         http.call(reqwest::Method::POST, "/v1/reserves", Some(root), Some(&json!({"name": "demo-assets"}))).await;
     ensure!(status == 201, "a snapshot: {status} {published}");
@@ -158,7 +158,7 @@ fn hex32(value: &Value) -> anyhow::Result<[u8; 32]> {
 }
 
 async fn story(http: &Http, state: &AppState, root: &str) -> anyhow::Result<()> {
-    chapter("40. Proof of reserves: every customer's balances in a Merkle sum tree, published");
+    chapter("41. Proof of reserves: every customer's balances in a Merkle sum tree, published");
     let (status, publication) =
         http.call(reqwest::Method::POST, "/v1/reserves", Some(root), Some(&json!({"name": "demo-1"}))).await;
     ensure!(status == 201, "a snapshot: {status} {publication}");
@@ -212,7 +212,7 @@ async fn story(http: &Http, state: &AppState, root: &str) -> anyhow::Result<()> 
     );
     println!("   their {amount} sat are included in the published BTC liabilities, and the totals are the tree's.");
 
-    chapter("41. Forged publications are rejected");
+    chapter("42. Forged publications are rejected");
     let mut understated = totals.clone();
     let btc_index = proof.params.asset_index("BTC").context("BTC in the tree")?;
     understated[btc_index] -= 1;
@@ -248,11 +248,11 @@ async fn story(http: &Http, state: &AppState, root: &str) -> anyhow::Result<()> 
     private_form(http, root, &handle, amount).await
 }
 
-/// Chapter 42: the private form through the service.
+/// Chapter 43: the private form through the service.
 async fn private_form(http: &Http, root: &str, handle: &str, amount: u128) -> anyhow::Result<()> {
     use rampart_verify::private::PrivateProof;
     use rampart_verify::publication::PrivatePublication;
-    chapter("42. The private form: no proof shows another customer's balance");
+    chapter("43. The private form: no proof shows another customer's balance");
     let body = json!({"name": "demo-private", "form": "private"});
     let started = std::time::Instant::now();
     let (status, publication) = http.call(reqwest::Method::POST, "/v1/reserves", Some(root), Some(&body)).await;

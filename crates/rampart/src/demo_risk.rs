@@ -145,7 +145,7 @@ pub async fn run(store: Store, keyring: Arc<Keyring>) -> anyhow::Result<()> {
 
 async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyhow::Result<()> {
     let store = c.state.store().clone();
-    chapter("30. The risk engine learns a customer's habits, and challenges a sign-in unlike them");
+    chapter("31. The risk engine learns a customer's habits, and challenges a sign-in unlike them");
     let password = "Copper-Heron-Marmalade-61";
     let berlin = [("x-forwarded-for", BERLIN.ip), ("x-country", BERLIN.country)];
     let (status, signup) = c
@@ -205,7 +205,7 @@ async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyho
     println!("   The emailed link (a second, out-of-band verification) is followed: the engine learns Brazil as his,");
     println!("   and signing in again from there is allowed. A known device at home was never challenged.");
 
-    chapter("31. A large withdrawal from a new address right after sign-in is frozen, with its reasons");
+    chapter("32. A large withdrawal from a new address right after sign-in is frozen, with its reasons");
     c.clock.set_ns((MONDAY_9AM_S + 7 * DAY_S) * SEC);
     let cafe = From { ip: "198.51.100.99", country: "DE" };
     let (status, session) = finn.sign_in(&cafe).await?;
@@ -244,7 +244,7 @@ async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyho
         code(&frozen)
     );
 
-    chapter("32. A reviewer works the case and releases the account");
+    chapter("33. A reviewer works the case and releases the account");
     let rita = staff_session(staff, &c.state, &c.clock, keyring, "rita", Role::RiskAnalyst).await?;
     let (status, cases) = staff.call(reqwest::Method::GET, "/v1/risk/cases", Some(&rita), None).await;
     ensure!(status == 200, "cases: {cases}");
@@ -292,7 +292,7 @@ async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyho
             .len()
     );
 
-    chapter("33. Geofencing: sign-up and sign-in from a sanctioned jurisdiction are refused");
+    chapter("34. Geofencing: sign-up and sign-in from a sanctioned jurisdiction are refused");
     let (status, body) = c
         .call(
             "POST",

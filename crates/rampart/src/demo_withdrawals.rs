@@ -1,7 +1,8 @@
 //! The demo's withdrawal chapters, in the custody demo's service: Erin withdraws through every gate with a signed
 //! API request to her whitelisted address; a small withdrawal is paid from the hot wallet and confirmed; a larger one
 //! waits for three staff approvals (each with a second factor, each person once); a stuck one is fee-bumped by a
-//! treasury custodian. The story ends with the ledger's invariants, the cold share and the audit log.
+//! treasury custodian; a whitelisted address still cooling off is refused, and a request its customer cancels and one
+//! the chain refuses return the funds held. The story ends with the ledger's invariants, the cold share and the audit log.
 
 use anyhow::{Context, anyhow, ensure};
 use rampart_audit::Role;
@@ -63,12 +64,27 @@ pub(crate) async fn bot(
 }
 
 impl Bot {
-    /// `POST /v1/me/withdrawals`, signed at `now_ns`.
+    /// `POST /v1/me/withdrawals` to the bot's address, signed at `now_ns`.
     async fn withdraw(&self, http: &Http, now_ns: u64, key: &str, amount: &str) -> anyhow::Result<(u16, Value)> {
-        let path = "/v1/me/withdrawals";
-        let body = serde_json::to_vec(
-            &json!({"asset": "BTC", "amount": amount, "address": self.address, "idempotency_key": key}),
-        )?;
+        self.withdraw_to(http, now_ns, key, amount, &self.address).await
+    }
+
+    /// `POST /v1/me/withdrawals` to `address`, signed at `now_ns`.
+    async fn withdraw_to(
+        &self,
+        http: &Http,
+        now_ns: u64,
+        key: &str,
+        amount: &str,
+        address: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let body = json!({"asset": "BTC", "amount": amount, "address": address, "idempotency_key": key});
+        self.post(http, now_ns, "/v1/me/withdrawals", &body).await
+    }
+
+    /// A signed `POST path` with a JSON body, at `now_ns`.
+    async fn post(&self, http: &Http, now_ns: u64, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let body = serde_json::to_vec(body)?;
         let ts = now_ns / 1_000_000;
         let sign = rampart_auth::sign_hex(&self.secret, "POST", path, &body, ts);
         let answer = http
@@ -99,7 +115,7 @@ fn btc(sat: u64) -> String {
     format!("{}.{:08} BTC", sat / 100_000_000, sat % 100_000_000)
 }
 
-/// Chapters 26 and 27.
+/// Chapters 26 to 29.
 pub(crate) async fn story(
     http: &Http,
     state: &AppState,
@@ -253,6 +269,61 @@ pub(crate) async fn story(
         "   Three blocks later the replacement is confirmed; the audit log holds the bump (entry {}, by {}).",
         entry.seq, entry.record.actor
     );
+
+    chapter("29. Withdrawals that never leave: an address still cooling off, a cancel, an output the chain refuses");
+    clock.advance_ns(30 * SEC);
+    let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x02]);
+    let fresh = bitcoin::Address::p2wsh(&script, custody.chain.network()).to_string();
+    let auditor = Auditor { signer: keyring, checkpoint_every: crate::init::CHECKPOINT_EVERY };
+    let entry = state
+        .store()
+        .add_whitelist_address(erin, "BTC", &fresh, "new exchange account", clock.now_ns(), &auditor, |_| {
+            Effects::default()
+        })
+        .await?
+        .context("a new whitelist entry")?;
+    let usable = clock.now_ns() + 86_400 * SEC;
+    state
+        .store()
+        .confirm_whitelist_address(entry.id, erin, usable, clock.now_ns(), &auditor, Effects::default())
+        .await?;
+    let (status, refused) = bot.withdraw_to(http, clock.now_ns(), "erin-4", "0.001", &fresh).await?;
+    ensure!(status == 403 && refused["error"]["code"] == "address_cooling_off", "cooling off: {status} {refused}");
+    println!("   Erin whitelists a second address (confirmed, as its emailed link does); her bot uses it at once:");
+    println!("   {status} address_cooling_off, \"{}\".", refused["error"]["message"].as_str().unwrap_or_default());
+    let before = state.store().account(account).await?.context("Erin's account")?;
+    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-5", "0.002").await?;
+    ensure!(status == 201 && created["state"] == "awaiting_approval", "waits: {status} {created}");
+    let id = created["id"].as_str().context("an id")?.to_owned();
+    let held = state.store().account(account).await?.context("Erin's account")?;
+    clock.advance_ns(SEC);
+    let (status, cancelled) =
+        bot.post(http, clock.now_ns(), &format!("/v1/me/withdrawals/{id}/cancel"), &json!({})).await?;
+    ensure!(status == 200 && cancelled["state"] == "cancelled", "cancelled: {status} {cancelled}");
+    let after = state.store().account(account).await?.context("Erin's account")?;
+    ensure!(after.available() == before.available(), "the hold is void: {before:?} {after:?}");
+    println!(
+        "   Her bot asks 0.002 BTC, which waits for approvals with {} held; she cancels it before anyone signs:",
+        btc(u64::try_from(before.available().units() - held.available().units()).unwrap_or(0))
+    );
+    println!(
+        "   cancelled, the hold voided, her available balance as before ({}).",
+        btc(u64::try_from(after.available().units()).unwrap_or(0))
+    );
+    clock.advance_ns(SEC);
+    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-6", "0.000003").await?;
+    ensure!(status == 201 && created["state"] == "approved", "approved at once: {status} {created}");
+    let id = created["id"].as_str().context("an id")?.to_owned();
+    pass(state, custody).await?;
+    let w = withdrawal(state, &id).await?;
+    ensure!(w.state == "failed", "the chain refuses dust: {w:?}");
+    let back = state.store().account(account).await?.context("Erin's account")?;
+    ensure!(back.available() == before.available(), "the hold is void: {before:?} {back:?}");
+    println!(
+        "   A 300-satoshi withdrawal is approved and signed, but the chain refuses the output as dust: failed (\"{}\"),",
+        w.reason.as_deref().unwrap_or_default()
+    );
+    println!("   its hold voided and the transaction's coins released.");
 
     let report = state.store().verify_ledger().await?;
     ensure!(report.violation.is_none(), "the books balance after withdrawals: {:?}", report.violation);

@@ -48,7 +48,10 @@ fn the_demo_runs_to_the_end_and_the_books_balance() {
         "report.json, report.json.sig, report.html",
         "is checked once by anyone",
         "a range proof that it hides a non-negative amount: verified",
-        "43. At the close: the books balance",
+        "403 address_cooling_off",
+        "cancelled, the hold voided",
+        "below the dust limit",
+        "44. At the close: the books balance",
         "the cold share is",
         "under a signed head: intact.",
     ] {

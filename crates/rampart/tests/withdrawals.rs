@@ -5,8 +5,9 @@
 //! security lock refused with its end; a whitelisted address refused until its cooling-off ends; an API key withdrawing
 //! only to a whitelisted address, only with the `withdraw` scope and never twice with one signature; a customer
 //! cancelling; a broadcast the chain refuses returning the funds; a withdrawal forced into `approved` behind the
-//! policy's back never signed; 500 concurrent requests from one account never overdrawing it. And the withdrawal
-//! policy's versions proposed and decided concurrently.
+//! policy's back never signed; 500 concurrent requests from one account never overdrawing it; a policy's daily
+//! window and a customer group's rule under concurrent requests. A staff rejection and an expiry returning the funds.
+//! And the withdrawal policy's versions proposed and decided concurrently, never by their proposer.
 
 #[allow(dead_code)]
 #[macro_use]
@@ -205,6 +206,75 @@ async fn concurrent_policy_proposals_and_decisions(db: Db) {
     root.assert_audit_intact().await;
 }
 
+on_both_backends!(rejected_by_staff_and_expired);
+
+/// Two withdrawals wait for approvals: a staff member rejects one with a reason (the funds return, the move and
+/// the reason audited, the customer told), the other outlives `approval_ttl_s` and expires (the funds return). And
+/// nobody decides a policy version they proposed.
+async fn rejected_by_staff_and_expired(db: Db) {
+    let config = config().replace("[withdrawals]\n", "[withdrawals]\napproval_ttl_s = 5\n");
+    let server = Server::start_with_config(&db, &config).await;
+    let root: Api = (*server).clone();
+    let (a1, a2) = two_administrators(&server).await;
+    let mut approver = staff_member(&a1, &a2, &server, "approver", "treasury_custodian").await;
+    let world = World {
+        ctx: Ctx { api: root.clone(), maildir: db.maildir() },
+        root: root.clone(),
+        approvers: Vec::new(),
+        reviewers: Vec::new(),
+        risk: staff_member(&a1, &a2, &server, "analyst", "risk_analyst").await,
+        admin: a1.clone(),
+        db_url: db.database_url_or_sqlite(),
+    };
+
+    // Four eyes on the policy: the proposer's own decision is refused.
+    let policies = root.get("/v1/withdrawals/policies").await.expect(200).clone();
+    let proposed = a1.post("/v1/withdrawals/policies", &json!({"policy": policies[0]["policy"], "note": "same"})).await;
+    let version = proposed.expect(201)["version"].as_i64().expect("a version");
+    let own =
+        a1.post(&format!("/v1/withdrawals/policies/{version}/decide"), &json!({"approve": true, "note": "mine"})).await;
+    own.assert_error(403, "four_eyes");
+
+    let mut pia = world.customer("pia", 20_000_000).await;
+    pia.step_up().await;
+    let to = address(14);
+    // USD 5,400 each: the default policy asks three approvals.
+    let ask = |key: &'static str| {
+        let (pia, to) = (&pia, to.clone());
+        async move {
+            let answer = withdraw(pia, key, 6_000_000, &to, travel_rule(pia, &to)).await;
+            let created = answer.expect(201).clone();
+            assert_eq!(created["state"], json!("awaiting_approval"), "{created}");
+            created["id"].as_str().expect("an id").to_owned()
+        }
+    };
+    // Each waits five seconds at most (`approval_ttl_s`): the first is rejected at once (the approver's code taken
+    // first: a code works once, and the next may be half a minute away).
+    let code = approver.0.authenticator.next_code().await;
+    let rejected = ask("reject-1").await;
+    let expiring = ask("expire-1").await;
+    let told = pia.notifications().await.len();
+    let decision = json!({"reason": "reject after checking", "totp_code": code});
+    let answer = approver.1.post(&format!("/v1/withdrawals/{rejected}/reject"), &decision).await;
+    assert_eq!(answer.expect(200)["state"], json!("rejected"), "{}", answer.text);
+    world.staff_decide(&mut approver, &rejected, "reject").await.assert_error(409, "not_awaiting_approval");
+    let staff = root.get(&format!("/v1/withdrawals/{rejected}")).await.expect(200).clone();
+    let last = staff["events"].as_array().and_then(|e| e.last()).cloned().unwrap_or_default();
+    assert_eq!((last["to"].as_str(), last["reason"].as_str()), (Some("rejected"), Some("reject after checking")));
+    let audited = root.audit_entries("action=withdrawal.rejected").await;
+    assert!(audited.iter().any(|e| e["target"] == json!(format!("withdrawal:{rejected}"))), "{audited:?}");
+
+    let expired = wait_state(&pia, &expiring, "expired").await;
+    assert!(expired["reason"].as_str().is_some_and(|r| r.contains("time limit")), "{expired}");
+    assert_eq!(balance(&pia).await, (20_000_000, 0));
+    // Told of both ends.
+    let kinds = pia.notifications().await;
+    assert!(kinds.len() >= told + 2, "{kinds:?}");
+    let check = root.get("/v1/ledger/check").await.expect(200).clone();
+    assert!(check["violation"].is_null(), "{check}");
+    root.assert_audit_intact().await;
+}
+
 on_both_backends!(withdrawals_end_to_end);
 
 async fn withdrawals_end_to_end(db: Db) {
@@ -310,6 +380,10 @@ async fn large_waits_for_three_approvals(world: &mut World) {
     assert_eq!(item["customer"], json!(bob.id));
     assert!(item["screening"]["decision"].as_str().unwrap().contains("large"), "{item}");
 
+    // The initiator cannot approve their own withdrawal: a customer's session is no staff member's.
+    let own =
+        bob.post(&format!("/v1/withdrawals/{id}/approve"), &json!({"reason": "mine", "totp_code": "000000"})).await;
+    assert!([401, 403].contains(&own.status.as_u16()), "{}", own.text);
     // A reviewer without the permission cannot approve; each approver counts once.
     let mut l1 = world.reviewers.remove(0);
     world.staff_decide(&mut l1, &id, "approve").await.assert_error(403, "forbidden");
