@@ -219,7 +219,8 @@ async fn story(c: &Client, staff: &Http, keyring: &Keyring, root: &str) -> anyho
         .map_err(|_| anyhow!("a 16-byte handle"))?;
     let customer = store.customer_by_handle(&handle).await?.context("the customer")?;
     let device = store.devices(customer.id).await?.first().map(|d| d.id);
-    // The withdrawal route arrives with the withdrawals issue; it will ask the engine exactly this.
+    // What the withdrawal route asks the engine (chapter 26 goes through the route; a request frozen there and
+    // released by a reviewer is tested end to end in crates/rampart/tests/withdrawals.rs).
     let event = rampart_server::risk::event(
         &c.state,
         customer.id,

@@ -354,6 +354,12 @@ async fn small_goes_straight_through(world: &World, mut alice: Customer) {
         assert!(kinds.contains(&k.to_owned()), "{kinds:?}");
     }
     alice.mail("Withdrawal sent").await;
+    // Every move told, the steps on the way included.
+    let listed = alice.get("/v1/me/notifications").await.expect(200).clone();
+    let titles: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|n| n["title"].as_str()).collect();
+    for step in ["screened", "approved"] {
+        assert!(titles.iter().any(|t| t.ends_with(&format!(": {step}"))), "{step}: {titles:?}");
+    }
     // Every move, in order, on the staff view.
     let staff = world.root.get(&format!("/v1/withdrawals/{id}")).await.expect(200).clone();
     let moves: Vec<&str> = staff["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();

@@ -93,6 +93,18 @@ async fn assert_money_adds_up(c: &Customer, seed: u64, round: usize) -> Vec<Valu
     list
 }
 
+/// A customer signed in with a fresh second factor, [`FUNDS_SAT`] paid to their deposit address (not yet mined).
+async fn signed_in_with_a_deposit(maildir: std::path::PathBuf, root: &Api, label: &str) -> Customer {
+    let ctx = Ctx { api: root.clone(), maildir };
+    let mut c = Customer::register(&ctx, label).await;
+    c.sign_in().await;
+    c.step_up().await;
+    let deposit =
+        c.post("/v1/me/deposit-address", &json!({})).await.expect(200)["address"].as_str().unwrap().to_owned();
+    root.post("/v1/dev/chain/faucet", &json!({"address": deposit, "amount_sat": FUNDS_SAT})).await;
+    c
+}
+
 async fn restart(db: &Db, c: &mut Customer) -> (Server, Api) {
     restart_with(db, c, CONFIG).await
 }
@@ -114,13 +126,7 @@ async fn killed_at_random_points(db: Db) {
 
     let mut server = Server::start_with_config(&db, CONFIG).await;
     let mut root: Api = (*server).clone();
-    let ctx = Ctx { api: root.clone(), maildir: db.maildir() };
-    let mut c = Customer::register(&ctx, "crash").await;
-    c.sign_in().await;
-    c.step_up().await;
-    let deposit =
-        c.post("/v1/me/deposit-address", &json!({})).await.expect(200)["address"].as_str().unwrap().to_owned();
-    root.post("/v1/dev/chain/faucet", &json!({"address": deposit, "amount_sat": FUNDS_SAT})).await;
+    let mut c = signed_in_with_a_deposit(db.maildir(), &root, "crash").await;
     let hot = root.get("/v1/custody/status").await.expect(200)["hot_address"].as_str().unwrap().to_owned();
     root.post("/v1/dev/chain/faucet", &json!({"address": hot, "amount_sat": 10 * SAT_PER_BTC})).await;
     root.post("/v1/dev/chain/mine", &json!({"blocks": 3})).await.expect(200);
@@ -267,13 +273,7 @@ async fn killed_between_recording_and_screening() {
         .replace("[withdrawals]\n", "[withdrawals]\ncooling_off_s = 1\n");
     let server = Server::start_with_config(&db, &config).await;
     let root: Api = (*server).clone();
-    let ctx = Ctx { api: root.clone(), maildir: db.maildir() };
-    let mut c = Customer::register(&ctx, "resumed").await;
-    c.sign_in().await;
-    c.step_up().await;
-    let deposit =
-        c.post("/v1/me/deposit-address", &json!({})).await.expect(200)["address"].as_str().unwrap().to_owned();
-    root.post("/v1/dev/chain/faucet", &json!({"address": deposit, "amount_sat": FUNDS_SAT})).await;
+    let mut c = signed_in_with_a_deposit(db.maildir(), &root, "resumed").await;
     root.post("/v1/dev/chain/mine", &json!({"blocks": 3})).await.expect(200);
     let deadline = Instant::now() + Duration::from_secs(30);
     while balance(&c).await.0 < FUNDS_SAT {

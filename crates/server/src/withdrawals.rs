@@ -483,6 +483,16 @@ fn notification(state: &AppState, w: &WithdrawalRecord, to: State, detail: &str)
     })
 }
 
+/// What a step on the way to another tells the customer.
+fn step_detail(to: State) -> &'static str {
+    match to {
+        State::Screened => {
+            "checked: the account, the whitelist, the KYC limits, the sanctions lists and the risk engine"
+        }
+        _ => "",
+    }
+}
+
 fn emailed(to: State) -> bool {
     matches!(
         to,
@@ -497,8 +507,8 @@ fn emailed(to: State) -> bool {
     )
 }
 
-/// Moves `w` along `path` (from its state as read), with its audit entries (one per step), the customer's
-/// notification, and the ledger effect: an end other than `confirmed` voids the hold, `confirmed` posts it.
+/// Moves `w` along `path` (from its state as read), with its audit entries and the customer's notifications (one
+/// of each per step), and the ledger effect: an end other than `confirmed` voids the hold, `confirmed` posts it.
 pub(crate) async fn advance(
     state: &AppState,
     w: &WithdrawalRecord,
@@ -570,9 +580,14 @@ fn move_effects_settled(
 ) -> Result<(Effects, Vec<NewTransfer>), ApiError> {
     let last = *path.last().expect("a move has a destination");
     let mut records = Vec::new();
+    let mut notices = Vec::new();
     let mut at = w.state()?;
     for &to in path {
         at.move_to(to).map_err(internal)?;
+        // Every step is told to the customer: the steps on the way in the app, the last as its state asks.
+        if to != last {
+            notices.push(in_app(notification(state, w, to, step_detail(to))?));
+        }
         let mut r = state.record(actor, &format!("withdrawal.{to}"), &format!("withdrawal:{}", w.id), outcome_of(to));
         r.details.insert("from".into(), at.as_str().into());
         r.details.insert("customer".into(), w.customer_id.to_string());
@@ -589,11 +604,8 @@ fn move_effects_settled(
         _ => vec![],
     };
     let n = notification(state, w, last, reason)?;
-    let effects = Effects {
-        records,
-        notices: vec![if emailed(last) { notice(keyring, n, None) } else { in_app(n) }],
-        ..Effects::default()
-    };
+    notices.push(if emailed(last) { notice(keyring, n, None) } else { in_app(n) });
+    let effects = Effects { records, notices, ..Effects::default() };
     Ok((effects, ledger))
 }
 

@@ -363,8 +363,8 @@ pub struct PositionAsk {
 const LIVE: &str = "state NOT IN ('rejected', 'cancelled', 'failed', 'expired')";
 
 /// The [`GatePosition`] in a row of the position reads, from column `$base` on: the KYC level, the whitelist-only
-/// mode, the policy group, the account's debits pending, debits posted and credits posted as text, the ten whitelist columns, then
-/// `$windows` sums.
+/// mode, the policy group, the account's debits pending, debits posted and credits posted as text, the ten whitelist
+/// columns, then `$windows` sums.
 macro_rules! gate_position {
     ($row:expr, $base:expr, $windows:expr) => {{
         use sqlx::Row;
