@@ -280,7 +280,7 @@ on_both_backends!(withdrawals_end_to_end);
 async fn withdrawals_end_to_end(db: Db) {
     let server = Server::start_with_config(&db, &config()).await;
     let root: Api = (*server).clone();
-    let (a1, a2) = two_administrators(&server).await;
+    let ((mut admin, a1), (_, a2)) = two_administrators_with_factors(&server).await;
     let mut approvers = Vec::new();
     for (i, role) in ["treasury_custodian", "risk_analyst", "treasury_custodian", "risk_analyst"].iter().enumerate() {
         approvers.push(staff_member(&a1, &a2, &server, &format!("approver{i}"), role).await);
@@ -316,7 +316,7 @@ async fn withdrawals_end_to_end(db: Db) {
     nothing_is_signed_without_the_policy(&world).await;
     concurrent_requests_never_overdraw(&world).await;
     // Last: it installs another policy.
-    policy_windows_hold_under_concurrent_requests(&world).await;
+    policy_windows_hold_under_concurrent_requests(&world, &mut admin).await;
 
     // Everything above left the ledger balanced and the audit log intact.
     let check = root.get("/v1/ledger/check").await.expect(200).clone();
@@ -781,7 +781,7 @@ async fn concurrent_requests_never_overdraw(world: &World) {
 /// USD 90 at once from one account, each decided at once on the day's sum, let exactly five through. A decision made
 /// on a sum that grew before it was recorded is refused (`concurrent_withdrawal`), and the client sends it again.
 /// And a rule for a customer group, which an administrator puts a customer in.
-async fn policy_windows_hold_under_concurrent_requests(world: &World) {
+async fn policy_windows_hold_under_concurrent_requests(world: &World, admin: &mut Staff) {
     let policy = json!({"rules": [
         {"name": "vip", "when": {"groups": ["vip"], "usd_below": 2000}, "decision": "allow"},
         {"name": "daily-500", "when": {"window_s": 86400, "window_usd_below": 500}, "decision": "allow"},
@@ -835,11 +835,16 @@ async fn policy_windows_hold_under_concurrent_requests(world: &World) {
     let retail = withdraw(&olga, "vip-0", 1_000_000, &to, json!({})).await;
     assert_eq!(retail.expect(201)["state"], json!("awaiting_approval"), "{}", retail.text);
     let path = format!("/v1/withdrawals/customers/{}/group", olga.id);
-    let body = json!({"group": "vip", "reason": "private banking client since 2019"});
-    world.approvers[0].1.put(&path, &body).await.assert_error(403, "forbidden");
-    world.admin.put(&path, &json!({"group": "VIP!", "reason": "x"})).await.assert_error(400, "invalid_group");
-    world.admin.put("/v1/withdrawals/customers/999999999/group", &body).await.assert_error(404, "not_found");
-    let set = world.admin.put(&path, &body).await;
+    let body = |code: &str| json!({"group": "vip", "reason": "private banking client since 2019", "totp_code": code});
+    world.approvers[0].1.put(&path, &body("000000")).await.assert_error(403, "forbidden");
+    let bad = json!({"group": "VIP!", "reason": "x", "totp_code": "000000"});
+    world.admin.put(&path, &bad).await.assert_error(400, "invalid_group");
+    let wrong = admin.authenticator.wrong_code();
+    world.admin.put(&path, &body(&wrong)).await.assert_error(401, "invalid_second_factor");
+    let code = admin.authenticator.next_code().await;
+    world.admin.put("/v1/withdrawals/customers/999999999/group", &body(&code)).await.assert_error(404, "not_found");
+    let code = admin.authenticator.next_code().await;
+    let set = world.admin.put(&path, &body(&code)).await;
     assert_eq!((set.expect(200)["group"].as_str(), set.body["previous"].as_str()), (Some("vip"), Some("retail")));
     let vip = withdraw(&olga, "vip-1", 1_000_000, &to, json!({})).await;
     let state = vip.expect(201)["state"].as_str().unwrap_or_default().to_owned();

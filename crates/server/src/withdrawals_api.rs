@@ -1469,10 +1469,13 @@ pub struct CustomerGroup {
     pub group: String,
     /// Why.
     pub reason: String,
+    /// The staff member's current TOTP code.
+    pub totp_code: String,
 }
 
 /// `PUT /v1/withdrawals/customers/{id}/group`: puts a customer (internal id, as the queue shows it) in a
-/// withdrawal-policy group; new requests are judged by the rules for it. Audited with the group and the reason.
+/// withdrawal-policy group, with a reason and a second factor; new requests are judged by the rules for it. Audited
+/// with the group and the reason.
 #[utoipa::path(put, path = "/v1/withdrawals/customers/{id}/group", tag = "withdrawals", request_body = CustomerGroup,
     params(("id" = i64, Path, description = "customer id (internal)")), security(("bearer" = [])),
     responses(
@@ -1495,14 +1498,12 @@ pub(crate) async fn set_group(
     if !valid {
         return Err(ApiError::bad_request("invalid_group", "a group is 1 to 32 of a-z, 0-9, _ and -"));
     }
-    let reason = body.reason.trim();
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::bad_request("invalid_reason", "a reason of 1 to 500 characters is required"));
-    }
+    let decision = StaffDecision { reason: body.reason, totp_code: body.totp_code };
+    let reason = staff_factor(&state, &principal, &decision).await?;
     let keyring = state.keyring()?;
     let mut record = state.record(&principal.actor(), "withdrawal.customer_group", &target, Outcome::Success);
     record.details.insert("group".into(), group.into());
-    record.details.insert("reason".into(), reason.into());
+    record.details.insert("reason".into(), reason);
     let previous = state
         .store()
         .set_customer_group(id, group, state.now_ns(), &state.auditor(&keyring), Effects::audit(record))

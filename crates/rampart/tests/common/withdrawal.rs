@@ -60,13 +60,20 @@ pub fn admin_code(server: &Server, name: &str) -> String {
 
 /// The development server's two first administrators, enrolled and signed in: their clients.
 pub async fn two_administrators(server: &Server) -> (Api, Api) {
+    let ((_, admin), (_, admin2)) = two_administrators_with_factors(server).await;
+    (admin, admin2)
+}
+
+/// [`two_administrators`], each with their second factor.
+pub async fn two_administrators_with_factors(server: &Server) -> ((Staff, Api), (Staff, Api)) {
     let mut admin =
         Staff::enrol(server, "admin", &admin_code(server, "admin"), "first administrator!", &["administrator"]).await;
     let mut admin2 =
         Staff::enrol(server, "admin2", &admin_code(server, "admin2"), "second administrator", &["administrator"]).await;
     admin.sign_in(server, &["administrator"]).await;
     admin2.sign_in(server, &["administrator"]).await;
-    (admin.api(server), admin2.api(server))
+    let (api, api2) = (admin.api(server), admin2.api(server));
+    ((admin, api), (admin2, api2))
 }
 
 /// A new staff member `name` with `role` (asked by one administrator, approved by the other), enrolled and signed in.
