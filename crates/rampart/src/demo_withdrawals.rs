@@ -111,6 +111,29 @@ async fn withdrawal(state: &AppState, id: &str) -> anyhow::Result<rampart_store:
     state.store().withdrawal(id).await?.context("the withdrawal")
 }
 
+/// The transaction that pays `w`.
+async fn paid_by(state: &AppState, w: &rampart_store::WithdrawalRecord) -> anyhow::Result<bitcoin::Transaction> {
+    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
+    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    Ok(tx)
+}
+
+/// Asks for a withdrawal the policy approves at once, lets the worker pay it, and answers it as it is then.
+async fn approved_and_paid(
+    http: &Http,
+    bot: &Bot,
+    state: &AppState,
+    custody: &Custody,
+    now_ns: u64,
+    key: &str,
+    amount: &str,
+) -> anyhow::Result<rampart_store::WithdrawalRecord> {
+    let (status, created) = bot.withdraw(http, now_ns, key, amount).await?;
+    ensure!(status == 201 && created["state"] == "approved", "approved at once: {status} {created}");
+    pass(state, custody).await?;
+    withdrawal(state, created["id"].as_str().context("an id")?).await
+}
+
 fn btc(sat: u64) -> String {
     format!("{}.{:08} BTC", sat / 100_000_000, sat % 100_000_000)
 }
@@ -157,8 +180,7 @@ pub(crate) async fn story(
     pass(state, custody).await?;
     let w = withdrawal(state, &id).await?;
     ensure!(w.state == "broadcast", "paid and broadcast: {w:?}");
-    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
-    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    let tx = paid_by(state, &w).await?;
     println!(
         "   The worker re-derives the policy's approval from the stored facts (no signature without it), signs from"
     );
@@ -229,14 +251,10 @@ pub(crate) async fn story(
 
     chapter("28. A stuck transaction: a treasury custodian bumps its fee (replace-by-fee), with a second factor");
     clock.advance_ns(30 * SEC);
-    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-3", "0.001").await?;
-    ensure!(status == 201 && created["state"] == "approved", "approved at once: {status} {created}");
-    let id = created["id"].as_str().context("an id")?.to_owned();
-    pass(state, custody).await?;
-    let w = withdrawal(state, &id).await?;
+    let w = approved_and_paid(http, &bot, state, custody, clock.now_ns(), "erin-3", "0.001").await?;
+    let id = w.id.clone();
     ensure!(w.state == "broadcast", "paid and broadcast: {w:?}");
-    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
-    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    let tx = paid_by(state, &w).await?;
     println!("   Erin's next 0.001 BTC is broadcast ({}), then the network's fees rise and no block takes it.", {
         tx.compute_txid()
     });
@@ -259,8 +277,7 @@ pub(crate) async fn story(
     pass(state, custody).await?;
     let w = withdrawal(state, &id).await?;
     ensure!(w.state == "confirmed", "confirmed: {w:?}");
-    let t = state.store().custody_tx(w.custody_tx.context("a transaction")?).await?.context("the transaction")?;
-    let (tx, _) = rampart_server::custody::decode_tx(&t).map_err(|e| anyhow!("{}", e.message()))?;
+    let tx = paid_by(state, &w).await?;
     ensure!(tx.compute_txid().to_string() == replacement, "the replacement is what confirmed");
     let filter = rampart_store::AuditFilter { action: Some("withdrawal.fee_bumped".into()), ..Default::default() };
     let bumps = state.store().audit_entries(&filter, 100).await?;
@@ -311,11 +328,7 @@ pub(crate) async fn story(
         btc(u64::try_from(after.available().units()).unwrap_or(0))
     );
     clock.advance_ns(SEC);
-    let (status, created) = bot.withdraw(http, clock.now_ns(), "erin-6", "0.000003").await?;
-    ensure!(status == 201 && created["state"] == "approved", "approved at once: {status} {created}");
-    let id = created["id"].as_str().context("an id")?.to_owned();
-    pass(state, custody).await?;
-    let w = withdrawal(state, &id).await?;
+    let w = approved_and_paid(http, &bot, state, custody, clock.now_ns(), "erin-6", "0.000003").await?;
     ensure!(w.state == "failed", "the chain refuses dust: {w:?}");
     let back = state.store().account(account).await?.context("Erin's account")?;
     ensure!(back.available() == before.available(), "the hold is void: {before:?} {back:?}");
